@@ -1,0 +1,34 @@
+# ivr-bridge: `make run` starts the bridge, `make test` runs the suite. Each sets itself up.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PORT   ?= 8080
+
+.PHONY: install sysdeps run test lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,sip]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Peers and tools the test suite drives (SIPp, Kamailio, baresip, sox, espeak-ng, asterisk prompts).
+sysdeps:
+	@bash scripts/install-sysdeps.sh
+
+run: install
+	$(VENV)/bin/ivr-bridge serve --host 0.0.0.0 --port $(PORT)
+
+lint: install
+	$(VENV)/bin/ruff check bridge tests bench
+
+test: install sysdeps lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+bench: install sysdeps
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

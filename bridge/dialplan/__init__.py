@@ -1,0 +1,1 @@
+"""Dialplans: YAML schema, loader with line numbers, and the no-I/O runner."""

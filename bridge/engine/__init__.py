@@ -1,0 +1,1 @@
+"""The embedded `local` realtime provider: VAD, speech recognition, responder, speech synthesis."""

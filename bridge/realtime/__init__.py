@@ -1,0 +1,1 @@
+"""OpenAI Realtime GA protocol: typed events, session state, websocket client."""

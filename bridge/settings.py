@@ -1,0 +1,97 @@
+"""Every setting the bridge reads from the environment, in one place.
+
+Nothing else in the package reads `os.environ`. Tests build `Settings(...)` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bridge.errors import ConfigError
+
+UpstreamFormat = Literal["pcm24k", "pcmu"]
+
+# Environment variable -> settings field. Keep these names stable: outside tools rely on them.
+ENV_FIELDS: dict[str, str] = {
+    "BRIDGE_PUBLIC_URL": "public_url",
+    "BRIDGE_REALTIME_URL": "realtime_url",
+    "BRIDGE_DIALPLANS": "dialplans",
+    "BRIDGE_PORT": "port",
+    "BRIDGE_HOST": "host",
+    "BRIDGE_UPSTREAM_FORMAT": "upstream_format",
+    "BRIDGE_REALTIME_MODEL": "realtime_model",
+    "BRIDGE_VOICE": "voice",
+    "BRIDGE_BARGE_IN_MIN_SPEECH_MS": "barge_in_min_speech_ms",
+    "BRIDGE_BARGE_IN_THRESHOLD": "barge_in_threshold",
+    "BRIDGE_LOG_LEVEL": "log_level",
+    "OPENAI_API_KEY": "openai_api_key",
+    "AZURE_OPENAI_API_KEY": "azure_api_key",
+    "AZURE_OPENAI_ENDPOINT": "azure_endpoint",
+    "TWILIO_ACCOUNT_SID": "twilio_account_sid",
+    "TWILIO_AUTH_TOKEN": "twilio_auth_token",
+    "SIP_SERVER": "sip_server",
+    "SIP_PORT": "sip_port",
+    "SIP_USER": "sip_user",
+    "SIP_PASSWORD": "sip_password",
+    "SIP_LOCAL_PORT": "sip_local_port",
+    "SIP_PUBLIC_IP": "sip_public_ip",
+}
+
+
+class Settings(BaseModel):
+    """The bridge's configuration. Immutable once built."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    public_url: str | None = None
+    realtime_url: str | None = None
+    realtime_model: str = "gpt-realtime"
+    dialplans: Path = Path("dialplans")
+    upstream_format: UpstreamFormat = "pcm24k"
+    voice: str = "alloy"
+    # Barge-in: how much caller speech, at what Silero probability, stops the bot.
+    barge_in_min_speech_ms: int = Field(200, ge=20, le=2000)
+    barge_in_threshold: float = Field(0.6, gt=0.0, lt=1.0)
+    # How far ahead of real time the pacer sends audio to Twilio.
+    playout_lead_ms: int = Field(100, ge=20, le=500)
+    log_level: str = "INFO"
+    openai_api_key: str | None = None
+    azure_api_key: str | None = None
+    azure_endpoint: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    sip_server: str | None = None
+    sip_port: int = 5060
+    sip_user: str | None = None
+    sip_password: str | None = None
+    sip_local_port: int = 5070
+    sip_public_ip: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name, field in ENV_FIELDS.items():
+            raw = env.get(name)
+            if raw is not None and raw != "":
+                values[field] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            by_field = {v: k for k, v in ENV_FIELDS.items()}
+            problems = "; ".join(
+                f"{by_field.get(str(err['loc'][0]), err['loc'][0])}: {err['msg']}" for err in exc.errors()
+            )
+            raise ConfigError(f"invalid configuration: {problems}") from exc
+
+    @property
+    def sip_enabled(self) -> bool:
+        return bool(self.sip_server or self.sip_user)
