@@ -34,6 +34,13 @@ ENV_FIELDS: dict[str, str] = {
     "AZURE_OPENAI_ENDPOINT": "azure_endpoint",
     "TWILIO_ACCOUNT_SID": "twilio_account_sid",
     "TWILIO_AUTH_TOKEN": "twilio_auth_token",
+    "TWILIO_WEBHOOK_SIGNING_SECRET": "twilio_webhook_signing_secret",
+    "TWILIO_API_BASE_URL": "twilio_api_base_url",
+    "BRIDGE_STREAM_SECRET": "stream_secret",
+    "BRIDGE_STREAM_TOKEN_TTL_S": "stream_token_ttl_s",
+    "BRIDGE_TRUST_PROXY": "trust_proxy",
+    "BRIDGE_WEBHOOK_MAX_BYTES": "webhook_max_bytes",
+    "BRIDGE_TWILIO_CONTINUATION": "twilio_continuation",
     "SIP_SERVER": "sip_server",
     "SIP_PORT": "sip_port",
     "SIP_USER": "sip_user",
@@ -67,6 +74,18 @@ class Settings(BaseModel):
     azure_endpoint: str | None = None
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = None
+    # Secret of a Twilio webhook SharedKey (HMAC-SHA256 signatures); the auth token when unset.
+    twilio_webhook_signing_secret: str | None = None
+    # Base URL of the Twilio REST API (tests and mocks only); the library's default when unset.
+    twilio_api_base_url: str | None = None
+    # Key for the short-lived media-stream tokens; derived from the auth token when unset.
+    stream_secret: str | None = None
+    stream_token_ttl_s: int = Field(120, ge=10, le=3600)
+    # Rebuild the signed URL from X-Forwarded-Proto/Host (only behind your own proxy).
+    trust_proxy: bool = False
+    webhook_max_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # How a transfer or hang-up continues a Twilio call: <Connect action>, REST update, or auto.
+    twilio_continuation: Literal["auto", "action", "rest"] = "auto"
     sip_server: str | None = None
     sip_port: int = 5060
     sip_user: str | None = None
