@@ -1,0 +1,237 @@
+"""Voice activity detection on 8 kHz PCM16 phone audio.
+
+`SileroVad` runs the vendored Silero model at its native 8 kHz on the process-wide onnxruntime
+session (one per process, 1 thread); each stream keeps only its recurrent state and a 288-sample
+window buffer. `WebRtcVad` is the tiny fallback (0/1 per 20 ms) for when onnxruntime or the model is
+unavailable. `SpeechDetector` turns either's per-window probabilities into onset/offset events with
+hysteresis, counting time in samples from the start of the stream.
+
+Per-frame work (~100 frames/s per call) is allocation-light: no logging, no formatting.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from bridge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+RATE_HZ = 8000
+SILERO_WINDOW_SAMPLES = 256
+SILERO_CONTEXT_SAMPLES = 32
+WEBRTC_FRAME_SAMPLES = 160
+_INT16_SCALE = np.float32(1.0 / 32768.0)
+
+
+class Vad(Protocol):
+    """What SpeechDetector needs from a VAD."""
+
+    window_samples: int
+
+    def process(self, pcm16_8k: bytes) -> list[float]: ...
+
+    def reset(self) -> None: ...
+
+
+class SileroVad:
+    """Silero VAD for one stream. Returns the speech probability of each completed 256-sample window."""
+
+    window_samples = SILERO_WINDOW_SAMPLES
+
+    def __init__(self) -> None:
+        from bridge.engine.models import get_shared_models
+
+        self._session = get_shared_models().vad_session()
+        # [32 context samples | 256 window samples]; filled in place.
+        self._input = np.zeros((1, SILERO_CONTEXT_SAMPLES + SILERO_WINDOW_SAMPLES), dtype=np.float32)
+        self._buf = self._input[0]
+        self._fill = SILERO_CONTEXT_SAMPLES
+        self._state = np.zeros((2, 1, 128), dtype=np.float32)
+        self._sr = np.array(RATE_HZ, dtype=np.int64)
+        self._feeds = {"input": self._input, "state": self._state, "sr": self._sr}
+        self._odd = b""
+
+    def reset(self) -> None:
+        self._buf[:] = 0.0
+        self._fill = SILERO_CONTEXT_SAMPLES
+        self._state = np.zeros((2, 1, 128), dtype=np.float32)
+        self._feeds["state"] = self._state
+        self._odd = b""
+
+    def process(self, pcm16_8k: bytes) -> list[float]:
+        if self._odd:
+            pcm16_8k = self._odd + pcm16_8k
+            self._odd = b""
+        if len(pcm16_8k) & 1:
+            self._odd = pcm16_8k[-1:]
+            pcm16_8k = pcm16_8k[:-1]
+        samples = np.frombuffer(pcm16_8k, dtype=np.int16)
+        out: list[float] = []
+        total = SILERO_CONTEXT_SAMPLES + SILERO_WINDOW_SAMPLES
+        pos, n = 0, samples.shape[0]
+        buf = self._buf
+        while pos < n:
+            take = min(total - self._fill, n - pos)
+            np.multiply(samples[pos : pos + take], _INT16_SCALE, out=buf[self._fill : self._fill + take])
+            self._fill += take
+            pos += take
+            if self._fill == total:
+                prob, state = self._session.run(None, self._feeds)
+                self._state = state
+                self._feeds["state"] = state
+                out.append(float(prob[0, 0]))
+                buf[:SILERO_CONTEXT_SAMPLES] = buf[total - SILERO_CONTEXT_SAMPLES :]
+                self._fill = SILERO_CONTEXT_SAMPLES
+        return out
+
+
+class WebRtcVad:
+    """webrtcvad fallback for one stream: 1.0 or 0.0 per 20 ms frame. Fine on quiet lines, weak in noise."""
+
+    window_samples = WEBRTC_FRAME_SAMPLES
+
+    def __init__(self, mode: int = 2) -> None:
+        try:
+            import webrtcvad
+        except ImportError as exc:
+            raise ConfigError("webrtcvad-wheels is not installed") from exc
+        self._vad = webrtcvad.Vad(mode)
+        self._pending = bytearray()
+
+    def reset(self) -> None:
+        self._pending.clear()
+
+    def process(self, pcm16_8k: bytes) -> list[float]:
+        pending = self._pending
+        pending += pcm16_8k
+        frame_bytes = WEBRTC_FRAME_SAMPLES * 2
+        n = len(pending) // frame_bytes
+        if n == 0:
+            return []
+        is_speech = self._vad.is_speech
+        out = [
+            1.0 if is_speech(bytes(pending[i * frame_bytes : (i + 1) * frame_bytes]), RATE_HZ) else 0.0
+            for i in range(n)
+        ]
+        del pending[: n * frame_bytes]
+        return out
+
+
+def create_vad(kind: str = "silero") -> SileroVad | WebRtcVad:
+    """A VAD for one stream. "silero" falls back to webrtcvad (logged) if the model cannot load."""
+    if kind == "webrtc":
+        return WebRtcVad()
+    if kind != "silero":
+        raise ConfigError(f"unknown VAD kind {kind!r}: expected 'silero' or 'webrtc'")
+    try:
+        return SileroVad()
+    except ConfigError as exc:
+        log.warning("Silero VAD unavailable (%s); falling back to webrtcvad", exc)
+        return WebRtcVad()
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStart:
+    audio_ms: int  # where speech began, in ms from the start of the stream
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStop:
+    audio_ms: int  # where speech ended, in ms from the start of the stream
+
+
+class SpeechDetector:
+    """Streaming speech onset/offset with hysteresis over a VAD's per-window probabilities.
+
+    A window counts as speech at `prob >= threshold`; once speech (or a candidate onset) is running it
+    continues while `prob >= neg_threshold` (default `threshold - 0.15`). Onset is reported once speech
+    has lasted `min_speech_ms` (SpeechStart.audio_ms = where it began); offset after `min_silence_ms`
+    below `neg_threshold` (SpeechStop.audio_ms = where speech ended).
+    """
+
+    def __init__(
+        self,
+        *,
+        threshold: float = 0.5,
+        min_speech_ms: int = 200,
+        min_silence_ms: int = 500,
+        neg_threshold: float | None = None,
+        vad: Vad | None = None,
+    ) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ConfigError(f"VAD threshold must be between 0 and 1, got {threshold}")
+        self.threshold = threshold
+        self.neg_threshold = max(0.01, threshold - 0.15) if neg_threshold is None else neg_threshold
+        if self.neg_threshold > threshold:
+            raise ConfigError(f"VAD neg_threshold {self.neg_threshold} is above threshold {threshold}")
+        self.vad: Vad = vad if vad is not None else create_vad()
+        self._window = self.vad.window_samples
+        self._min_speech_samples = min_speech_ms * RATE_HZ // 1000
+        self._min_silence_samples = min_silence_ms * RATE_HZ // 1000
+        self._pos = 0  # samples of completed VAD windows
+        self._fed = 0  # bytes fed
+        self._speaking = False
+        self._start: int | None = None  # candidate or confirmed onset (samples)
+        self._silence_start: int | None = None
+
+    @property
+    def speaking(self) -> bool:
+        return self._speaking
+
+    @property
+    def position_ms(self) -> int:
+        """How much audio has been fed, in ms from the start of the stream."""
+        return self._fed // 2 * 1000 // RATE_HZ
+
+    def reset(self) -> None:
+        """Forget everything (VAD state and position): the next feed starts a new stream at 0 ms."""
+        self.vad.reset()
+        self._pos = 0
+        self._fed = 0
+        self._speaking = False
+        self._start = None
+        self._silence_start = None
+
+    def feed(self, pcm16_8k: bytes) -> list[SpeechStart | SpeechStop]:
+        self._fed += len(pcm16_8k)
+        probs = self.vad.process(pcm16_8k)
+        if not probs:
+            return []
+        events: list[SpeechStart | SpeechStop] = []
+        window = self._window
+        for prob in probs:
+            begin = self._pos
+            self._pos = end = begin + window
+            if self._speaking:
+                if prob >= self.threshold:
+                    self._silence_start = None
+                elif prob < self.neg_threshold:
+                    if self._silence_start is None:
+                        self._silence_start = begin
+                    if end - self._silence_start >= self._min_silence_samples:
+                        events.append(SpeechStop(self._silence_start * 1000 // RATE_HZ))
+                        self._speaking = False
+                        self._start = None
+                        self._silence_start = None
+            elif self._start is None:
+                if prob >= self.threshold:
+                    self._start = begin
+                    if window >= self._min_speech_samples:
+                        self._confirm(events)
+            elif prob >= self.neg_threshold:
+                if end - self._start >= self._min_speech_samples:
+                    self._confirm(events)
+            else:
+                self._start = None
+        return events
+
+    def _confirm(self, events: list[SpeechStart | SpeechStop]) -> None:
+        assert self._start is not None
+        self._speaking = True
+        self._silence_start = None
+        events.append(SpeechStart(self._start * 1000 // RATE_HZ))
