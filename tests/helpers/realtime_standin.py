@@ -1,0 +1,202 @@
+"""A stand-in realtime server (GA protocol) that tests script turn by turn.
+
+It records every client event (validated by the caller against the openai SDK models), the
+audio appended, and when the socket closed; tests make it answer with audio, pause mid-reply,
+emit `speech_started`, and so on. Cancels and truncates are answered as the real API does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+_ids = itertools.count(1)
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{next(_ids):06d}"
+
+
+@dataclass
+class StandinSession:
+    ws: ServerConnection
+    path: str
+    headers: dict[str, str]
+    received: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    appended: bytearray = field(default_factory=bytearray)
+    append_times: list[tuple[float, int]] = field(default_factory=list)  # (time, total bytes after)
+    session: dict[str, Any] = field(default_factory=dict)
+    opened_at: float = field(default_factory=time.monotonic)
+    closed_at: float | None = None
+    close_code: int | None = None
+    cancel_event: asyncio.Event = field(default_factory=asyncio.Event)
+    updated: asyncio.Event = field(default_factory=asyncio.Event)
+    truncates: list[dict[str, Any]] = field(default_factory=list)
+    item_audio_ms: dict[str, int] = field(default_factory=dict)
+    active_response: str | None = None
+
+    async def send(self, event: dict[str, Any]) -> None:
+        event.setdefault("event_id", _id("event"))
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.send(json.dumps(event))
+
+    @property
+    def output_format(self) -> str:
+        fmt = self.session.get("audio", {}).get("output", {}).get("format", {"type": "audio/pcm"})
+        return str(fmt.get("type"))
+
+    @property
+    def bytes_per_ms(self) -> int:
+        return 48 if self.output_format == "audio/pcm" else 8
+
+    def client_events(self, type_: str) -> list[dict[str, Any]]:
+        return [e for _, e in self.received if e.get("type") == type_]
+
+    async def speech_started(self) -> None:
+        await self.send(
+            {
+                "type": "input_audio_buffer.speech_started",
+                "audio_start_ms": len(self.appended) // self.bytes_per_ms,
+                "item_id": _id("item"),
+            }
+        )
+
+    async def reply_audio(
+        self,
+        audio: bytes,
+        *,
+        chunk_ms: int = 100,
+        realtime: float = 0.0,
+        pause_after_ms: int | None = None,
+        pause_s: float = 0.0,
+    ) -> tuple[str, str, float]:
+        """Answer with `audio` (output format). `realtime` = send speed as a fraction of real
+        time (0: as fast as possible). Returns (response_id, item_id, time of first delta)."""
+        rid, iid = _id("resp"), _id("item")
+        self.active_response = rid
+        self.cancel_event.clear()
+        await self.send(
+            {"type": "response.created", "response": {"id": rid, "object": "realtime.response",
+                                                      "status": "in_progress", "output": []}}
+        )
+        item = {"id": iid, "object": "realtime.item", "type": "message", "role": "assistant",
+                "status": "in_progress", "content": []}
+        await self.send({"type": "response.output_item.added", "response_id": rid, "output_index": 0,
+                         "item": item})
+        await self.send({"type": "conversation.item.added", "item": item})
+        await self.send({"type": "response.content_part.added", "response_id": rid, "item_id": iid,
+                         "output_index": 0, "content_index": 0,
+                         "part": {"type": "audio", "transcript": ""}})
+        step = chunk_ms * self.bytes_per_ms
+        first = time.monotonic()
+        sent_ms = 0
+        paused = False
+        for i in range(0, len(audio), step):
+            if self.cancel_event.is_set():
+                break
+            if pause_after_ms is not None and not paused and sent_ms >= pause_after_ms:
+                paused = True
+                await asyncio.sleep(pause_s)
+            chunk = audio[i : i + step]
+            await self.send({"type": "response.output_audio.delta", "response_id": rid, "item_id": iid,
+                             "output_index": 0, "content_index": 0,
+                             "delta": base64.b64encode(chunk).decode()})
+            sent_ms += len(chunk) // self.bytes_per_ms
+            self.item_audio_ms[iid] = sent_ms
+            if realtime > 0:
+                await asyncio.sleep(chunk_ms / 1000.0 / realtime)
+            else:
+                await asyncio.sleep(0)
+        cancelled = self.cancel_event.is_set()
+        if not cancelled:
+            await self.send({"type": "response.output_audio.done", "response_id": rid, "item_id": iid,
+                             "output_index": 0, "content_index": 0})
+        self.active_response = None
+        await self.send(
+            {"type": "response.done", "response": {
+                "id": rid, "object": "realtime.response",
+                "status": "cancelled" if cancelled else "completed",
+                "status_details": {"type": "cancelled", "reason": "client_cancelled"} if cancelled else None,
+                "output": [item]}}
+        )
+        return rid, iid, first
+
+    async def handle(self) -> None:
+        await self.send({"type": "session.created", "session": {"id": _id("sess"), "type": "realtime",
+                                                                "object": "realtime.session"}})
+        try:
+            async for raw in self.ws:
+                now = time.monotonic()
+                event = json.loads(raw)
+                self.received.append((now, event))
+                kind = event.get("type")
+                if kind == "input_audio_buffer.append":
+                    self.appended += base64.b64decode(event["audio"])
+                    self.append_times.append((now, len(self.appended)))
+                elif kind == "session.update":
+                    self.session.update(event["session"])
+                    await self.send({"type": "session.updated", "session": self.session})
+                    self.updated.set()
+                elif kind == "response.cancel":
+                    if self.active_response is None:
+                        await self.send({"type": "error", "error": {
+                            "type": "invalid_request_error", "code": "response_cancel_not_active",
+                            "message": "no active response", "event_id": event.get("event_id")}})
+                    self.cancel_event.set()
+                elif kind == "conversation.item.truncate":
+                    self.truncates.append(event)
+                    have = self.item_audio_ms.get(event["item_id"], 0)
+                    if event["audio_end_ms"] > have:
+                        await self.send({"type": "error", "error": {
+                            "type": "invalid_request_error", "code": "invalid_value",
+                            "message": f"audio_end_ms {event['audio_end_ms']} is past the {have} ms of audio",
+                            "event_id": event.get("event_id")}})
+                    else:
+                        await self.send({"type": "conversation.item.truncated", "item_id": event["item_id"],
+                                         "content_index": 0, "audio_end_ms": event["audio_end_ms"]})
+        except ConnectionClosed:
+            pass
+        self.closed_at = time.monotonic()
+        self.close_code = self.ws.close_code
+
+
+@dataclass
+class StandinRealtime:
+    sessions: list[StandinSession] = field(default_factory=list)
+    server: Server | None = None
+    port: int = 0
+    new_session: asyncio.Queue[StandinSession] = field(default_factory=asyncio.Queue)
+
+    async def start(self) -> str:
+        self.server = await serve(self._handler, "127.0.0.1", 0, max_size=None, compression=None)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self.url
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/realtime"
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        request = ws.request
+        assert request is not None
+        session = StandinSession(ws=ws, path=request.path, headers=dict(request.headers.raw_items()))
+        self.sessions.append(session)
+        self.new_session.put_nowait(session)
+        await session.handle()
+
+    async def next_session(self, timeout: float = 5.0) -> StandinSession:
+        return await asyncio.wait_for(self.new_session.get(), timeout)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()

@@ -1,0 +1,45 @@
+"""Run the real bridge app under uvicorn on 127.0.0.1 (ephemeral port), in its own thread and loop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+
+
+def bind_ephemeral() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def serve(make_app: Callable[[int], Any]) -> Iterator[tuple[str, Any]]:
+    """Bind a port, build the app for it (`make_app(port)`), serve it; yields (base_url, app)."""
+    sock = bind_ephemeral()
+    port = sock.getsockname()[1]
+    app = make_app(port)
+    config = uvicorn.Config(
+        app, log_level="warning", ws_max_size=64 * 1024, ws_ping_interval=None, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("bridge server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
