@@ -259,4 +259,3 @@ def choose_continuation_path(
     if has_rest_credentials:
         return "rest"
     return "action" if has_action_url else "none"
-
