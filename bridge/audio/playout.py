@@ -1,0 +1,196 @@
+"""The bridge's own playout buffer and pacer, sans I/O: G.711 in, 20 ms frames out on a schedule.
+
+The call pushes the assistant's audio (already at 8 kHz G.711) as it arrives, item by item, and a
+thin async shell asks `pop_due(now_ms)` what to send now; `next_due_ms()` says when to ask again.
+
+Schedule: a playhead is the time at which the far end will start playing the next frame handed
+out. When the far end has run dry (playhead < now) the playhead restarts at `now`; every frame
+handed out advances it by `frame_ms`. A frame is due while its start is less than `lead_ms` ahead
+of `now` (a frame that starts now is always due, so `lead_ms=0` hands frames out exactly on time,
+as RTP needs). So the far end never holds more than about `lead_ms` of audio, which bounds what
+barge-in has to throw away, and a reply that pauses half-way does not get credited for the pause.
+
+Accounting: every frame carries the item it belongs to and `end_ms`, how many ms of that item's
+audio the caller has heard once the frame has played (a padded last frame counts only its real
+audio). `heard_at(now_ms)` answers the same question from the schedule (for legs without marks).
+
+Time is an input (milliseconds on any monotonic clock); nothing here sleeps or reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+_IDLE: Final = float("-inf")
+
+
+@dataclass(slots=True)
+class Frame:
+    payload: bytes  # one 20 ms G.711 frame (160 bytes)
+    item_id: str  # the realtime assistant item it belongs to ("" for prompts)
+    end_ms: int  # ms of that item's audio the caller has heard once this frame is played
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A frame handed out whose playing may not be over yet."""
+
+    start_ms: float  # when the far end starts playing it
+    item_id: str
+    from_ms: int  # item position at the frame's start
+    end_ms: int  # item position at the end of its real audio
+
+
+class Playout:
+    def __init__(
+        self, *, lead_ms: int = 100, frame_ms: int = 20, frame_bytes: int = 160, silence_byte: int = 0xFF
+    ) -> None:
+        if lead_ms < 0 or frame_ms <= 0 or frame_bytes <= 0 or not 0 <= silence_byte <= 0xFF:
+            raise ValueError(
+                f"bad playout geometry: lead_ms={lead_ms} frame_ms={frame_ms} "
+                f"frame_bytes={frame_bytes} silence_byte={silence_byte}"
+            )
+        self.lead_ms = lead_ms
+        self.frame_ms = frame_ms
+        self.frame_bytes = frame_bytes
+        self._silence = bytes((silence_byte,)) * frame_bytes
+        self._queue: deque[Frame] = deque()
+        # The item audio is being pushed for: its id, bytes pushed so far, and a partial frame.
+        self._item_id = ""
+        self._item_bytes = 0
+        self._remainder = b""
+        self._playhead_ms = _IDLE
+        self._last_now_ms = 0.0
+        self._sent: deque[_Sent] = deque()
+        self._heard: tuple[str, int] | None = None
+        self._last_popped: tuple[str, int] = ("", -1)  # item and end_ms of the last frame handed out
+
+    # ----------------------------------------------------------------------------- filling
+
+    def push(self, item_id: str, audio: bytes) -> None:
+        """Queue G.711 `audio` (any length) of `item_id`. Whole frames are queued at once; a
+        remainder waits for more audio of the same item. Audio of another item first closes the
+        previous item's remainder (padded with silence), as `finish_item` would."""
+        if item_id != self._item_id:
+            self._pad_remainder()
+            self._item_id = item_id
+            self._item_bytes = 0
+        if not audio:
+            return
+        data = self._remainder + audio if self._remainder else audio
+        fb = self.frame_bytes
+        whole = len(data) - len(data) % fb
+        position = self._item_bytes - len(self._remainder)  # item bytes before `data`
+        queue = self._queue
+        for offset in range(0, whole, fb):
+            position += fb
+            queue.append(Frame(data[offset : offset + fb], item_id, position * self.frame_ms // fb))
+        self._remainder = data[whole:]
+        self._item_bytes += len(audio)
+
+    def finish_item(self, item_id: str) -> None:
+        """`item_id` has no more audio: pad its remainder with silence into a last frame."""
+        if item_id == self._item_id:
+            self._pad_remainder()
+
+    def _pad_remainder(self) -> None:
+        rest = self._remainder
+        if rest:
+            frame = rest + self._silence[len(rest) :]
+            end_ms = self._item_bytes * self.frame_ms // self.frame_bytes
+            self._queue.append(Frame(frame, self._item_id, end_ms))
+            self._remainder = b""
+
+    # ----------------------------------------------------------------------------- pacing
+
+    def pop_due(self, now_ms: float) -> list[Frame]:
+        """Frames to send now: those whose scheduled play start is < now_ms + lead_ms (or <= now_ms)."""
+        self._last_now_ms = now_ms
+        queue = self._queue
+        if self._sent:
+            self._retire(now_ms)
+        if not queue:
+            return []
+        playhead = self._playhead_ms
+        if playhead < now_ms:
+            playhead = now_ms
+        limit = now_ms + self.lead_ms
+        frame_ms = self.frame_ms
+        due: list[Frame] = []
+        sent = self._sent
+        last_item, last_end = self._last_popped
+        while queue and (playhead < limit or playhead <= now_ms):
+            frame = queue.popleft()
+            due.append(frame)
+            end_ms = frame.end_ms
+            # A padded last frame holds less than frame_ms of audio: it starts where the previous ended.
+            from_ms = max(end_ms - frame_ms, last_end if frame.item_id == last_item else 0)
+            sent.append(_Sent(playhead, frame.item_id, from_ms, end_ms))
+            last_item, last_end = frame.item_id, end_ms
+            playhead += frame_ms
+        self._playhead_ms = playhead
+        self._last_popped = (last_item, last_end)
+        return due
+
+    def next_due_ms(self) -> float | None:
+        """When `pop_due` will next hand out a frame (a time in the past: now). None: nothing queued."""
+        if not self._queue:
+            return None
+        if self._playhead_ms == _IDLE:
+            return self._last_now_ms
+        return self._playhead_ms - self.lead_ms if self.lead_ms else self._playhead_ms
+
+    def clear(self, now_ms: float | None = None) -> int:
+        """Barge-in: drop queued frames and any remainder; returns the number of frames dropped.
+
+        The far end is told to drop what it holds, so the schedule restarts at `now` on the next
+        pop. Give `now_ms` to keep `heard_at` exact about the frame that was playing."""
+        if now_ms is not None:
+            self._heard = self.heard_at(now_ms)
+            self._last_now_ms = now_ms
+        elif self._sent:
+            self._retire(self._last_now_ms)
+        dropped = len(self._queue)
+        self._queue.clear()
+        self._remainder = b""
+        self._sent.clear()
+        self._last_popped = ("", -1)
+        self._playhead_ms = _IDLE
+        return dropped
+
+    # ----------------------------------------------------------------------------- state
+
+    @property
+    def queued_ms(self) -> int:
+        """Audio queued and not yet handed out, in whole frames (a waiting remainder not counted)."""
+        return len(self._queue) * self.frame_ms
+
+    @property
+    def busy_until_ms(self) -> float:
+        """When the far end will have played everything handed out (a past time when it is idle)."""
+        if self._playhead_ms == _IDLE:
+            return self._last_now_ms
+        return self._playhead_ms
+
+    def heard_at(self, now_ms: float) -> tuple[str, int] | None:
+        """(item_id, audio_end_ms) the caller has heard by `now_ms`, assuming the far end plays each
+        frame at its scheduled start; None before any frame has been played. Use it where the leg
+        echoes no marks (RTP); ask it before `clear()`."""
+        if self._sent:
+            self._retire(now_ms)
+        if self._sent:
+            first = self._sent[0]
+            if first.start_ms < now_ms:
+                heard = first.from_ms + int(now_ms - first.start_ms)
+                return first.item_id, min(heard, first.end_ms)
+        return self._heard
+
+    def _retire(self, now_ms: float) -> None:
+        """Forget frames the far end has finished playing by `now_ms`, remembering the last one."""
+        sent = self._sent
+        frame_ms = self.frame_ms
+        while sent and sent[0].start_ms + frame_ms <= now_ms:
+            done = sent.popleft()
+            self._heard = (done.item_id, done.end_ms)
