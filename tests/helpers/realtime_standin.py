@@ -43,6 +43,7 @@ class StandinSession:
     truncates: list[dict[str, Any]] = field(default_factory=list)
     item_audio_ms: dict[str, int] = field(default_factory=dict)
     active_response: str | None = None
+    first_delta_at: float | None = None  # when the latest reply's first audio delta was sent
 
     async def send(self, event: dict[str, Any]) -> None:
         event.setdefault("event_id", _id("event"))
@@ -98,6 +99,7 @@ class StandinSession:
                          "part": {"type": "audio", "transcript": ""}})
         step = chunk_ms * self.bytes_per_ms
         first = time.monotonic()
+        self.first_delta_at = None
         sent_ms = 0
         paused = False
         for i in range(0, len(audio), step):
@@ -107,6 +109,8 @@ class StandinSession:
                 paused = True
                 await asyncio.sleep(pause_s)
             chunk = audio[i : i + step]
+            if self.first_delta_at is None:
+                first = self.first_delta_at = time.monotonic()
             await self.send({"type": "response.output_audio.delta", "response_id": rid, "item_id": iid,
                              "output_index": 0, "content_index": 0,
                              "delta": base64.b64encode(chunk).decode()})

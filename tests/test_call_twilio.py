@@ -1,0 +1,291 @@
+"""The call path end to end: real bridge server, Twilio emulator, stand-in realtime server.
+
+Every client event the bridge sends upstream is validated against the official openai SDK's
+GA models. Audio is checked for fidelity both ways, barge-in against what the emulator really
+played, and hang-up for how fast the upstream session is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import numpy as np
+import pytest
+
+from bridge.app import create_app
+from bridge.audio import codec
+from bridge.settings import Settings
+from tests.helpers.realtime_schema import validate_client_event
+from tests.helpers.realtime_standin import StandinRealtime, StandinSession
+from tests.helpers.servers import serve
+from tests.helpers.signals import onset_s, pcm, samples, sinad_db, speech_8k, tone, ulaw
+from tests.helpers.twilio_emulator import FRAME_BYTES, TwilioEmulator
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[StandinRealtime]:
+    server = StandinRealtime()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def bridge_url(standin: StandinRealtime) -> Iterator[str]:
+    def make(port: int) -> object:
+        return create_app(Settings(port=port, realtime_url=standin.url, barge_in_min_speech_ms=100))
+
+    with serve(make) as (url, _app):
+        yield url
+
+
+def media_url(bridge_url: str) -> str:
+    return bridge_url.replace("http://", "ws://") + "/twilio/media"
+
+
+async def open_call(
+    bridge_url: str, standin: StandinRealtime, **kw: object
+) -> tuple[TwilioEmulator, StandinSession]:
+    twilio = TwilioEmulator(media_url(bridge_url), **kw)  # type: ignore[arg-type]
+    await twilio.open()
+    await twilio.start()
+    session = await standin.next_session()
+    await asyncio.wait_for(session.updated.wait(), 5)
+    return twilio, session
+
+
+def assert_valid_upstream(session: StandinSession) -> None:
+    assert session.received, "the bridge sent nothing upstream"
+    for _, event in session.received:
+        validate_client_event(event)
+
+
+def item_frames_played(twilio: TwilioEmulator, before: float) -> int:
+    return sum(1 for p in twilio.played if p.at < before and p.payload != b"\xff" * FRAME_BYTES)
+
+
+async def test_voice_webhook_answers_twiml_that_connects_the_stream(bridge_url: str) -> None:
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            bridge_url + "/twilio/voice",
+            data={"CallSid": "CA1", "From": "+15551230000", "To": "+15557650000"},
+        )
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/xml")
+    body = r.text
+    assert "<Connect><Stream" in body
+    assert 'url="ws://127.0.0.1:' in body
+    assert '/twilio/media"' in body
+    assert 'name="caller" value="+15551230000"' in body
+
+
+async def test_one_turn_with_tone_fidelity_both_ways(bridge_url: str, standin: StandinRealtime) -> None:
+    twilio, session = await open_call(bridge_url, standin)
+    fmt = session.session["audio"]
+    assert fmt["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert fmt["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    # Caller -> model: 1 s of a 1 kHz tone, sent as Twilio sends it.
+    await twilio.stream_audio(ulaw(tone(1000, 1.0, 8000)))
+    await twilio.wait_for(lambda: len(session.appended) >= 48_000 * 1 - 48 * 20)
+    up = samples(bytes(session.appended))
+    assert abs(len(up) - 24_000) <= 480  # every frame arrived, resampled 3x
+    assert sinad_db(up[480:-480], 1000, 24000) > 33  # µ-law itself limits this to ~38 dB
+    # Model -> caller: 1 s of a 440 Hz tone at 24 kHz.
+    played_before = len(twilio.played)
+    await session.reply_audio(pcm(tone(440, 1.0, 24000)))
+    await twilio.wait_for(lambda: len(twilio.played) - played_before >= 50, timeout=5)
+    await asyncio.sleep(0.1)
+    heard = [p for p in twilio.played[played_before:] if p.payload != b"\xff" * FRAME_BYTES]
+    assert 50 <= len(heard) <= 51
+    down = samples(codec.decode(b"".join(p.payload for p in heard), "pcmu"))
+    assert sinad_db(down[80:-240], 440, 8000) > 33
+    gaps = np.diff([p.at for p in heard])
+    assert gaps.max() < 0.06  # played back to back, no holes
+    await twilio.stop()
+    await twilio.wait_for(lambda: session.closed_at is not None, timeout=2)
+    assert_valid_upstream(session)
+    await twilio.close()
+
+
+async def test_upstream_socket_opens_at_stream_start(bridge_url: str, standin: StandinRealtime) -> None:
+    twilio, session = await open_call(bridge_url, standin)
+    # Connected and configured before the caller said anything.
+    assert session.client_events("session.update")
+    assert not session.appended
+    await twilio.stop()
+    await twilio.close()
+
+
+async def barge_in_with_speech(twilio: TwilioEmulator) -> float:
+    """Caller talks over the bot with real speech; returns the true onset time."""
+    speech = speech_8k("hello-world")
+    start = time.monotonic()
+    await twilio.stream_audio(ulaw(speech), start_at=start)
+    return start + onset_s(speech)
+
+
+async def test_barge_in_during_reply_truncates_at_what_was_heard(
+    bridge_url: str, standin: StandinRealtime
+) -> None:
+    twilio, session = await open_call(bridge_url, standin)
+    reply = asyncio.create_task(session.reply_audio(pcm(tone(440, 4.0, 24000)), realtime=1.5))
+    await twilio.wait_for(lambda: item_frames_played(twilio, time.monotonic()) >= 50, timeout=5)
+    onset = await barge_in_with_speech(twilio)
+    await twilio.wait_for(lambda: bool(twilio.clears), timeout=3)
+    await reply
+    await twilio.wait_for(lambda: bool(session.truncates), timeout=2)
+    clear_at = twilio.clears[0]
+    assert clear_at - onset < 0.6
+    heard_ms = item_frames_played(twilio, clear_at) * 20
+    truncate = session.truncates[0]
+    assert abs(truncate["audio_end_ms"] - heard_ms) <= 40
+    assert session.client_events("response.cancel"), "the response was still running"
+    # Nothing of the cut reply is played after the clear.
+    await asyncio.sleep(0.2)
+    assert item_frames_played(twilio, time.monotonic()) * 20 <= heard_ms + 20
+    assert_valid_upstream(session)
+    await twilio.stop()
+    await twilio.close()
+
+
+async def test_barge_in_after_model_paused_mid_reply(bridge_url: str, standin: StandinRealtime) -> None:
+    twilio, session = await open_call(bridge_url, standin)
+    reply = asyncio.create_task(
+        session.reply_audio(pcm(tone(440, 3.0, 24000)), realtime=1.0, pause_after_ms=1000, pause_s=1.5)
+    )
+    # 1 s of audio, 1.5 s pause, then 0.5 s into the second part the caller talks.
+    await twilio.wait_for(lambda: item_frames_played(twilio, time.monotonic()) >= 75, timeout=8)
+    await barge_in_with_speech(twilio)
+    await twilio.wait_for(lambda: bool(session.truncates), timeout=3)
+    await reply
+    heard_ms = item_frames_played(twilio, twilio.clears[0]) * 20
+    assert heard_ms >= 1400  # the pause was not counted as heard ...
+    assert abs(session.truncates[0]["audio_end_ms"] - heard_ms) <= 40  # ... and the truncate is exact
+    assert_valid_upstream(session)
+    await twilio.stop()
+    await twilio.close()
+
+
+async def test_server_speech_started_barges_in(bridge_url: str, standin: StandinRealtime) -> None:
+    twilio, session = await open_call(bridge_url, standin)
+    reply = asyncio.create_task(session.reply_audio(pcm(tone(440, 3.0, 24000)), realtime=1.5))
+    await twilio.wait_for(lambda: item_frames_played(twilio, time.monotonic()) >= 40, timeout=5)
+    sent = time.monotonic()
+    await session.speech_started()
+    await twilio.wait_for(lambda: bool(twilio.clears), timeout=2)
+    assert twilio.clears[0] - sent < 0.2
+    await reply
+    await twilio.wait_for(lambda: bool(session.truncates), timeout=2)
+    heard_ms = item_frames_played(twilio, twilio.clears[0]) * 20
+    assert abs(session.truncates[0]["audio_end_ms"] - heard_ms) <= 40
+    await twilio.stop()
+    await twilio.close()
+
+
+async def test_no_truncate_when_nothing_was_heard(bridge_url: str, standin: StandinRealtime) -> None:
+    twilio, session = await open_call(bridge_url, standin)
+    await session.speech_started()  # bot silent: nothing to cut
+    await asyncio.sleep(0.2)
+    assert not twilio.clears
+    assert not session.truncates
+    await twilio.stop()
+    await twilio.close()
+
+
+@pytest.mark.parametrize("state", ["mid_reply", "idle", "stop_socket_open", "socket_closed"])
+async def test_hang_up_closes_upstream_within_100ms(
+    bridge_url: str, standin: StandinRealtime, state: str
+) -> None:
+    twilio, session = await open_call(bridge_url, standin)
+    await twilio.stream_audio(ulaw(tone(1000, 0.2, 8000)))
+    reply = None
+    if state == "mid_reply":
+        reply = asyncio.create_task(session.reply_audio(pcm(tone(440, 3.0, 24000)), realtime=1.0))
+        await twilio.wait_for(lambda: len(twilio.played) > 10 and twilio.played[-1].payload != b"\xff" * 160)
+    t0 = time.monotonic()
+    if state == "socket_closed":
+        assert twilio.ws is not None
+        await twilio.ws.close()
+    else:
+        await twilio.stop()
+    await twilio.wait_for(lambda: session.closed_at is not None, timeout=2)
+    assert session.closed_at is not None
+    assert session.closed_at - t0 < 0.1
+    if state != "socket_closed":
+        # Nothing is sent to Twilio once `stop` has been processed.
+        late = [m for t, m in twilio.received if t > t0 + 0.03]
+        assert late == []
+        await twilio.wait_for(lambda: twilio.closed_at is not None, timeout=2)  # bridge closed the socket
+    if reply is not None:
+        await reply
+    await twilio.close()
+
+
+async def test_upstream_failure_ends_the_call(bridge_url: str, standin: StandinRealtime) -> None:
+    twilio, session = await open_call(bridge_url, standin)
+    await session.ws.close(code=1011)
+    await twilio.wait_for(lambda: twilio.closed_at is not None, timeout=2)
+    await twilio.close()
+
+
+# -- bad input, with a healthy call running alongside -------------------------------------------
+
+BAD_INPUTS: dict[str, tuple[list[object], int | None]] = {
+    "malformed_json": (["start", "{not json"], 1007),
+    "binary_frame": (["start", b"\x00\x01binary"], 1003),
+    "oversized": (["start", '{"event":"media","pad":"' + "x" * 70_000 + '"}'], 1009),
+    "media_before_start": (["media"], 1007),
+    "invalid_base64": (["start", "bad_media"], 1007),
+    "unknown_event": (["start", '{"event":"wobble","streamSid":"MZ1"}'], None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+async def test_bad_input_ends_only_that_stream(bridge_url: str, standin: StandinRealtime, case: str) -> None:
+    healthy, healthy_session = await open_call(bridge_url, standin)
+    reply = asyncio.create_task(healthy_session.reply_audio(pcm(tone(440, 2.0, 24000)), realtime=1.0))
+    await healthy.wait_for(lambda: len(healthy.played) > 10 and healthy.played[-1].payload != b"\xff" * 160)
+
+    steps, close_code = BAD_INPUTS[case]
+    bad = TwilioEmulator(media_url(bridge_url), stream_sid="MZbad", call_sid="CAbad")
+    await bad.open()
+    assert bad.ws is not None
+    for step in steps:
+        if step == "start":
+            await bad.start()
+        elif step == "media":
+            await bad.send_media(b"\xff" * 160)
+        elif step == "bad_media":
+            await bad.send_json({"event": "media", "sequenceNumber": "3", "streamSid": "MZbad",
+                                 "media": {"track": "inbound", "chunk": "1", "timestamp": "0",
+                                           "payload": "***not base64***"}})
+        else:
+            await bad.ws.send(step)  # type: ignore[arg-type]
+    if close_code is None:
+        await asyncio.sleep(0.3)
+        assert bad.closed_at is None  # ignored, the stream goes on
+        await bad.send_media(b"\xff" * 160)
+        await bad.stop()
+    else:
+        await bad.wait_for(lambda: bad.closed_at is not None, timeout=3)
+        assert bad.close_code == close_code
+    await bad.close()
+    for s in standin.sessions:
+        if s is not healthy_session:
+            await healthy.wait_for(lambda s=s: s.closed_at is not None, timeout=2)  # type: ignore[misc]
+            for _, event in s.received:
+                validate_client_event(event)  # nothing garbled reached the model
+
+    await reply
+    await asyncio.sleep(0.2)
+    frames = [p for p in healthy.played if p.payload != b"\xff" * 160]
+    assert len(frames) >= 98  # the healthy call heard its whole 2 s reply
+    assert np.diff([p.at for p in frames]).max() < 0.06
+    await healthy.stop()
+    await healthy.close()
