@@ -1,0 +1,113 @@
+"""The SIP leg as the call sees it: a `Leg` over the bridge's own RTP sender and a SIP dialog.
+
+Signalling lives in `bridge.telephony.sip` (which creates these legs); audio pacing in
+`bridge.telephony.rtp`. This module only turns them into the `Leg` protocol: events in order
+(`CallStarted` first, `CallEnded` last), a flushable outbound queue, marks once played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from bridge.telephony.events import AudioIn, CallEnded, CallStarted, Dtmf, Encoding, LegEvent, MarkPlayed
+from bridge.telephony.rtp import FRAME_MS, RtpSender, RtpStats
+
+
+class DialogControl(Protocol):
+    """What the leg asks of the SIP side of its call."""
+
+    async def hang_up(self) -> None: ...
+
+    async def transfer(self, target: str) -> bool: ...
+
+
+class SipLeg:
+    """One SIP call as a `Leg` (see `bridge.telephony.events`).
+
+    `lead_ms` is 0: the call's pacer hands frames over on time and the RTP ticker transmits them
+    on absolute 20 ms deadlines from a small queue that `clear()` empties at once.
+    """
+
+    lead_ms = 0
+
+    def __init__(self, started: CallStarted, sender: RtpSender, control: DialogControl,
+                 stats: RtpStats | None = None) -> None:
+        self.encoding: Encoding = started.encoding
+        self.started = started
+        self.sender = sender
+        self.stats = stats or sender.stats
+        self._control = control
+        self._queue: asyncio.Queue[LegEvent] = asyncio.Queue()
+        self._queue.put_nowait(started)
+        self._inbound_frames = 0
+        self.ended: str | None = None
+
+    # -- fed by the SIP/RTP side, on the event loop ----------------------------------------------
+
+    def push_audio(self, frame: bytes) -> None:
+        if self.ended is None:
+            self._queue.put_nowait(AudioIn(frame, self._inbound_frames * FRAME_MS))
+            self._inbound_frames += 1
+
+    def push_dtmf(self, digit: str) -> None:
+        if self.ended is None:
+            self._queue.put_nowait(Dtmf(digit))
+
+    def push_marks(self, names: list[str]) -> None:
+        if self.ended is None:
+            for name in names:
+                self._queue.put_nowait(MarkPlayed(name))
+
+    def end(self, reason: str) -> None:
+        """The call is over (either side). Idempotent; later sends are no-ops."""
+        if self.ended is None:
+            self.ended = reason
+            self.sender.clear()
+            self._queue.put_nowait(CallEnded(reason))
+
+    # -- Leg -------------------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[LegEvent]:
+        while True:
+            event = await self._queue.get()
+            yield event
+            if isinstance(event, CallEnded):
+                return
+
+    async def send_audio(self, frame: bytes) -> None:
+        if self.ended is None:
+            self.sender.queue_frame(frame)
+
+    async def send_mark(self, name: str) -> None:
+        if self.ended is None:
+            self.sender.queue_mark(name)
+
+    async def clear(self) -> None:
+        if self.ended is None:
+            self.push_marks(self.sender.clear())
+
+    async def hang_up(self) -> None:
+        if self.ended is None:
+            await self._control.hang_up()
+
+    async def transfer(self, target: str) -> bool:
+        if self.ended is not None:
+            return False
+        return await self._control.transfer(target)
+
+    async def send_dtmf(self, digits: str, duration_ms: int = 100) -> None:
+        """Send RFC 4733 digits to the caller (for dialplans that talk to IVRs)."""
+        if self.ended is None:
+            for digit in digits:
+                self.sender.queue_dtmf(digit, duration_ms)
+
+    @property
+    def played_ms(self) -> int:
+        """Audio actually transmitted to the caller so far (the pacer's count, for truncation)."""
+        return self.sender.frames_sent * FRAME_MS
+
+    @property
+    def queued_ms(self) -> int:
+        return self.sender.queued_frames * FRAME_MS
