@@ -3,7 +3,7 @@
 Why not soxr: python-soxr's `ResampleStream` works in internal blocks and holds back 40-75 ms per
 direction on 20 ms chunks. These polyphase FIRs return every sample they can at once (zero backlog;
 a Downsampler fed a length not divisible by 3 keeps at most 2 input samples for the next chunk) and
-add only their linear-phase group delay (`delay_ms`, 1.3 ms up, 2.0 ms down).
+add only their linear-phase group delay (`delay_ms`: 1.29 ms up, 1.92 ms down).
 
 The filters are equiripple (Parks-McClellan) designs at 24 kHz, shipped as coefficients so that
 importing this module does not import scipy (0.7 s). tests/audio/test_resample.py re-derives them:
@@ -159,16 +159,21 @@ class Upsampler:
 class Downsampler:
     """24 kHz -> 8 kHz, streaming: anti-alias FIR evaluated only at every third input sample.
 
-    Output sample m is the filter output at input sample 3m (counting from the first sample ever
-    fed), so 480 samples in always give 160 out; other lengths carry the phase to the next chunk.
+    Output sample m is the filter output at input sample 3m + 2 (counting from the first sample
+    ever fed), so every output is made as soon as its third input sample arrives: n samples in
+    total give n // 3 out, 480 in always give 160 out, and other lengths carry the phase (at most
+    two samples wait for the next chunk). Against the 8 kHz grid (sample m at 24 kHz sample 3m)
+    the output lags by (N - 1) / 2 - 2 = 46 input samples: `delay_ms` = 1.92 ms.
     """
 
     _taps_rev: Final = np.array(np.asarray(_DOWN_TAPS, dtype=np.float64)[::-1])
     n_taps: Final = len(_DOWN_TAPS)
-    delay_ms: float = (len(_DOWN_TAPS) - 1) / 2 * 1000 / RATE_24K
+    delay_ms: float = ((len(_DOWN_TAPS) - 1) / 2 - (FACTOR - 1)) * 1000 / RATE_24K
+    # Before any input, the buffer holds N - 3 zeros: the first window then ends at input sample 2.
+    _start_fill: Final = len(_DOWN_TAPS) - FACTOR
 
     def __init__(self) -> None:
-        self._fill = self.n_taps - 1  # valid samples at the front of _buf (history + pending)
+        self._fill = self._start_fill  # valid samples at the front of _buf (history + pending)
         self._allocate(_INITIAL_CAPACITY_SAMPLES)
 
     def _allocate(self, capacity: int) -> None:
@@ -186,13 +191,13 @@ class Downsampler:
 
     def reset(self) -> None:
         """Forget the history and the phase (start of a new, unrelated stream)."""
-        self._fill = self.n_taps - 1
+        self._fill = self._start_fill
         self._buf[: self._fill] = 0.0
 
     @property
     def pending_samples(self) -> int:
         """Input samples held for the next chunk (0-2): the only backlog this resampler has."""
-        return self._fill - (self.n_taps - 1)
+        return self._fill - self._start_fill
 
     def process(self, pcm16: bytes) -> bytes:
         """24 kHz PCM16LE of any length -> 8 kHz PCM16LE (a third as many samples, phase carried)."""
@@ -206,7 +211,7 @@ class Downsampler:
         fill = self._fill
         total = fill + n
         buf[fill:total] = np.frombuffer(pcm16, dtype="<i2")
-        k = (total - self.n_taps) // FACTOR + 1
+        k = (total - self._start_fill) // FACTOR
         consumed = FACTOR * k
         out = self._out[:k]
         np.dot(self._windows[:k], self._taps_rev, out=out)
