@@ -1,0 +1,773 @@
+"""Dialplan schema (pydantic): what ops write in `dialplans/*.yaml`.
+
+The shapes here mirror the YAML one to one, so a validation error's location
+(`flows.main[2].menu.options`) is also a path in the file. Semantic checks that need the
+whole plan (targets resolve, no unreachable steps, no loops without input, variables are
+known) live in `semantic_problems()`; the loader adds file and line to both kinds.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+
+# ---------------------------------------------------------------- scalar helpers
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|seconds?|m|min|mins|minutes?|h)?\s*$")
+_UNIT_MS = {"ms": 1.0, "s": 1000.0, "m": 60_000.0, "min": 60_000.0, "h": 3_600_000.0}
+
+
+def parse_duration_ms(value: object) -> int:
+    """`5s`, `500ms`, `2m`, `1.5s`, or a bare number of seconds -> milliseconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 5s, 500ms or 2m")
+    if isinstance(value, int | float):
+        return round(float(value) * 1000)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            unit = m.group(2) or "s"
+            if unit.startswith("sec"):
+                unit = "s"
+            elif unit.startswith("min"):
+                unit = "m"
+            return round(float(m.group(1)) * _UNIT_MS[unit])
+    raise ValueError(f"expected a duration like 5s, 500ms or 2m, got {value!r}")
+
+
+DurationMs = Annotated[int, BeforeValidator(parse_duration_ms), Field(ge=0)]
+
+DTMF_KEYS = frozenset("0123456789*#ABCD")
+BUILTIN_VARIABLES = ("caller", "called", "digits", "call_id")
+# Targets with a fixed meaning; flows may not take these names.
+NEXT = "next"
+HANG_UP = "hang_up"
+RESERVED_TARGETS = frozenset({NEXT, HANG_UP})
+STEP_KINDS = ("say", "play", "menu", "collect", "hours", "goto", "agent", "transfer", "hang_up")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+_E164_RE = re.compile(r"^\+[1-9][0-9]{5,14}$")
+_SIP_USER_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def text_fields(text: str) -> list[str]:
+    """Names of the `{variables}` a text uses. Raises ValueError on malformed braces."""
+    names: list[str] = []
+    for _literal, field, spec, conv in string.Formatter().parse(text):
+        if field is None:
+            continue
+        if not _VAR_NAME_RE.match(field) or spec or conv:
+            raise ValueError(f"`{{{field}}}` is not a variable; write {{name}} (or {{{{ for a brace)")
+        names.append(field)
+    return names
+
+
+def _check_text(text: str) -> str:
+    try:
+        text_fields(text)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+Target = Annotated[str, Field(min_length=1)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+# ---------------------------------------------------------------- steps
+
+
+class SayStep(_Model):
+    text: str = Field(min_length=1)
+    voice: str | None = None  # a LOCAL synthesizer voice; None: defaults.prompt_voice
+    barge_in: bool = True
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        return _check_text(v)
+
+
+class PlayStep(_Model):
+    file: Path  # relative to the dialplan file; the loader makes it absolute
+    barge_in: bool = True
+    # If the file cannot be played at run time: say this instead, then continue (or go to on_error).
+    fallback: str = "Sorry, a recording is missing."
+    on_error: Target | None = None  # None: continue with the next step
+
+
+class MenuOption(_Model):
+    goto: Target
+    words: tuple[str, ...] = ()  # extra spoken words or phrases (synonyms) that pick this option
+
+
+def _option_value(v: object) -> object:
+    return {"goto": v} if isinstance(v, str) else v
+
+
+class MenuStep(_Model):
+    prompt: str = Field(min_length=1)
+    options: dict[str, Annotated[MenuOption, BeforeValidator(_option_value)]] = Field(min_length=1)
+    timeout_ms: DurationMs = Field(5000, alias="timeout")
+    retries: int = Field(2, ge=0, le=10)
+    no_input: Target = NEXT
+    no_match: Target = NEXT
+    no_input_prompt: str = "Sorry, I didn't hear anything."
+    no_match_prompt: str = "Sorry, I didn't get that."
+    voice: str | None = None
+    barge_in: bool = True
+
+    @field_validator("prompt", "no_input_prompt", "no_match_prompt")
+    @classmethod
+    def _texts(cls, v: str) -> str:
+        return _check_text(v)
+
+    @field_validator("options")
+    @classmethod
+    def _keys(cls, v: dict[str, MenuOption]) -> dict[str, MenuOption]:
+        for key in v:
+            if not key.strip():
+                raise ValueError("an option key must be a DTMF digit or a spoken word, not empty")
+            if len(key) == 1 and key not in DTMF_KEYS and not key.isalpha():
+                raise ValueError(f"option key {key!r} is neither a DTMF key (0-9 * # A-D) nor a word")
+        return v
+
+
+class CollectStep(_Model):
+    variable: str
+    digits: int = Field(ge=1, le=32)  # how many digits at most; reaching it ends the input
+    min_digits: int | None = Field(None, ge=1, le=32)  # fewer than this counts as no match
+    terminator: str = "#"
+    prompt: str | None = None
+    timeout_ms: DurationMs = Field(5000, alias="timeout")
+    retries: int = Field(2, ge=0, le=10)
+    no_input: Target = NEXT
+    no_input_prompt: str = "Sorry, I didn't get that."
+    voice: str | None = None
+
+    @field_validator("variable")
+    @classmethod
+    def _var(cls, v: str) -> str:
+        if not _VAR_NAME_RE.match(v) or v in BUILTIN_VARIABLES:
+            raise ValueError(
+                f"expected a variable name (letters, digits, _) other than {', '.join(BUILTIN_VARIABLES)}"
+            )
+        return v
+
+    @field_validator("terminator")
+    @classmethod
+    def _term(cls, v: str) -> str:
+        if v not in ("", "#", "*"):
+            raise ValueError("expected '#', '*' or '' (no terminator)")
+        return v
+
+    @field_validator("prompt", "no_input_prompt")
+    @classmethod
+    def _texts(cls, v: str | None) -> str | None:
+        return None if v is None else _check_text(v)
+
+    @model_validator(mode="after")
+    def _min(self) -> CollectStep:
+        if self.min_digits is not None and self.min_digits > self.digits:
+            raise ValueError("min_digits is larger than digits")
+        return self
+
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_WINDOW_RE = re.compile(
+    r"^\s*(?P<days>[a-z]{3}(?:\s*-\s*[a-z]{3})?(?:\s*,\s*[a-z]{3}(?:\s*-\s*[a-z]{3})?)*)\s+"
+    r"(?P<start>\d{1,2}:\d{2})\s*-\s*(?P<end>\d{1,2}:\d{2})\s*$"
+)
+
+
+class Window(_Model):
+    """One weekly opening window; `end_min` may be 1440 (midnight). Parsed from "mon-fri 09:00-17:00"."""
+
+    days: frozenset[int]  # 0 = Monday
+    start_min: int
+    end_min: int
+
+
+def parse_window(text: str) -> Window:
+    m = _WINDOW_RE.match(text.lower())
+    if not m:
+        raise ValueError(f"expected a window like \"mon-fri 09:00-17:00\", got {text!r}")
+    days: set[int] = set()
+    for part in m.group("days").split(","):
+        ends = [p.strip() for p in part.split("-")]
+        for d in ends:
+            if d not in _DAYS:
+                raise ValueError(f"unknown day {d!r} in {text!r}; use mon tue wed thu fri sat sun")
+        a, b = _DAYS.index(ends[0]), _DAYS.index(ends[-1])
+        span = range(a, b + 1) if a <= b else [*range(a, 7), *range(0, b + 1)]
+        days.update(span)
+
+    def minutes(hhmm: str) -> int:
+        h, mm = (int(x) for x in hhmm.split(":"))
+        if h > 24 or mm > 59 or (h == 24 and mm):
+            raise ValueError(f"bad time {hhmm!r} in {text!r}")
+        return h * 60 + mm
+
+    start, end = minutes(m.group("start")), minutes(m.group("end"))
+    if end <= start:
+        raise ValueError(f"window {text!r} ends before it starts (use 00:00-24:00 style, no overnight)")
+    return Window(days=frozenset(days), start_min=start, end_min=end)
+
+
+def _windows(v: object) -> object:
+    if isinstance(v, str):
+        v = [v]
+    if isinstance(v, list):
+        return [parse_window(x) if isinstance(x, str) else x for x in v]
+    return v
+
+
+class HoursStep(_Model):
+    timezone: str
+    windows: Annotated[tuple[Window, ...], BeforeValidator(_windows)] = Field(min_length=1)
+    holidays: tuple[date, ...] = ()
+    open: Target = NEXT
+    closed: Target
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {v!r}; expected an IANA name like America/New_York") from None
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _open_is_target(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("open"), str | list) and "windows" not in data:
+            probe = data["open"] if isinstance(data["open"], str) else "x"
+            if _WINDOW_RE.match(probe.lower()) or isinstance(data["open"], list):
+                raise ValueError(
+                    "`open:` is where to go when open; put the schedule in `windows:` "
+                    '(e.g. windows: ["mon-fri 09:00-17:00"])'
+                )
+        return data
+
+
+class BargeIn(_Model):
+    enabled: bool = True
+    min_speech_ms: int | None = Field(None, ge=20, le=2000)
+    threshold: float | None = Field(None, gt=0.0, lt=1.0)
+
+
+class Tool(_Model):
+    """`transfer` and `hang_up` are built in; any other name is a custom tool that leaves the agent
+    for a flow (`goto`)."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # JSON schema of the arguments (custom tools)
+    target: str | None = None  # transfer: E.164 number or SIP URI (else defaults.transfer_to)
+    announce: str | None = None  # transfer: said before transferring
+    goto: str | None = None  # custom tool: the flow to continue with
+
+    @model_validator(mode="after")
+    def _kind(self) -> Tool:
+        if not _VAR_NAME_RE.match(self.name):
+            raise ValueError(f"tool name {self.name!r}: expected letters, digits and _")
+        if self.name in ("transfer", "hang_up"):
+            if self.goto:
+                raise ValueError(f"the built-in tool {self.name} takes no goto")
+        elif self.goto is None:
+            raise ValueError(f"custom tool {self.name!r} needs `goto:` (the flow to continue with)")
+        if self.target is not None:
+            if self.name != "transfer":
+                raise ValueError("only the transfer tool takes a target")
+            check_transfer_target(self.target)
+        return self
+
+
+def _tool(v: object) -> object:
+    if isinstance(v, str):
+        return {"name": v}
+    if isinstance(v, dict) and "name" not in v and len(v) == 1:
+        ((name, arg),) = v.items()
+        if isinstance(arg, str):
+            return {"name": name, ("target" if name == "transfer" else "goto"): arg}
+        if isinstance(arg, dict):
+            return {"name": name, **arg}
+        if arg is None:
+            return {"name": name}
+    return v
+
+
+class FaqEntry(_Model):
+    questions: tuple[str, ...] = Field(min_length=1, alias="question")
+    answer: str = Field(min_length=1)
+
+    @field_validator("questions", mode="before")
+    @classmethod
+    def _one(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
+
+class ChatCompletions(_Model):
+    """Local engine: an OpenAI-compatible chat-completions endpoint for turns no intent/FAQ matched."""
+
+    url: str = Field(min_length=1)
+    model: str = "default"
+    api_key_env: str | None = None  # the name of the setting holding the key, e.g. OPENAI_API_KEY
+
+
+class Intent(_Model):
+    """For the local engine: when the caller says one of `phrases`, say `reply` and/or call `tool`."""
+
+    name: str
+    phrases: tuple[str, ...] = Field(min_length=1)
+    reply: str | None = None
+    tool: str | None = None  # transfer | hang_up | a custom tool's name
+    arguments: dict[str, Any] = Field(default_factory=dict)  # passed with the tool call
+
+    @model_validator(mode="after")
+    def _something(self) -> Intent:
+        if self.reply is None and self.tool is None:
+            raise ValueError(f"intent {self.name!r} needs a reply, a tool, or both")
+        return self
+
+
+Provider = Literal["local", "openai", "azure", "url"]
+UpstreamFormat = Literal["pcm24k", "pcmu"]
+
+
+class AgentStep(_Model):
+    provider: Provider | None = None  # None: defaults.provider (itself default local)
+    url: str | None = None  # provider url: a ws(s):// endpoint speaking the Realtime GA protocol
+    model: str | None = None
+    voice: str | None = None
+    language: str | None = None
+    instructions: str = "You are a helpful phone assistant. Keep answers short."
+    greeting: str | None = None  # said by the agent first (None: the caller speaks first)
+    tools: tuple[Annotated[Tool, BeforeValidator(_tool)], ...] = ()
+    intents: tuple[Intent, ...] = ()
+    faq: tuple[FaqEntry, ...] = ()
+    fallback_reply: str | None = None  # local engine: said when no intent or FAQ matched
+    no_input_reply: str | None = None  # local engine: said when the caller stays silent
+    chat_completions: ChatCompletions | None = None  # local engine: free-text answers
+    barge_in: BargeIn | None = None
+    format: UpstreamFormat | None = None
+    max_duration_ms: DurationMs = Field(900_000, alias="max_duration")
+    on_error: Target | None = None  # None: apologise and hang up
+    error_prompt: str = "Sorry, I'm having trouble right now."
+    dtmf: dict[str, str] = Field(default_factory=dict)  # digit -> transfer | hang_up | a flow
+
+    @model_validator(mode="before")
+    @classmethod
+    def _provider_url(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            p = data.get("provider")
+            if isinstance(p, str) and re.match(r"^(wss?|https?)://", p):
+                if data.get("url") not in (None, p):
+                    raise ValueError("give the URL either as provider or as url, not both")
+                data = {**data, "provider": "url", "url": p}
+        return data
+
+    @field_validator("instructions", "greeting", "error_prompt")
+    @classmethod
+    def _texts(cls, v: str | None) -> str | None:
+        return None if v is None else _check_text(v)
+
+    @field_validator("dtmf")
+    @classmethod
+    def _dtmf(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if key not in DTMF_KEYS:
+                raise ValueError(f"dtmf key {key!r}: expected one DTMF key, 0-9 * # A-D (quoted)")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> AgentStep:
+        if self.provider == "url" and not self.url:
+            raise ValueError("provider url needs `url: wss://...`")
+        if self.url is not None and not re.match(r"^(wss?|https?)://", self.url):
+            raise ValueError(f"url {self.url!r}: expected ws://, wss://, http:// or https://")
+        names = [t.name for t in self.tools]
+        if len(set(names)) != len(names):
+            raise ValueError("a tool is listed twice")
+        for intent in self.intents:
+            if intent.tool is not None and intent.tool not in names:
+                raise ValueError(f"intent {intent.name!r} uses tool {intent.tool!r}, which is not in tools")
+        return self
+
+    def tool(self, name: str) -> Tool | None:
+        for t in self.tools:
+            if t.name == name:
+                return t
+        return None
+
+
+def check_transfer_target(v: str) -> str:
+    if _E164_RE.match(v) or re.match(r"^sips?:[^\s@]+(@[^\s]+)?$", v):
+        return v
+    raise ValueError(f"expected an E.164 number like \"+15550199\" or a SIP URI like sip:100@pbx, got {v!r}")
+
+
+class TransferStep(_Model):
+    target: str
+    announce: str | None = None
+    on_error: Target | None = None  # None: apologise and hang up
+    error_prompt: str = "Sorry, I couldn't connect your call."
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        return check_transfer_target(v)
+
+
+class HangUpStep(_Model):
+    say: str | None = None  # a goodbye line, spoken before hanging up
+    reason: str = "dialplan"
+
+
+def _step_arg(kind: str, v: object) -> object:
+    if kind == "say" and isinstance(v, str):
+        return {"text": v}
+    if kind == "play" and isinstance(v, str):
+        return {"file": v}
+    if kind == "transfer" and isinstance(v, str):
+        return {"target": v}
+    if kind == "hang_up":
+        if v is None:
+            return {}
+        if isinstance(v, str):
+            return {"say": v}
+    if kind == "agent" and v is None:
+        return {}
+    return v
+
+
+class Step(_Model):
+    """Exactly one of the fields is set; `- hang_up` alone (no colon) is allowed."""
+
+    say: SayStep | None = None
+    play: PlayStep | None = None
+    menu: MenuStep | None = None
+    collect: CollectStep | None = None
+    hours: HoursStep | None = None
+    goto: Target | None = None
+    agent: AgentStep | None = None
+    transfer: TransferStep | None = None
+    hang_up: HangUpStep | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            if data in ("hang_up", "agent"):
+                data = {data: None}
+            else:
+                raise ValueError(
+                    f"expected a step like `say: ...`, got {data!r}; steps: {', '.join(STEP_KINDS)}"
+                )
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a step: one of {', '.join(STEP_KINDS)}")
+        kinds = [k for k in data if k in STEP_KINDS]
+        unknown = [k for k in data if k not in STEP_KINDS]
+        if unknown:
+            raise ValueError(f"unknown step {unknown[0]!r}; expected one of {', '.join(STEP_KINDS)}")
+        if len(kinds) != 1:
+            raise ValueError(
+                f"a step has exactly one kind, found {', '.join(kinds) or 'none'} "
+                "(start each step with its own `- `)"
+            )
+        kind = kinds[0]
+        return {kind: _step_arg(kind, data[kind])}
+
+    @property
+    def kind(self) -> str:
+        for k in STEP_KINDS:
+            if getattr(self, k) is not None:
+                return k
+        raise AssertionError("empty step")  # the validator makes this impossible
+
+    @property
+    def body(self) -> Any:
+        return getattr(self, self.kind)
+
+
+class Defaults(_Model):
+    provider: Provider = "local"
+    url: str | None = None
+    model: str | None = None
+    voice: str | None = None  # agent voice (e.g. alloy for openai)
+    prompt_voice: str | None = None  # local synthesizer voice for say/menu prompts
+    language: str = "en"
+    barge_in: BargeIn = BargeIn()
+    format: UpstreamFormat | None = None
+    transfer_to: str | None = None  # where the agents' transfer tool and dtmf `transfer` go
+
+    @field_validator("transfer_to")
+    @classmethod
+    def _tt(cls, v: str | None) -> str | None:
+        return None if v is None else check_transfer_target(v)
+
+
+class Dialplan(_Model):
+    numbers: dict[str, str] = Field(min_length=1)
+    flows: dict[str, tuple[Step, ...]] = Field(min_length=1)
+    defaults: Defaults = Defaults()
+    _version: int = PrivateAttr(default=0)
+    _sources: tuple[Path, ...] = PrivateAttr(default=())
+
+    @property
+    def version(self) -> int:
+        """Increases by one with every successful (re)load in a `DialplanStore`."""
+        return self._version
+
+    @property
+    def sources(self) -> tuple[Path, ...]:
+        return self._sources
+
+    @field_validator("numbers")
+    @classmethod
+    def _numbers(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if key != "default" and not (_E164_RE.match(key) or _SIP_USER_RE.match(key)):
+                raise ValueError(
+                    f"number {key!r}: expected an E.164 number (\"+15550100\"), a SIP user, or default"
+                )
+        if "default" not in v:
+            raise ValueError("expected a `default:` entry, so every call has a flow")
+        return v
+
+    @field_validator("flows")
+    @classmethod
+    def _flows(cls, v: dict[str, tuple[Step, ...]]) -> dict[str, tuple[Step, ...]]:
+        for name, steps in v.items():
+            if not _NAME_RE.match(name):
+                raise ValueError(f"flow name {name!r}: expected letters, digits, _ and -")
+            if name in RESERVED_TARGETS:
+                raise ValueError(f"{name!r} is a reserved target and cannot name a flow")
+            if not steps:
+                raise ValueError(f"flow {name!r} has no steps")
+        return v
+
+    def flow_for(self, called: str) -> str:
+        """The flow for a called number / SIP user / SIP URI, else `default`."""
+        if called in self.numbers:
+            return self.numbers[called]
+        user = called
+        if user.startswith(("sip:", "sips:")):
+            user = user.split(":", 1)[1]
+        user = user.split("@", 1)[0].split(";", 1)[0]
+        if user in self.numbers:
+            return self.numbers[user]
+        compact = re.sub(r"[\s().\-]", "", user)
+        if compact in self.numbers:
+            return self.numbers[compact]
+        return self.numbers["default"]
+
+
+# ---------------------------------------------------------------- whole-plan checks
+
+Loc = tuple[str | int, ...]
+
+
+def _step_targets(step: Step, plan: Dialplan) -> list[tuple[Loc, str]]:
+    """(location inside the step, target) for every jump the step can make."""
+    kind, body = step.kind, step.body
+    out: list[tuple[Loc, str]] = []
+    if kind == "goto":
+        out.append(((kind,), body))
+    elif kind == "menu":
+        for key, opt in body.options.items():
+            out.append(((kind, "options", key), opt.goto))
+        out.append(((kind, "no_input"), body.no_input))
+        out.append(((kind, "no_match"), body.no_match))
+    elif kind == "collect":
+        out.append(((kind, "no_input"), body.no_input))
+    elif kind == "hours":
+        out.append(((kind, "open"), body.open))
+        out.append(((kind, "closed"), body.closed))
+    elif kind in ("agent", "transfer", "play"):
+        if body.on_error is not None:
+            out.append(((kind, "on_error"), body.on_error))
+        if kind == "agent":
+            for digit, action in body.dtmf.items():
+                if action not in ("transfer", "hang_up"):
+                    out.append(((kind, "dtmf", digit), action))
+            for i, tool in enumerate(body.tools):
+                if tool.goto is not None:
+                    out.append(((kind, "tools", i, "goto"), tool.goto))
+    return out
+
+
+def _falls_through(step: Step) -> bool:
+    """Can the flow continue with the step after this one?"""
+    kind, body = step.kind, step.body
+    if kind in ("say", "play", "collect", "agent"):
+        return True
+    if kind == "menu":
+        return NEXT in (body.no_input, body.no_match) or any(o.goto == NEXT for o in body.options.values())
+    if kind == "hours":
+        return NEXT in (body.open, body.closed)
+    return False  # goto, transfer, hang_up
+
+
+_INPUT_KINDS = frozenset({"menu", "collect", "agent"})
+
+
+def semantic_problems(plan: Dialplan) -> list[tuple[Loc, str]]:
+    """Everything wrong with a schema-valid plan that needs the whole plan to see."""
+    problems: list[tuple[Loc, str]] = []
+    flows = plan.flows
+    known = sorted(flows)
+
+    def target_ok(loc: Loc, target: str, *, allow_next: bool = True) -> bool:
+        if target in flows or target == HANG_UP or (allow_next and target == NEXT):
+            return True
+        problems.append(
+            (loc, f"unknown target {target!r}; expected a flow ({', '.join(known)}), next or hang_up")
+        )
+        return False
+
+    for number, flow in plan.numbers.items():
+        target_ok(("numbers", number), flow, allow_next=False)
+
+    variables = set(BUILTIN_VARIABLES)
+    for steps in flows.values():
+        for step in steps:
+            if step.kind == "collect":
+                variables.add(step.body.variable)
+
+    # graph over (flow, index); edges: (node, gated_by_input)
+    edges: dict[tuple[str, int], list[tuple[str, int]]] = {}
+    for name, steps in flows.items():
+        for i, step in enumerate(steps):
+            node = (name, i)
+            succ: list[tuple[str, int]] = []
+            for sub, target in _step_targets(step, plan):
+                loc: Loc = ("flows", name, i, *sub)
+                if not target_ok(loc, target):
+                    continue
+                if target == NEXT:
+                    if i + 1 < len(steps):
+                        succ.append((name, i + 1))
+                elif target in flows:
+                    succ.append((target, 0))
+            if _falls_through(step) and step.kind not in ("menu", "hours") and i + 1 < len(steps):
+                succ.append((name, i + 1))
+            edges[node] = succ
+            # variables used in texts
+            for sub, text in _step_texts(step):
+                for var in text_fields(text):
+                    if var not in variables:
+                        problems.append(
+                            (("flows", name, i, *sub),
+                             f"unknown variable {{{var}}}; known: {', '.join(sorted(variables))}")
+                        )
+            if step.kind == "agent":
+                _agent_problems(step.body, plan, ("flows", name, i, "agent"), problems)
+
+    # reachability from the numbers
+    seen: set[tuple[str, int]] = set()
+    stack = [(f, 0) for f in set(plan.numbers.values()) if f in flows]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.extend(edges.get(node, ()))
+    for name, steps in flows.items():
+        if (name, 0) not in seen:
+            problems.append((("flows", name), "unreachable: no number and no step leads to this flow"))
+            continue
+        for i in range(len(steps)):
+            if (name, i) not in seen:
+                prev = steps[i - 1].kind if i else "?"
+                problems.append(
+                    (("flows", name, i), f"unreachable: the step before ({prev}) never continues to this one")
+                )
+                break
+
+    # loops that never wait for the caller: cycles through non-input steps only
+    quiet = {n: list(succ) for n, succ in edges.items() if flows[n[0]][n[1]].kind not in _INPUT_KINDS}
+    reported: set[frozenset[tuple[str, int]]] = set()
+    color: dict[tuple[str, int], int] = {}
+    path: list[tuple[str, int]] = []
+
+    def dfs(node: tuple[str, int]) -> None:
+        color[node] = 1
+        path.append(node)
+        for nxt in quiet.get(node, ()):
+            if nxt not in quiet:
+                continue
+            if color.get(nxt) == 1:
+                cycle = path[path.index(nxt):]
+                key = frozenset(cycle)
+                if key not in reported:
+                    reported.add(key)
+                    route = " -> ".join(f"{f}[{i}]" for f, i in [*cycle, nxt])
+                    problems.append(
+                        (("flows", nxt[0], nxt[1]),
+                         f"loop without input: {route} repeats forever without waiting for the caller")
+                    )
+            elif color.get(nxt) is None:
+                dfs(nxt)
+        path.pop()
+        color[node] = 2
+
+    for node in quiet:
+        if color.get(node) is None:
+            dfs(node)
+    return problems
+
+
+def _agent_problems(agent: AgentStep, plan: Dialplan, loc: Loc, problems: list[tuple[Loc, str]]) -> None:
+    transfer = agent.tool("transfer")
+    needs_target = (transfer is not None and transfer.target is None) or "transfer" in agent.dtmf.values()
+    if needs_target and (transfer is None or transfer.target is None) and plan.defaults.transfer_to is None:
+        problems.append((loc, "transfer needs a target: give the tool one (transfer: \"+1...\") "
+                              "or set defaults.transfer_to"))
+    provider = agent.provider or plan.defaults.provider
+    if provider == "url" and not (agent.url or plan.defaults.url):
+        problems.append((loc, "provider url needs `url:` here or in defaults"))
+
+
+def _step_texts(step: Step) -> list[tuple[Loc, str]]:
+    kind, body = step.kind, step.body
+    out: list[tuple[Loc, str]] = []
+    if kind == "say":
+        out.append(((kind, "text"), body.text))
+    elif kind == "play":
+        out.append(((kind, "fallback"), body.fallback))
+    elif kind == "menu":
+        out += [((kind, "prompt"), body.prompt), ((kind, "no_input_prompt"), body.no_input_prompt),
+                ((kind, "no_match_prompt"), body.no_match_prompt)]
+    elif kind == "collect":
+        if body.prompt:
+            out.append(((kind, "prompt"), body.prompt))
+        out.append(((kind, "no_input_prompt"), body.no_input_prompt))
+    elif kind == "agent":
+        out.append(((kind, "instructions"), body.instructions))
+        if body.greeting:
+            out.append(((kind, "greeting"), body.greeting))
+    elif kind == "transfer" and body.announce:
+        out.append(((kind, "announce"), body.announce))
+    elif kind == "hang_up" and body.say:
+        out.append(((kind, "say"), body.say))
+    return out

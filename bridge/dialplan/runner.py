@@ -1,0 +1,769 @@
+"""The dialplan runner: call events in, call actions out. No I/O, no clock of its own.
+
+One `Runner` per call, pinned to the `Dialplan` snapshot the call started with. The call shell
+(Twilio today, SIP later) feeds it events with the current time and carries out the actions it
+returns, in order; it calls `on_timer` at or after `next_timer_ms`.
+
+Prompts: every `Say` is spoken by the LOCAL synthesizer (cached when `cache` is true), even when
+agents use a cloud provider. The shell reports the end of each `Say`/`Play` with `on_prompt_done`;
+a prompt cut short by `StopPrompts` needs no report. Spoken menu options are recognised by the shell
+(`Listen` carries the phrases for a grammar) and matched here by `match_option`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from bridge.dialplan.model import (
+    DTMF_KEYS,
+    HANG_UP,
+    NEXT,
+    AgentStep,
+    BargeIn,
+    CollectStep,
+    Dialplan,
+    HoursStep,
+    MenuStep,
+    Step,
+    Tool,
+)
+from bridge.errors import DialplanError
+
+log = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------------------------ actions
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    """Speak `text` (variables already filled in) with the local synthesizer."""
+
+    text: str
+    voice: str | None
+    prompt_id: str
+    barge_in: bool = True
+    cache: bool = True  # False when the text holds call variables: do not fill the cache with them
+
+
+@dataclass(frozen=True, slots=True)
+class Play:
+    path: Path
+    prompt_id: str
+    barge_in: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class StopPrompts:
+    """Cut every Say/Play still playing or queued (the caller answered before the prompt ended)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Recognise caller speech locally: `phrases` for a grammar; `digits` adds spoken digit strings."""
+
+    phrases: tuple[str, ...]
+    digits: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StopListening:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StartAgent:
+    """Join the caller to a realtime session. `agent` has defaults and variables resolved."""
+
+    agent: AgentStep
+    dtmf_shortcuts: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StopAgent:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SendToAgent:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    target: str
+    announce: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HangUp:
+    reason: str
+
+
+Action = (
+    Say | Play | StopPrompts | Listen | StopListening | StartAgent | StopAgent | SendToAgent
+    | Transfer | HangUp
+)
+
+# ------------------------------------------------------------------------------------ matching
+
+_NUMBER_WORDS = {
+    "zero": "0", "oh": "0", "o": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9",
+}
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_PUNCT = re.compile(r"[^\w\s]+")
+
+
+def normalise(text: str) -> tuple[str, ...]:
+    """Lower case, no punctuation, number words as digits, digit strings split: "One-Two!" -> ("1", "2")."""
+    tokens: list[str] = []
+    for word in _PUNCT.sub(" ", text.lower().replace("'", "")).split():
+        if word in _NUMBER_WORDS:
+            tokens.append(_NUMBER_WORDS[word])
+        elif word.isdigit():
+            tokens.extend(word)
+        else:
+            tokens.append(word)
+    return tuple(tokens)
+
+
+def option_phrases(menu: MenuStep) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """Option key -> the normalised phrases that choose it (key itself + its words)."""
+    out: dict[str, tuple[tuple[str, ...], ...]] = {}
+    for key, opt in menu.options.items():
+        phrases = [normalise(key), *(normalise(w) for w in opt.words)]
+        out[key] = tuple(p for p in phrases if p)
+    return out
+
+
+def spoken_phrases(menu: MenuStep) -> tuple[str, ...]:
+    """What the recogniser should expect: option words, and digit keys as words ("1" -> "one")."""
+    seen: dict[str, None] = {}
+    for key, opt in menu.options.items():
+        if key.isdigit():
+            seen[DIGIT_WORDS[int(key)]] = None
+        elif key not in DTMF_KEYS:
+            seen[" ".join(_PUNCT.sub(" ", key.lower()).split())] = None
+        for w in opt.words:
+            seen[" ".join(_PUNCT.sub(" ", w.lower()).split())] = None
+    return tuple(p for p in seen if p)
+
+
+def _contains(haystack: tuple[str, ...], needle: tuple[str, ...]) -> bool:
+    n = len(needle)
+    return any(haystack[i : i + n] == needle for i in range(len(haystack) - n + 1))
+
+
+def match_option(menu: MenuStep, text: str) -> str | None:
+    """The option key the caller's words pick, or None (no option, or two options equally well)."""
+    heard = normalise(text)
+    if not heard:
+        return None
+    best: list[tuple[int, str]] = []
+    for key, phrases in option_phrases(menu).items():
+        length = max((len(p) for p in phrases if _contains(heard, p)), default=0)
+        if length:
+            best.append((length, key))
+    if not best:
+        return None
+    best.sort(reverse=True)
+    top = [k for n, k in best if n == best[0][0]]
+    targets = {menu.options[k].goto for k in top}
+    return top[0] if len(targets) == 1 else None
+
+
+def spoken_digits(text: str) -> str:
+    """The digits in recognised speech ("four five six" -> "456"); other words are dropped."""
+    return "".join(t for t in normalise(text) if t.isdigit())
+
+
+# ------------------------------------------------------------------------------------ hours
+
+
+def hours_open(hours: HoursStep, now_ms: float) -> bool:
+    local = datetime.fromtimestamp(now_ms / 1000.0, ZoneInfo(hours.timezone))
+    if local.date() in hours.holidays:
+        return False
+    minute = local.hour * 60 + local.minute
+    weekday = local.weekday()
+    return any(weekday in w.days and w.start_min <= minute < w.end_min for w in hours.windows)
+
+
+# ------------------------------------------------------------------------------------ runner
+
+
+class _Vars(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+_FORMATTER = string.Formatter()
+MAX_STEPS_WITHOUT_INPUT = 200
+PROMPT_WATCHDOG_MS = 20_000.0  # plus PROMPT_MS_PER_CHAR: a prompt whose end is never reported
+PROMPT_MS_PER_CHAR = 120.0
+PLAY_WATCHDOG_MS = 600_000.0
+GOODBYE = "Please call again later. Goodbye."
+TOOL_TRANSFER, TOOL_HANG_UP = "transfer", "hang_up"
+
+
+class Runner:
+    """One call's walk through a dialplan. Not thread-safe: the call's task owns it."""
+
+    def __init__(
+        self,
+        plan: Dialplan,
+        *,
+        flow: str | None = None,
+        caller: str = "",
+        called: str = "",
+        now_ms: float = 0.0,
+        call_id: str = "",
+    ) -> None:
+        self.plan = plan
+        self.flow = flow if flow is not None else plan.flow_for(called)
+        if self.flow not in plan.flows:
+            raise DialplanError(f"no flow named {self.flow!r}; flows: {', '.join(sorted(plan.flows))}")
+        self._vars = _Vars(caller=caller, called=called, digits="", call_id=call_id)
+        self._index = 0
+        self._started_ms = now_ms
+        self._state = "new"  # new|prompt|menu|collect|agent|transfer|closing|done
+        self._waiting: str | None = None  # prompt id whose end we wait for
+        self._prompt_playing = False
+        self._deadline: float | None = None  # menu/collect input timeout
+        self._watchdog: float | None = None  # prompt end never reported
+        self._agent_deadline: float | None = None
+        self._attempts = 0
+        self._buffer = ""  # collect digits so far
+        self._typeahead = ""  # digits pressed during a prompt, for the next menu/collect
+        self._listening = False
+        self._agent: AgentStep | None = None
+        self._error_source: Step | None = None  # the step whose on_error applies to a failed action
+        self._prompt_seq = 0
+        self._closing_pid: str | None = None
+
+    # ------------------------------------------------------------------ read-only view
+
+    @property
+    def next_timer_ms(self) -> float | None:
+        times = [t for t in (self._deadline, self._watchdog, self._agent_deadline) if t is not None]
+        return min(times) if times else None
+
+    @property
+    def variables(self) -> dict[str, str]:
+        return dict(self._vars)
+
+    @property
+    def finished(self) -> bool:
+        """True once the runner has handed the call off (hang-up or transfer) and waits for nothing.
+
+        A failed transfer reported by `on_action_failed` brings it back to life."""
+        return self._state in ("done", "transfer")
+
+    @property
+    def position(self) -> tuple[str, int]:
+        """(flow, step index) now: for logs and tests."""
+        return self.flow, self._index
+
+    @property
+    def step(self) -> Step | None:
+        steps = self.plan.flows[self.flow]
+        return steps[self._index] if self._index < len(steps) else None
+
+    # ------------------------------------------------------------------ events
+
+    def start(self, now_ms: float) -> list[Action]:
+        if self._state != "new":
+            return []
+        self._started_ms = now_ms
+        return self._run(now_ms)
+
+    def on_dtmf(self, digit: str, now_ms: float) -> list[Action]:
+        state = self._state
+        if state == "menu":
+            menu = self._menu()
+            if digit in menu.options:
+                return self._choose(menu, digit, now_ms)
+            return self._menu_retry(menu, "no_match", now_ms)
+        if state == "collect":
+            return self._collect_digits(digit, now_ms)
+        if state == "agent":
+            return self._agent_dtmf(digit, now_ms)
+        if state == "prompt":
+            step = self.step
+            if step is not None and step.body.barge_in and len(self._typeahead) < 32:
+                self._typeahead += digit
+                self._waiting = None
+                self._watchdog = None
+                self._index += 1
+                return [StopPrompts(), *self._run(now_ms)]
+        return []
+
+    def on_speech(self, text: str, now_ms: float) -> list[Action]:
+        if self._state == "menu":
+            menu = self._menu()
+            if self._prompt_playing and not menu.barge_in:
+                return []
+            key = match_option(menu, text)
+            if key is not None:
+                return self._choose(menu, key, now_ms)
+            return self._menu_retry(menu, "no_match", now_ms)
+        if self._state == "collect":
+            digits = spoken_digits(text)
+            if not digits:
+                return self._collect_retry(now_ms)
+            actions: list[Action] = []
+            for d in digits:
+                actions += self._collect_digits(d, now_ms)
+                if self._state != "collect":
+                    return actions
+            step = self._collect()
+            if len(self._buffer) >= (step.min_digits or step.digits):
+                actions += self._collect_done(now_ms)
+            return actions
+        return []
+
+    def on_prompt_done(self, prompt_id: str, now_ms: float) -> list[Action]:
+        if prompt_id != self._waiting:
+            return []
+        self._waiting = None
+        self._watchdog = None
+        self._prompt_playing = False
+        state = self._state
+        if state == "prompt":
+            self._index += 1
+            return self._run(now_ms)
+        if state == "menu":
+            self._deadline = now_ms + self._menu().timeout_ms
+        elif state == "collect":
+            self._deadline = now_ms + self._collect().timeout_ms
+        elif state == "closing":
+            return self._hang_up("dialplan")
+        return []
+
+    def on_timer(self, now_ms: float) -> list[Action]:
+        actions: list[Action] = []
+        if self._watchdog is not None and now_ms >= self._watchdog and self._waiting is not None:
+            log.warning("prompt %s: end never reported; moving on", self._waiting)
+            actions += self.on_prompt_done(self._waiting, now_ms)
+        if self._agent_deadline is not None and now_ms >= self._agent_deadline and self._state == "agent":
+            log.info("agent step reached max_duration")
+            self._agent_deadline = None
+            actions += [StopAgent(), *self._agent_finished(now_ms)]
+        if self._deadline is not None and now_ms >= self._deadline:
+            self._deadline = None
+            if self._state == "menu":
+                actions += self._menu_retry(self._menu(), "no_input", now_ms)
+            elif self._state == "collect":
+                step = self._collect()
+                if self._buffer and len(self._buffer) >= (step.min_digits or step.digits):
+                    actions += self._collect_done(now_ms)
+                else:
+                    actions += self._collect_retry(now_ms)
+        return actions
+
+    def on_agent_tool(self, name: str, arguments: dict[str, object], now_ms: float) -> list[Action]:
+        agent = self._agent
+        if self._state != "agent" or agent is None:
+            return []
+        tool = agent.tool(name)
+        if tool is None:
+            log.warning("agent called tool %r, which this step does not offer; ignored", name)
+            return []
+        if name == TOOL_TRANSFER:
+            return [StopAgent(), *self._transfer_from_agent(tool, now_ms)]
+        if name == TOOL_HANG_UP:
+            self._leave_agent()
+            return [StopAgent(), *self._hang_up("agent")]
+        self._leave_agent()
+        assert tool.goto is not None
+        return [StopAgent(), *self._go(tool.goto, now_ms)]
+
+    def on_agent_ended(self, error: str | None, now_ms: float) -> list[Action]:
+        if self._state != "agent":
+            return []
+        if error is None:
+            return self._agent_finished(now_ms)
+        log.warning("agent failed: %s", error)
+        step = self.step
+        self._leave_agent()
+        assert step is not None
+        assert step.agent is not None
+        return self._fail(step.agent.error_prompt, step.agent.on_error, now_ms)
+
+    def on_action_failed(self, action: Action, reason: str, now_ms: float) -> list[Action]:
+        log.warning("action %s failed: %s", type(action).__name__, reason)
+        if isinstance(action, Transfer) and self._state == "transfer":
+            source = self._error_source
+            prompt, target = "Sorry, I couldn't connect your call.", None
+            if source is not None and source.transfer is not None:
+                prompt, target = source.transfer.error_prompt, source.transfer.on_error
+            elif source is not None and source.agent is not None:
+                target = source.agent.on_error
+            return self._fail(prompt, target, now_ms)
+        if isinstance(action, Play) and action.prompt_id == self._waiting:
+            step = self.step
+            self._waiting = None
+            self._watchdog = None
+            assert step is not None
+            assert step.play is not None
+            target = step.play.on_error or NEXT
+            return self._fail(step.play.fallback, target, now_ms, goodbye=False)
+        if isinstance(action, Say) and action.prompt_id == self._waiting:
+            return self.on_prompt_done(action.prompt_id, now_ms)
+        if isinstance(action, StartAgent) and self._state == "agent":
+            return self.on_agent_ended(f"could not start: {reason}", now_ms)
+        return []
+
+    def on_hangup(self, now_ms: float) -> list[Action]:
+        """The caller (or the leg) ended the call: stop what is running."""
+        actions: list[Action] = []
+        if self._state == "agent":
+            actions.append(StopAgent())
+        if self._listening:
+            actions.append(StopListening())
+            self._listening = False
+        self._state = "done"
+        self._deadline = self._watchdog = self._agent_deadline = None
+        self._waiting = None
+        return actions
+
+    # ------------------------------------------------------------------ the walk
+
+    def _run(self, now_ms: float) -> list[Action]:
+        """Execute steps from the current position until one waits for something."""
+        actions: list[Action] = []
+        for _ in range(MAX_STEPS_WITHOUT_INPUT):
+            steps = self.plan.flows[self.flow]
+            if self._index >= len(steps):
+                return actions + self._hang_up("end of flow")
+            step = steps[self._index]
+            kind = step.kind
+            if kind == "say":
+                say = step.say
+                assert say is not None
+                if say.barge_in and self._typeahead:
+                    self._index += 1
+                    continue
+                self._state = "prompt"
+                return [*actions, self._say(say.text, say.voice, now_ms, barge_in=say.barge_in)]
+            if kind == "play":
+                play = step.play
+                assert play is not None
+                if play.barge_in and self._typeahead:
+                    self._index += 1
+                    continue
+                self._state = "prompt"
+                pid = self._new_pid()
+                self._waiting = pid
+                self._watchdog = now_ms + PLAY_WATCHDOG_MS
+                return [*actions, Play(play.file, pid, play.barge_in)]
+            if kind == "menu":
+                return actions + self._enter_menu(step.menu, now_ms)  # type: ignore[arg-type]
+            if kind == "collect":
+                return actions + self._enter_collect(step.collect, now_ms)  # type: ignore[arg-type]
+            if kind == "hours":
+                hours = step.hours
+                assert hours is not None
+                target = hours.open if hours_open(hours, now_ms) else hours.closed
+                if not self._jump(target):
+                    return actions + self._hang_up("dialplan")
+                continue
+            if kind == "goto":
+                assert step.goto is not None
+                if not self._jump(step.goto):
+                    return actions + self._hang_up("dialplan")
+                continue
+            if kind == "agent":
+                return actions + self._enter_agent(step.agent, now_ms)  # type: ignore[arg-type]
+            if kind == "transfer":
+                transfer = step.transfer
+                assert transfer is not None
+                self._typeahead = ""
+                self._state = "transfer"
+                self._error_source = step
+                announce = self._fill(transfer.announce) if transfer.announce else None
+                return [*actions, Transfer(transfer.target, announce)]
+            if kind == "hang_up":
+                hang = step.hang_up
+                assert hang is not None
+                if hang.say:
+                    cache = not _has_fields(hang.say)
+                    return actions + self._close(self._fill(hang.say), now_ms, cache=cache)
+                return actions + self._hang_up(hang.reason)
+        log.error("dialplan ran %d steps without waiting for the caller; hanging up", MAX_STEPS_WITHOUT_INPUT)
+        return actions + self._hang_up("dialplan loop")
+
+    def _jump(self, target: str) -> bool:
+        """Move to `target`; False when the target is hang_up (the caller does the hanging up)."""
+        if target == NEXT:
+            self._index += 1
+        elif target == HANG_UP:
+            return False
+        else:
+            self.flow, self._index = target, 0
+        return True
+
+    def _go(self, target: str, now_ms: float) -> list[Action]:
+        if not self._jump(target):
+            return self._hang_up("dialplan")
+        return self._run(now_ms)
+
+    # ------------------------------------------------------------------ prompts
+
+    def _new_pid(self) -> str:
+        self._prompt_seq += 1
+        return f"p{self._prompt_seq}"
+
+    def _fill(self, text: str) -> str:
+        return _FORMATTER.vformat(text, (), self._vars) if "{" in text else text
+
+    def _say(self, text: str, voice: str | None, now_ms: float, *, barge_in: bool = True) -> Say:
+        pid = self._new_pid()
+        self._waiting = pid
+        self._prompt_playing = True
+        filled = self._fill(text)
+        self._watchdog = now_ms + PROMPT_WATCHDOG_MS + PROMPT_MS_PER_CHAR * len(filled)
+        voice = voice or self.plan.defaults.prompt_voice
+        return Say(filled, voice, pid, barge_in, cache=not _has_fields(text))
+
+    def _close(self, text: str, now_ms: float, *, cache: bool = True) -> list[Action]:
+        """Say a last line, hang up when it has played."""
+        self._state = "closing"
+        self._deadline = self._agent_deadline = None
+        say = self._say(text, None, now_ms)
+        say = Say(say.text, say.voice, say.prompt_id, False, cache)
+        return [*self._stop_listening(), say]
+
+    def _hang_up(self, reason: str) -> list[Action]:
+        actions = self._stop_listening()
+        self._state = "done"
+        self._deadline = self._watchdog = self._agent_deadline = None
+        self._waiting = None
+        return [*actions, HangUp(reason)]
+
+    def _stop_listening(self) -> list[Action]:
+        if self._listening:
+            self._listening = False
+            return [StopListening()]
+        return []
+
+    def _fail(self, prompt: str, target: str | None, now_ms: float, *, goodbye: bool = True) -> list[Action]:
+        """A short spoken line, then `target`; no target: apologise and hang up."""
+        self._deadline = self._agent_deadline = None
+        if target is None or target == HANG_UP:
+            return self._close(f"{prompt} {GOODBYE}" if goodbye else prompt, now_ms)
+        pid = self._new_pid()
+        line = Say(self._fill(prompt), self.plan.defaults.prompt_voice, pid, False, not _has_fields(prompt))
+        self._waiting = None  # the next step's prompt follows at once; no need to wait
+        return [*self._stop_listening(), line, *self._go(target, now_ms)]
+
+    # ------------------------------------------------------------------ menu
+
+    def _menu(self) -> MenuStep:
+        step = self.step
+        assert step is not None
+        assert step.menu is not None
+        return step.menu
+
+    def _enter_menu(self, menu: MenuStep, now_ms: float) -> list[Action]:
+        self._state = "menu"
+        self._attempts = 0
+        self._deadline = None
+        if self._typeahead:
+            digit, self._typeahead = self._typeahead[0], ""
+            if digit in menu.options:
+                return self._choose(menu, digit, now_ms)
+        actions: list[Action] = [self._say(menu.prompt, menu.voice, now_ms, barge_in=menu.barge_in)]
+        phrases = spoken_phrases(menu)
+        if phrases:
+            self._listening = True
+            actions.append(Listen(phrases, digits=False))
+        return actions
+
+    def _choose(self, menu: MenuStep, key: str, now_ms: float) -> list[Action]:
+        actions = self._stop_listening()
+        if self._prompt_playing:
+            actions.append(StopPrompts())
+            self._prompt_playing = False
+        self._waiting = None
+        self._watchdog = self._deadline = None
+        self._vars["choice"] = key
+        return actions + self._go(menu.options[key].goto, now_ms)
+
+    def _menu_retry(self, menu: MenuStep, why: str, now_ms: float) -> list[Action]:
+        self._attempts += 1
+        actions: list[Action] = []
+        if self._prompt_playing:
+            actions.append(StopPrompts())
+            self._prompt_playing = False
+        self._deadline = None
+        if self._attempts > menu.retries:
+            actions += self._stop_listening()
+            self._waiting = self._watchdog = None
+            target = menu.no_input if why == "no_input" else menu.no_match
+            return actions + self._go(target, now_ms)
+        sorry = menu.no_input_prompt if why == "no_input" else menu.no_match_prompt
+        actions.append(self._say(sorry, menu.voice, now_ms, barge_in=menu.barge_in))
+        actions.append(self._say(menu.prompt, menu.voice, now_ms, barge_in=menu.barge_in))
+        return actions
+
+    # ------------------------------------------------------------------ collect
+
+    def _collect(self) -> CollectStep:
+        step = self.step
+        assert step is not None
+        assert step.collect is not None
+        return step.collect
+
+    def _enter_collect(self, step: CollectStep, now_ms: float) -> list[Action]:
+        self._state = "collect"
+        self._attempts = 0
+        self._buffer = ""
+        self._deadline = None
+        actions: list[Action] = []
+        typed, self._typeahead = self._typeahead, ""
+        if step.prompt and not typed:
+            actions.append(self._say(step.prompt, step.voice, now_ms))
+        else:
+            self._deadline = now_ms + step.timeout_ms
+        self._listening = True
+        actions.append(Listen((), digits=True))
+        for d in typed:
+            actions += self._collect_digits(d, now_ms)
+            if self._state != "collect":
+                break
+        return actions
+
+    def _collect_digits(self, digit: str, now_ms: float) -> list[Action]:
+        step = self._collect()
+        actions: list[Action] = []
+        if self._prompt_playing:
+            actions.append(StopPrompts())
+            self._prompt_playing = False
+            self._waiting = self._watchdog = None
+        if step.terminator and digit == step.terminator:
+            if len(self._buffer) >= (step.min_digits or step.digits):
+                return actions + self._collect_done(now_ms)
+            return actions + self._collect_retry(now_ms)
+        if digit.isdigit():
+            self._buffer += digit
+            if len(self._buffer) >= step.digits:
+                return actions + self._collect_done(now_ms)
+        self._deadline = now_ms + step.timeout_ms
+        return actions
+
+    def _collect_done(self, now_ms: float) -> list[Action]:
+        step = self._collect()
+        value = self._buffer[: step.digits]
+        self._vars[step.variable] = value
+        self._vars["digits"] = value
+        self._buffer = ""
+        self._deadline = None
+        actions = self._stop_listening()
+        self._index += 1
+        return actions + self._run(now_ms)
+
+    def _collect_retry(self, now_ms: float) -> list[Action]:
+        step = self._collect()
+        self._attempts += 1
+        self._buffer = ""
+        self._deadline = None
+        actions: list[Action] = []
+        if self._prompt_playing:
+            actions.append(StopPrompts())
+            self._prompt_playing = False
+        if self._attempts > step.retries:
+            self._waiting = self._watchdog = None
+            return actions + self._stop_listening() + self._go(step.no_input, now_ms)
+        actions.append(self._say(step.no_input_prompt, step.voice, now_ms))
+        if step.prompt:
+            actions.append(self._say(step.prompt, step.voice, now_ms))
+        return actions
+
+    # ------------------------------------------------------------------ agent
+
+    def _enter_agent(self, step: AgentStep, now_ms: float) -> list[Action]:
+        self._typeahead = ""
+        self._state = "agent"
+        agent = self._resolve_agent(step)
+        self._agent = agent
+        self._agent_deadline = now_ms + step.max_duration_ms
+        return [StartAgent(agent, dict(agent.dtmf))]
+
+    def _resolve_agent(self, step: AgentStep) -> AgentStep:
+        d = self.plan.defaults
+        barge = step.barge_in or BargeIn()
+        min_ms = barge.min_speech_ms
+        threshold = barge.threshold
+        barge = BargeIn(
+            enabled=barge.enabled if step.barge_in else d.barge_in.enabled,
+            min_speech_ms=min_ms if min_ms is not None else d.barge_in.min_speech_ms,
+            threshold=threshold if threshold is not None else d.barge_in.threshold,
+        )
+        tools = tuple(
+            t.model_copy(update={"target": t.target or d.transfer_to}) if t.name == TOOL_TRANSFER else t
+            for t in step.tools
+        )
+        return step.model_copy(
+            update={
+                "provider": step.provider or d.provider,
+                "url": step.url or d.url,
+                "model": step.model or d.model,
+                "voice": step.voice or d.voice,
+                "language": step.language or d.language,
+                "format": step.format or d.format,
+                "barge_in": barge,
+                "instructions": self._fill(step.instructions),
+                "greeting": self._fill(step.greeting) if step.greeting else None,
+                "tools": tools,
+            }
+        )
+
+    def _agent_dtmf(self, digit: str, now_ms: float) -> list[Action]:
+        agent = self._agent
+        assert agent is not None
+        action = agent.dtmf.get(digit)
+        if action is None:
+            return [SendToAgent(f"The caller pressed {digit}.")]
+        if action == TOOL_TRANSFER:
+            fallback = Tool(name=TOOL_TRANSFER, target=self.plan.defaults.transfer_to)
+            tool = agent.tool(TOOL_TRANSFER) or fallback
+            return [StopAgent(), *self._transfer_from_agent(tool, now_ms)]
+        self._leave_agent()
+        if action == TOOL_HANG_UP:
+            return [StopAgent(), *self._hang_up("caller pressed " + digit)]
+        return [StopAgent(), *self._go(action, now_ms)]
+
+    def _transfer_from_agent(self, tool: Tool, now_ms: float) -> list[Action]:
+        step = self.step
+        self._leave_agent()
+        target = tool.target or self.plan.defaults.transfer_to
+        if target is None:  # the loader rejects this; keep the call alive anyway
+            assert step is not None
+            assert step.agent is not None
+            return self._fail("Sorry, I can't transfer your call.", step.agent.on_error, now_ms)
+        self._state = "transfer"
+        self._error_source = step
+        announce = self._fill(tool.announce) if tool.announce else None
+        return [Transfer(target, announce)]
+
+    def _leave_agent(self) -> None:
+        self._agent = None
+        self._agent_deadline = None
+        self._state = "leaving"
+
+    def _agent_finished(self, now_ms: float) -> list[Action]:
+        self._leave_agent()
+        self._index += 1
+        return self._run(now_ms)
+
+
+def _has_fields(text: str) -> bool:
+    return any(f is not None for _, f, _, _ in _FORMATTER.parse(text))
