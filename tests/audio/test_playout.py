@@ -1,0 +1,216 @@
+"""Playout buffer and pacer: framing, schedule, lead, pauses, barge-in, heard-audio accounting."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.audio.codec import silence, silence_byte
+from bridge.audio.playout import Frame, Playout
+
+
+def _audio(n_bytes: int, fill: int = 0x55) -> bytes:
+    return bytes((fill,)) * n_bytes
+
+
+def test_whole_frames_are_queued_and_remainders_wait() -> None:
+    p = Playout()
+    p.push("a", _audio(400))  # 2.5 frames
+    assert p.queued_ms == 40
+    p.push("a", _audio(80))  # completes the third frame
+    assert p.queued_ms == 60
+    frames = p.pop_due(0)
+    assert [len(f.payload) for f in frames] == [160, 160, 160]
+    assert [f.end_ms for f in frames] == [20, 40, 60]
+    assert all(f.item_id == "a" for f in frames)
+    assert p.next_due_ms() is None
+
+
+def test_remainder_bytes_keep_their_order_across_pushes() -> None:
+    p = Playout(lead_ms=1000)
+    data = bytes(range(256)) * 3  # 768 bytes: 4 frames + 128 bytes
+    for i in range(0, len(data), 7):
+        p.push("a", data[i : i + 7])
+    p.finish_item("a")
+    out = b"".join(f.payload for f in p.pop_due(0))
+    assert out[: len(data)] == data
+    assert out[len(data) :] == b"\xff" * (800 - len(data))
+
+
+def test_finish_item_pads_with_silence_and_counts_only_real_audio() -> None:
+    p = Playout(silence_byte=silence_byte("pcma"))
+    p.push("a", _audio(200))  # 1 frame + 40 bytes (5 ms)
+    p.finish_item("b")  # another item: no effect on a's remainder
+    assert p.queued_ms == 20
+    p.finish_item("a")
+    assert p.queued_ms == 40
+    frames = p.pop_due(0)
+    assert frames[1].payload == _audio(40) + silence("pcma", 120)
+    assert [f.end_ms for f in frames] == [20, 25]
+    p.finish_item("a")  # nothing left: no extra frame
+    assert p.queued_ms == 0
+
+
+def test_a_new_item_closes_the_previous_remainder() -> None:
+    p = Playout(lead_ms=1000)
+    p.push("a", _audio(240))
+    p.push("b", _audio(160, 0x11))
+    frames = p.pop_due(0)
+    assert [(f.item_id, f.end_ms) for f in frames] == [("a", 20), ("a", 30), ("b", 20)]
+    assert frames[1].payload == _audio(80) + b"\xff" * 80
+
+
+def test_empty_push_queues_nothing() -> None:
+    p = Playout()
+    p.push("a", b"")
+    assert p.queued_ms == 0
+    assert p.next_due_ms() is None
+    assert p.pop_due(0) == []
+
+
+def test_lead_bounds_how_far_ahead_frames_go() -> None:
+    p = Playout(lead_ms=100)
+    p.push("a", _audio(160 * 20))  # 400 ms
+    first = p.pop_due(1000.0)
+    # Frames starting at 1000, 1020, ..., 1080 are < 100 ms ahead: five of them.
+    assert len(first) == 5
+    assert p.busy_until_ms == 1100.0
+    assert p.next_due_ms() == 1000.0  # the frame starting at 1100 is due when now > 1000
+    assert p.pop_due(1000.0) == []
+    assert len(p.pop_due(1000.5)) == 1
+    assert len(p.pop_due(1050.0)) == 2  # frames at 1120 and 1140
+    assert p.busy_until_ms == 1160.0
+    assert p.queued_ms == 400 - 8 * 20
+
+
+def test_pacer_loop_with_a_fake_clock_sends_at_real_time_rate() -> None:
+    p = Playout(lead_ms=100)
+    p.push("a", _audio(160 * 50))  # one second
+    p.finish_item("a")
+    now = 0.0
+    sent_at: list[float] = []
+    while (due := p.next_due_ms()) is not None:
+        now = max(now, due) + 0.25  # the shell wakes a little late, as real timers do
+        sent_at.extend(now for _ in p.pop_due(now))
+    assert len(sent_at) == 50
+    # The schedule starts when the first frame goes (0.25); frame k plays from 0.25 + 20 k and is
+    # never sent lead_ms or more before that, nor after it.
+    for k, t in enumerate(sent_at):
+        assert 0.25 + k * 20 - 100 < t <= 0.25 + k * 20
+    assert p.busy_until_ms == 1000.25
+
+
+def test_zero_lead_hands_frames_out_exactly_on_time() -> None:
+    p = Playout(lead_ms=0)
+    p.push("a", _audio(480))
+    assert len(p.pop_due(500.0)) == 1
+    assert p.next_due_ms() == 520.0
+    assert p.pop_due(519.9) == []
+    assert len(p.pop_due(520.0)) == 1
+    assert len(p.pop_due(560.0)) == 1  # late: sent at once, schedule restarts at now
+    assert p.busy_until_ms == 580.0
+
+
+def test_pause_then_resume_is_not_credited() -> None:
+    p = Playout(lead_ms=100)
+    p.push("a", _audio(160 * 3))
+    assert len(p.pop_due(0.0)) == 3
+    assert p.busy_until_ms == 60.0
+    # The reply pauses; more audio comes 500 ms later: the far end ran dry at 60.
+    p.push("a", _audio(160 * 10))
+    frames = p.pop_due(500.0)
+    assert len(frames) == 5
+    assert p.busy_until_ms == 600.0
+    assert [f.end_ms for f in frames] == [80, 100, 120, 140, 160]
+
+
+def test_audio_arriving_while_the_far_end_still_plays_is_appended() -> None:
+    p = Playout(lead_ms=100)
+    p.push("a", _audio(160 * 5))
+    p.pop_due(0.0)
+    assert p.busy_until_ms == 100.0
+    p.push("a", _audio(160 * 5))
+    # At 30 ms the far end holds 70 ms: the next frame starts at 100, < 130, so two go.
+    assert len(p.pop_due(30.0)) == 2
+    assert p.busy_until_ms == 140.0
+
+
+def test_clear_drops_everything_and_restarts_the_schedule() -> None:
+    p = Playout(lead_ms=100)
+    p.push("a", _audio(160 * 10 + 50))
+    p.pop_due(0.0)
+    assert p.clear() == 5
+    assert p.queued_ms == 0
+    assert p.next_due_ms() is None
+    p.finish_item("a")  # the remainder went too
+    assert p.queued_ms == 0
+    # The far end was cleared as well: new audio starts now, not after the old playhead (100).
+    p.push("b", _audio(160 * 10))
+    assert len(p.pop_due(40.0)) == 5
+    assert p.busy_until_ms == 140.0
+    assert p.clear() == 5
+    assert p.clear() == 0
+
+
+def test_item_position_survives_clear() -> None:
+    p = Playout(lead_ms=20)
+    p.push("a", _audio(160 * 4))
+    assert [f.end_ms for f in p.pop_due(0.0)] == [20]
+    p.clear()
+    # Late audio of the same item keeps counting from the item's start (160 * 4 bytes were pushed).
+    p.push("a", _audio(160))
+    assert [f.end_ms for f in p.pop_due(10.0)] == [100]
+
+
+def test_heard_at_follows_the_schedule() -> None:
+    p = Playout(lead_ms=100)
+    assert p.heard_at(0.0) is None
+    p.push("a", _audio(160 * 3 + 40))
+    p.finish_item("a")
+    p.pop_due(1000.0)  # frames start at 1000, 1020, 1040, 1060 (the last holds 5 ms of audio)
+    assert p.heard_at(1000.0) is None
+    assert p.heard_at(1007.0) == ("a", 7)
+    assert p.heard_at(1020.0) == ("a", 20)
+    assert p.heard_at(1051.0) == ("a", 51)
+    assert p.heard_at(1063.0) == ("a", 63)
+    assert p.heard_at(1070.0) == ("a", 65)
+    assert p.heard_at(5000.0) == ("a", 65)
+
+
+def test_heard_at_before_clear_is_kept_after_clear() -> None:
+    p = Playout(lead_ms=100)
+    p.push("item_1", _audio(160 * 20))
+    p.pop_due(0.0)
+    assert p.heard_at(33.0) == ("item_1", 33)
+    p.clear(now_ms=33.0)
+    assert p.heard_at(10_000.0) == ("item_1", 33)
+    # Without now_ms, clear keeps what had been played by the last pop.
+    p.push("item_2", _audio(160 * 20))
+    p.pop_due(100.0)
+    p.pop_due(150.0)
+    p.clear()
+    assert p.heard_at(10_000.0) == ("item_2", 40)
+
+
+def test_prompts_use_an_empty_item_id() -> None:
+    p = Playout()
+    p.push("", _audio(320))
+    frames = p.pop_due(0.0)
+    assert frames == [Frame(_audio(160), "", 20), Frame(_audio(160), "", 40)]
+
+
+def test_frames_of_other_geometries() -> None:
+    p = Playout(lead_ms=0, frame_ms=10, frame_bytes=80)
+    p.push("a", _audio(200))
+    p.finish_item("a")
+    frames = p.pop_due(0.0)
+    assert [(len(f.payload), f.end_ms) for f in frames] == [(80, 10)]
+    assert p.next_due_ms() == 10.0
+    assert [f.end_ms for f in p.pop_due(10.0) + p.pop_due(20.0)] == [20, 25]
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"lead_ms": -1}, {"frame_ms": 0}, {"frame_bytes": 0}, {"silence_byte": 256}]
+)
+def test_bad_geometry_is_rejected(kwargs: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match="bad playout geometry"):
+        Playout(**kwargs)
