@@ -1,0 +1,407 @@
+"""Session configuration of the embedded engine: defaults, validation, partial-update merge, beta shape.
+
+The engine keeps one GA-shaped session dict (what `session.created` / `session.updated` carry).
+`merge_session_update(current, patch)` validates a client's partial update and returns the new full
+config, or raises `EventError` naming the offending parameter (`session.audio.input.format.rate`).
+Beta clients (`OpenAI-Beta: realtime=v1`) send the flat beta shape: `beta_to_ga_patch` converts it
+in and `ga_to_beta_session` renders the config back out.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+from bridge.engine.extension import EXTENSION_KEY, parse_extension
+from bridge.errors import ConfigError, ProtocolError
+
+PCM24K = {"type": "audio/pcm", "rate": 24000}
+PCMU = {"type": "audio/pcmu"}
+PCMA = {"type": "audio/pcma"}
+SESSION_TTL_S = 3600
+
+_SERVER_VAD_DEFAULTS: dict[str, Any] = {
+    "type": "server_vad",
+    "threshold": 0.5,
+    "prefix_padding_ms": 300,
+    "silence_duration_ms": 500,
+    "idle_timeout_ms": None,
+    "create_response": True,
+    "interrupt_response": True,
+}
+_SEMANTIC_VAD_DEFAULTS: dict[str, Any] = {
+    "type": "semantic_vad",
+    "eagerness": "auto",
+    "create_response": True,
+    "interrupt_response": True,
+}
+# semantic_vad is approximated by server VAD with a silence that follows the eagerness.
+SEMANTIC_SILENCE_MS = {"low": 1200, "medium": 700, "auto": 700, "high": 400}
+
+_TOP_KEYS = frozenset(
+    {
+        "type", "model", "instructions", "output_modalities", "audio", "tools", "tool_choice",
+        "parallel_tool_calls", "reasoning", "max_output_tokens", "truncation", "tracing", "prompt",
+        "include", EXTENSION_KEY,
+        # echoed back by clients that copy session.created into session.update: accepted, ignored
+        "id", "object", "expires_at",
+    }
+)  # fmt: skip
+_TRANSCRIPTION_KEYS = frozenset({"model", "language", "languages", "prompt", "keywords", "delay"})
+_BETA_FORMATS = {"pcm16": PCM24K, "g711_ulaw": PCMU, "g711_alaw": PCMA}
+_GA_TO_BETA_FORMAT = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
+
+
+class EventError(ProtocolError):
+    """A client event the engine cannot honour; becomes an `error` event, the session goes on."""
+
+    def __init__(self, message: str, *, code: str = "invalid_value", param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+
+
+def default_session(session_id: str, model: str, now_s: float | None = None) -> dict[str, Any]:
+    """The full GA session config a new connection starts with (sent in `session.created`)."""
+    now = int(time.time() if now_s is None else now_s)
+    return {
+        "type": "realtime",
+        "object": "realtime.session",
+        "id": session_id,
+        "model": model,
+        "output_modalities": ["audio"],
+        "instructions": "",
+        "audio": {
+            "input": {
+                "format": dict(PCM24K),
+                "transcription": None,
+                "noise_reduction": None,
+                "turn_detection": dict(_SERVER_VAD_DEFAULTS),
+            },
+            "output": {"format": dict(PCM24K), "voice": "alloy", "speed": 1.0},
+        },
+        "tools": [],
+        "tool_choice": "auto",
+        "max_output_tokens": "inf",
+        "truncation": "auto",
+        "tracing": None,
+        "prompt": None,
+        "include": None,
+        "expires_at": now + SESSION_TTL_S,
+        EXTENSION_KEY: None,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# validators: each returns the normalised value or raises EventError(param=...)
+
+
+def _bad(param: str, message: str) -> EventError:
+    return EventError(f"Invalid value for '{param}': {message}", code="invalid_value", param=param)
+
+
+def _number(value: Any, param: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise _bad(param, f"expected a number between {lo} and {hi}, got {value!r}")
+    return value
+
+
+def _int(value: Any, param: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _bad(param, f"expected an integer between {lo} and {hi}, got {value!r}")
+    return value
+
+
+def _bool(value: Any, param: str) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(param, f"expected true or false, got {value!r}")
+    return value
+
+
+def _object(value: Any, param: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _bad(param, f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _unknown(obj: dict[str, Any], allowed: frozenset[str] | set[str], param: str) -> None:
+    for key in obj:
+        if key not in allowed:
+            raise EventError(
+                f"Unknown parameter: '{param}.{key}'.", code="unknown_parameter", param=f"{param}.{key}"
+            )
+
+
+def audio_format(value: Any, param: str) -> dict[str, Any]:
+    obj = _object(value, param)
+    _unknown(obj, {"type", "rate"}, param)
+    kind = obj.get("type")
+    if kind == "audio/pcm":
+        rate = obj.get("rate", 24000)
+        if rate != 24000:
+            raise _bad(f"{param}.rate", f"audio/pcm supports only 24000 Hz, got {rate!r}")
+        return dict(PCM24K)
+    if kind in ("audio/pcmu", "audio/pcma"):
+        if "rate" in obj and obj["rate"] != 8000:
+            raise _bad(f"{param}.rate", f"{kind} is 8000 Hz, got {obj['rate']!r}")
+        return {"type": kind}
+    raise _bad(f"{param}.type", f"expected 'audio/pcm', 'audio/pcmu' or 'audio/pcma', got {kind!r}")
+
+
+def turn_detection(value: Any, param: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    obj = _object(value, param)
+    kind = obj.get("type", "server_vad")
+    if kind == "server_vad":
+        out = dict(_SERVER_VAD_DEFAULTS)
+        _unknown(obj, set(out), param)
+        if "threshold" in obj:
+            out["threshold"] = _number(obj["threshold"], f"{param}.threshold", 0.0, 1.0)
+        if "prefix_padding_ms" in obj:
+            out["prefix_padding_ms"] = _int(obj["prefix_padding_ms"], f"{param}.prefix_padding_ms", 0, 10_000)
+        if "silence_duration_ms" in obj:
+            out["silence_duration_ms"] = _int(
+                obj["silence_duration_ms"], f"{param}.silence_duration_ms", 0, 10_000
+            )
+        if obj.get("idle_timeout_ms") is not None:
+            out["idle_timeout_ms"] = _int(obj["idle_timeout_ms"], f"{param}.idle_timeout_ms", 1, 3_600_000)
+    elif kind == "semantic_vad":
+        out = dict(_SEMANTIC_VAD_DEFAULTS)
+        _unknown(obj, set(out), param)
+        if "eagerness" in obj:
+            if obj["eagerness"] not in SEMANTIC_SILENCE_MS:
+                raise _bad(
+                    f"{param}.eagerness", f"expected low, medium, high or auto, got {obj['eagerness']!r}"
+                )
+            out["eagerness"] = obj["eagerness"]
+    else:
+        raise _bad(f"{param}.type", f"expected 'server_vad' or 'semantic_vad', got {kind!r}")
+    for key in ("create_response", "interrupt_response"):
+        if key in obj:
+            out[key] = _bool(obj[key], f"{param}.{key}")
+    return out
+
+
+def _transcription(value: Any, param: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    obj = _object(value, param)
+    _unknown(obj, _TRANSCRIPTION_KEYS, param)
+    return dict(obj)
+
+
+def _noise_reduction(value: Any, param: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    obj = _object(value, param)
+    _unknown(obj, {"type", "strength"}, param)
+    if obj.get("type") not in ("near_field", "far_field"):
+        raise _bad(f"{param}.type", f"expected 'near_field' or 'far_field', got {obj.get('type')!r}")
+    return dict(obj)
+
+
+def _voice(value: Any, param: str) -> str | dict[str, Any]:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, dict) and isinstance(value.get("id"), str):
+        return {"id": value["id"]}
+    raise _bad(param, f"expected a voice name or {{'id': ...}}, got {value!r}")
+
+
+def _tools(value: Any, param: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise _bad(param, "expected an array of tools")
+    out = []
+    for i, tool in enumerate(value):
+        obj = _object(tool, f"{param}[{i}]")
+        if obj.get("type", "function") != "function":
+            raise _bad(
+                f"{param}[{i}].type", f"the local engine supports only function tools, got {obj['type']!r}"
+            )
+        if not isinstance(obj.get("name"), str) or not obj["name"]:
+            raise EventError(
+                f"Missing required parameter: '{param}[{i}].name'.", code="missing_required_parameter",
+                param=f"{param}[{i}].name",
+            )  # fmt: skip
+        out.append({"type": "function", **{k: v for k, v in obj.items() if k != "type"}})
+    return out
+
+
+def tool_choice(value: Any, param: str) -> str | dict[str, Any]:
+    if value in ("auto", "none", "required"):
+        return str(value)
+    if isinstance(value, dict) and value.get("type") == "function" and isinstance(value.get("name"), str):
+        return {"type": "function", "name": value["name"]}
+    raise _bad(param, f"expected 'auto', 'none', 'required' or {{type: function, name}}, got {value!r}")
+
+
+def output_modalities(value: Any, param: str) -> list[str]:
+    if value == ["audio"] or value == ["text"]:
+        return list(value)
+    raise _bad(param, f"expected ['audio'] or ['text'], got {value!r}")
+
+
+def max_output_tokens(value: Any, param: str) -> int | str:
+    if value == "inf":
+        return "inf"
+    return _int(value, param, 1, 4096)
+
+
+def _merge_audio(current: dict[str, Any], patch: Any) -> dict[str, Any]:
+    audio = copy.deepcopy(current)
+    obj = _object(patch, "session.audio")
+    _unknown(obj, {"input", "output"}, "session.audio")
+    if "input" in obj:
+        inp = _object(obj["input"], "session.audio.input")
+        p = "session.audio.input"
+        _unknown(inp, {"format", "transcription", "noise_reduction", "turn_detection"}, p)
+        if "format" in inp:
+            audio["input"]["format"] = audio_format(inp["format"], f"{p}.format")
+        if "transcription" in inp:
+            audio["input"]["transcription"] = _transcription(inp["transcription"], f"{p}.transcription")
+        if "noise_reduction" in inp:
+            audio["input"]["noise_reduction"] = _noise_reduction(
+                inp["noise_reduction"], f"{p}.noise_reduction"
+            )
+        if "turn_detection" in inp:
+            audio["input"]["turn_detection"] = turn_detection(inp["turn_detection"], f"{p}.turn_detection")
+    if "output" in obj:
+        out = _object(obj["output"], "session.audio.output")
+        p = "session.audio.output"
+        _unknown(out, {"format", "voice", "speed"}, p)
+        if "format" in out:
+            audio["output"]["format"] = audio_format(out["format"], f"{p}.format")
+        if "voice" in out:
+            audio["output"]["voice"] = _voice(out["voice"], f"{p}.voice")
+        if "speed" in out:
+            audio["output"]["speed"] = _number(out["speed"], f"{p}.speed", 0.25, 1.5)
+    return audio
+
+
+def merge_session_update(current: dict[str, Any], patch: Any) -> dict[str, Any]:
+    """Validate a GA `session.update` payload and return the merged full config (current untouched)."""
+    obj = _object(patch, "session")
+    _unknown(obj, _TOP_KEYS, "session")
+    if "type" not in obj:
+        raise EventError(
+            "Missing required parameter: 'session.type'.",
+            code="missing_required_parameter",
+            param="session.type",
+        )
+    if obj["type"] != "realtime":
+        raise _bad("session.type", f"the local engine serves only 'realtime' sessions, got {obj['type']!r}")
+    new = copy.deepcopy(current)
+    if "model" in obj:
+        if not isinstance(obj["model"], str) or not obj["model"]:
+            raise _bad("session.model", "expected a model name")
+        new["model"] = obj["model"]
+    if "instructions" in obj:
+        if not isinstance(obj["instructions"], str):
+            raise _bad("session.instructions", "expected a string")
+        new["instructions"] = obj["instructions"]
+    if "output_modalities" in obj:
+        new["output_modalities"] = output_modalities(obj["output_modalities"], "session.output_modalities")
+    if "audio" in obj:
+        new["audio"] = _merge_audio(current["audio"], obj["audio"])
+    if "tools" in obj:
+        new["tools"] = _tools(obj["tools"], "session.tools")
+    if "tool_choice" in obj:
+        new["tool_choice"] = tool_choice(obj["tool_choice"], "session.tool_choice")
+    if "max_output_tokens" in obj:
+        new["max_output_tokens"] = max_output_tokens(obj["max_output_tokens"], "session.max_output_tokens")
+    if "parallel_tool_calls" in obj:
+        new["parallel_tool_calls"] = _bool(obj["parallel_tool_calls"], "session.parallel_tool_calls")
+    for key in ("truncation", "tracing", "prompt", "include", "reasoning"):
+        if key in obj:
+            new[key] = copy.deepcopy(obj[key])
+    if EXTENSION_KEY in obj:
+        try:
+            ext = parse_extension(obj[EXTENSION_KEY])
+        except ConfigError as exc:
+            raise EventError(str(exc), code="invalid_value", param=f"session.{EXTENSION_KEY}") from exc
+        del ext  # validated; the config echoes what the client sent
+        new[EXTENSION_KEY] = copy.deepcopy(obj[EXTENSION_KEY])
+    return new
+
+
+# --------------------------------------------------------------------------------------------------
+# beta (flat) shape
+
+
+def beta_to_ga_patch(patch: Any) -> dict[str, Any]:
+    """A beta `session.update` payload in GA shape (validated afterwards by merge_session_update)."""
+    obj = _object(patch, "session")
+    out: dict[str, Any] = {"type": "realtime"}
+    audio_in: dict[str, Any] = {}
+    audio_out: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key in ("instructions", "tools", "tool_choice", "tracing", "model", EXTENSION_KEY, "id", "object"):
+            out[key] = value
+        elif key == "modalities":
+            if not isinstance(value, list) or not value or any(m not in ("text", "audio") for m in value):
+                raise _bad("session.modalities", f"expected a subset of ['text', 'audio'], got {value!r}")
+            out["output_modalities"] = ["audio"] if "audio" in value else ["text"]
+        elif key in ("input_audio_format", "output_audio_format"):
+            if value not in _BETA_FORMATS:
+                raise _bad(f"session.{key}", f"expected 'pcm16', 'g711_ulaw' or 'g711_alaw', got {value!r}")
+            (audio_in if key.startswith("input") else audio_out)["format"] = dict(_BETA_FORMATS[value])
+        elif key == "voice":
+            audio_out["voice"] = value
+        elif key == "speed":
+            audio_out["speed"] = value
+        elif key == "turn_detection":
+            if isinstance(value, dict) and "type" not in value:
+                value = {"type": "server_vad", **value}
+            audio_in["turn_detection"] = value
+        elif key == "input_audio_transcription":
+            audio_in["transcription"] = value
+        elif key == "input_audio_noise_reduction":
+            audio_in["noise_reduction"] = value
+        elif key == "max_response_output_tokens":
+            out["max_output_tokens"] = value
+        elif key in ("temperature", "expires_at", "client_secret"):
+            continue  # beta-only knobs the engine has no use for
+        else:
+            raise EventError(
+                f"Unknown parameter: 'session.{key}'.", code="unknown_parameter", param=f"session.{key}"
+            )
+    audio: dict[str, Any] = {}
+    if audio_in:
+        audio["input"] = audio_in
+    if audio_out:
+        audio["output"] = audio_out
+    if audio:
+        out["audio"] = audio
+    return out
+
+
+def ga_to_beta_session(config: dict[str, Any]) -> dict[str, Any]:
+    """The beta (flat) rendering of a GA session config, for `session.created/updated` to beta clients."""
+    audio_in = config["audio"]["input"]
+    audio_out = config["audio"]["output"]
+    td = audio_in["turn_detection"]
+    voice = audio_out["voice"]
+    return {
+        "id": config["id"],
+        "object": "realtime.session",
+        "model": config["model"],
+        "modalities": ["text", "audio"] if config["output_modalities"] == ["audio"] else ["text"],
+        "instructions": config["instructions"],
+        "voice": voice if isinstance(voice, str) else voice.get("id"),
+        "input_audio_format": _GA_TO_BETA_FORMAT[audio_in["format"]["type"]],
+        "output_audio_format": _GA_TO_BETA_FORMAT[audio_out["format"]["type"]],
+        "input_audio_transcription": audio_in["transcription"],
+        "input_audio_noise_reduction": audio_in["noise_reduction"],
+        "turn_detection": None if td is None else {k: v for k, v in td.items() if k != "idle_timeout_ms"},
+        "tools": config["tools"],
+        "tool_choice": config["tool_choice"] if isinstance(config["tool_choice"], str) else "auto",
+        "temperature": 0.8,
+        "max_response_output_tokens": config["max_output_tokens"],
+        "speed": audio_out["speed"],
+        "tracing": config["tracing"],
+        "expires_at": config["expires_at"],
+        EXTENSION_KEY: config.get(EXTENSION_KEY),
+    }
