@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bridge.telephony.twilio_rest import add_subcommand as add_twilio_subcommand
 
     add_twilio_subcommand(sub)
+    from bridge.dialplan.cli import add_parser as add_dialplan_parser
+
+    add_dialplan_parser(sub)
     return parser
 
 
