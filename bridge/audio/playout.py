@@ -135,7 +135,10 @@ class Playout:
         return due
 
     def next_due_ms(self) -> float | None:
-        """When `pop_due` will next hand out a frame (a time in the past: now). None: nothing queued."""
+        """When `pop_due` will next hand out a frame (a time in the past: now). None: nothing queued.
+
+        With `lead_ms > 0` this is the bound of a strict inequality: any time after it hands the
+        frame out, the instant itself may not (a shell that wakes exactly on time just asks again)."""
         if not self._queue:
             return None
         if self._playhead_ms == _IDLE:
