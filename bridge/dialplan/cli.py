@@ -66,8 +66,8 @@ def describe(action: Action) -> str:
     if isinstance(action, Play):
         return f"PLAY {action.path}"
     if isinstance(action, Listen):
-        what = ", ".join(action.phrases) + (" + digits" if action.digits else "")
-        return f"LISTEN for: {what or 'digits'}"
+        what = [*action.phrases, *(["spoken digits"] if action.digits else [])]
+        return f"LISTEN for: {', '.join(what) or 'nothing'}"
     if isinstance(action, StopListening):
         return "STOP LISTENING"
     if isinstance(action, StopPrompts):

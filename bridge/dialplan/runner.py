@@ -521,8 +521,13 @@ class Runner:
         self._prompt_seq += 1
         return f"p{self._prompt_seq}"
 
-    def _fill(self, text: str) -> str:
-        return _FORMATTER.vformat(text, (), self._vars) if "{" in text else text
+    def _fill(self, text: str, *, spoken: bool = True) -> str:
+        """Variables into a text. Spoken texts get digit strings spelled out one by one ("5 5 5 0"),
+        so the synthesizer does not read a phone number as billions."""
+        if "{" not in text:
+            return text
+        values = _Vars({k: spell_digits(v) for k, v in self._vars.items()}) if spoken else self._vars
+        return _FORMATTER.vformat(text, (), values)
 
     def _say(self, text: str, voice: str | None, now_ms: float, *, barge_in: bool = True) -> Say:
         pid = self._new_pid()
@@ -720,7 +725,7 @@ class Runner:
                 "language": step.language or d.language,
                 "format": step.format or d.format,
                 "barge_in": barge,
-                "instructions": self._fill(step.instructions),
+                "instructions": self._fill(step.instructions, spoken=False),
                 "greeting": self._fill(step.greeting) if step.greeting else None,
                 "tools": tools,
             }
@@ -763,6 +768,14 @@ class Runner:
         self._leave_agent()
         self._index += 1
         return self._run(now_ms)
+
+
+_DIGIT_RUN = re.compile(r"\d{3,}")
+
+
+def spell_digits(value: str) -> str:
+    """Runs of 3+ digits spaced out for speech: "+15550100" -> "+1 5 5 5 0 1 0 0"."""
+    return _DIGIT_RUN.sub(lambda m: " ".join(m.group(0)), value)
 
 
 def _has_fields(text: str) -> bool:
