@@ -17,7 +17,7 @@ importing this module does not import scipy (0.7 s). tests/audio/test_resample.p
   Only every third output is computed.
 
 Per chunk the work is one matrix product on a strided window view of a preallocated float history
-buffer, then rounding and clipping to int16. No allocation beyond the returned bytes' staging array.
+buffer, then rounding and clipping to int16 into preallocated arrays; only the returned bytes are new.
 """
 
 from __future__ import annotations
