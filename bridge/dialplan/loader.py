@@ -268,6 +268,9 @@ def load_dialplan(*paths: str | Path) -> Dialplan:
     unreadable = False
     for file in files:
         name = str(file)
+        if not file.exists():
+            problems.append((name, 1, "", "file or directory not found"))
+            continue
         try:
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
