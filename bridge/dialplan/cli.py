@@ -40,7 +40,8 @@ def _default_dialplans() -> Path:
         return Path("dialplans")
 
 
-def check_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def check_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     paths = [Path(p) for p in args.paths] or [_default_dialplans()]
     failed = False
     for path in paths:
@@ -91,10 +92,12 @@ def describe(action: Action) -> str:
 
 def simulate_command(
     args: argparse.Namespace,
-    inp: TextIO = sys.stdin,
-    out: TextIO = sys.stdout,
+    inp: TextIO | None = None,
+    out: TextIO | None = None,
     clock: Callable[[], float] = time.time,
 ) -> int:
+    inp = inp or sys.stdin
+    out = out or sys.stdout
     source = Path(args.dialplans) if args.dialplans else _default_dialplans()
     try:
         plan = load_dialplan(source)
