@@ -79,7 +79,7 @@ async def test_voice_webhook_answers_twiml_that_connects_the_stream(bridge_url: 
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/xml")
     body = r.text
-    assert "<Connect><Stream" in body
+    assert "<Connect" in body and "><Stream " in body  # <Connect action=...> since issue 5
     assert 'url="ws://127.0.0.1:' in body
     assert '/twilio/media"' in body
     assert 'name="caller" value="+15551230000"' in body

@@ -8,8 +8,10 @@ unauthorised streams 1008 (policy violation).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -17,9 +19,29 @@ from fastapi import APIRouter, Request, Response, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+from bridge.errors import BridgeError
+from bridge.metrics import METRICS, BridgeMetrics
 from bridge.settings import Settings
 from bridge.telephony import twilio as tw
-from bridge.telephony.events import CallEnded, CallStarted, Encoding, LegEvent
+from bridge.telephony import twilio_twiml as twiml
+from bridge.telephony.call_registry import (
+    CALL_STATUSES,
+    STREAM_EVENTS,
+    CallRegistry,
+    InProcessCallRegistry,
+    StatusEvent,
+    Transfer,
+)
+from bridge.telephony.events import CallEnded, CallStarted, Encoding, LegEvent, MarkPlayed
+from bridge.telephony.twilio_auth import (
+    STREAM_TOKEN_PARAMETER,
+    StreamTokenError,
+    TwilioGuard,
+    WebhookBodyError,
+    parse_form,
+    request_target,
+)
+from bridge.telephony.twilio_continuation import TwilioContinuer, continuation_twiml
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +55,29 @@ CLOSE_TOO_BIG = 1009
 StartGuard = Callable[[CallStarted], Awaitable[str | None]]
 # Runs the call for a leg once the websocket is accepted.
 CallRunner = Callable[["TwilioLeg"], Awaitable[object]]
+# The dialplan flow for a called number, None when the bridge does not serve it.
+FlowFor = Callable[[str], str | None]
+
+DRAIN_MARK = "bridge-continue"
+DRAIN_TIMEOUT_S = 10.0
 
 
 class TwilioLeg:
     """One Twilio Media Streams websocket as a `Leg`."""
 
-    def __init__(self, ws: WebSocket, *, lead_ms: int = 100, guard: StartGuard | None = None) -> None:
+    def __init__(
+        self,
+        ws: WebSocket,
+        *,
+        lead_ms: int = 100,
+        guard: StartGuard | None = None,
+        continuer: TwilioContinuer | None = None,
+    ) -> None:
         self._ws = ws
         self._stream = tw.TwilioStream()
         self._guard = guard
+        self._continuer = continuer
+        self._drained = asyncio.Event()
         self._ended = False
         self.encoding: Encoding = "pcmu"
         self.lead_ms = lead_ms
@@ -88,6 +124,8 @@ class TwilioLeg:
                     self.started = event
                 elif isinstance(event, CallEnded):
                     self._ended = True
+                elif isinstance(event, MarkPlayed) and event.name == DRAIN_MARK:
+                    self._drained.set()
                 yield event
                 if self._ended:
                     return
@@ -131,7 +169,31 @@ class TwilioLeg:
         await self._close(CLOSE_NORMAL)
 
     async def transfer(self, target: str) -> bool:
-        return False  # needs the call's continuation (issue: Twilio in production)
+        """Continue the call with `<Dial>` to `target` once what was sent has played, then end the
+        stream. Call it from a task other than the one reading `events()` (the played-out mark is
+        seen there), after the call's pacer has handed over its last frame."""
+        if self._continuer is None or self.started is None or self._ended:
+            return False
+        try:
+            path = await self._continuer.continue_call(self.started.call_id, Transfer(target), time.time())
+        except BridgeError as exc:
+            log.error("transfer of %s to %s refused: %s", self.started.call_id, target, exc)
+            return False
+        if path == "none":
+            return False
+        await self._drain()
+        self._ended = True
+        await self._close(CLOSE_NORMAL)
+        return True
+
+    async def _drain(self) -> None:
+        """Wait until Twilio has played everything sent so far (a mark echoed), bounded."""
+        if self._ended or not self._stream.stream_sid:
+            return
+        self._drained.clear()
+        await self._send(tw.mark_message(self._stream.stream_sid, DRAIN_MARK))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), DRAIN_TIMEOUT_S)
 
     async def finish(self) -> None:
         """Close the socket when the call is over (after `stop` too: nothing more is sent)."""
@@ -158,29 +220,183 @@ def connect_twiml(url: str, parameters: dict[str, str]) -> str:
     return str(response)
 
 
-def twilio_router(settings: Settings, run_call: CallRunner, guard: StartGuard | None = None) -> APIRouter:
+UNKNOWN_NUMBER_TEXT = "Sorry, this number is not in service. Goodbye."
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused (`WebhookBodyError`) as soon as it passes `max_bytes`."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise WebhookBodyError("too_large", f"webhook body of {declared} bytes exceeds {max_bytes}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise WebhookBodyError("too_large", f"webhook body exceeds {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_BODY_STATUS = {"too_large": 413, "not_form": 415, "bad_encoding": 400}
+
+
+def twilio_router(
+    settings: Settings,
+    run_call: CallRunner,
+    guard: StartGuard | None = None,
+    *,
+    twilio_guard: TwilioGuard | None = None,
+    registry: CallRegistry | None = None,
+    metrics: BridgeMetrics | None = None,
+    flow_for: FlowFor | None = None,
+    continuer: TwilioContinuer | None = None,
+    clock: Callable[[], float] = time.time,
+) -> APIRouter:
+    """`POST /twilio/voice`, `POST /twilio/status`, `POST /twilio/continue`, `WS /twilio/media`.
+
+    With `TWILIO_AUTH_TOKEN` every webhook and upgrade must be signed and every stream must carry
+    the token its TwiML gave it; without it the bridge runs in a loudly logged development mode.
+    """
     router = APIRouter()
+    security = twilio_guard or TwilioGuard(settings)
+    calls: CallRegistry = registry if registry is not None else InProcessCallRegistry()
+    stats = metrics if metrics is not None else METRICS
+    continuation = continuer or TwilioContinuer(settings, calls, stats)
+    if security.development_mode:
+        log.warning(
+            "TWILIO_AUTH_TOKEN is not set: DEVELOPMENT MODE, Twilio webhook signatures and media-stream "
+            "tokens are NOT enforced. Never expose this bridge to the internet like this."
+        )
+
+    async def admit(request: Request, route: str) -> list[tuple[str, str]] | Response:
+        """The signed form of a webhook, or the refusal to send back."""
+        stats.webhook_requests.inc(route=route)
+        try:
+            body = await _read_body(request, security.max_body_bytes)
+            form = parse_form(body, request.headers.get("content-type"), security.max_body_bytes)
+        except WebhookBodyError as exc:
+            stats.webhook_rejections.inc(route=route, reason=exc.reason)
+            log.warning("twilio %s refused (%s): %s", route, exc.reason, exc)
+            return Response(status_code=_BODY_STATUS[exc.reason])
+        refusal = security.check_webhook(request_target(request.scope), request.headers, form)
+        if refusal is not None:
+            stats.webhook_rejections.inc(route=route, reason=refusal)
+            client = request.client.host if request.client else "?"
+            log.warning("twilio %s from %s refused: %s", route, client, refusal)
+            return Response(status_code=403)
+        return form
+
+    def xml(body: str) -> Response:
+        return Response(content=body, media_type="application/xml")
 
     @router.post("/twilio/voice")
     async def voice(request: Request) -> Response:
-        form = await request.form()
-        params = {
-            "caller": str(form.get("From", "")),
-            "called": str(form.get("To", "")),
-            "callSid": str(form.get("CallSid", "")),
-        }
-        url = stream_url(settings, str(request.base_url))
-        return Response(content=connect_twiml(url, params), media_type="application/xml")
+        started = time.perf_counter()
+        admitted = await admit(request, "/twilio/voice")
+        if isinstance(admitted, Response):
+            return admitted
+        form = dict(admitted)
+        call_sid, caller, called = form.get("CallSid", ""), form.get("From", ""), form.get("To", "")
+        try:
+            flow = flow_for(called) if flow_for is not None else None
+            if flow_for is not None and flow is None:
+                stats.webhook_rejections.inc(route="/twilio/voice", reason="unknown_number")
+                log.warning("call %s to %s: no dialplan flow for this number", call_sid, called)
+                return xml(twiml.say_and_hangup(UNKNOWN_NUMBER_TEXT))
+            target = request_target(request.scope)
+            action_url = security.public_url(target, request.headers, "/twilio/continue")
+            params = {"caller": caller, "called": called, "callSid": call_sid}
+            if flow is not None:
+                params["flow"] = flow
+            try:
+                params[STREAM_TOKEN_PARAMETER] = security.issue_token(call_sid, clock())
+            except ValueError:
+                stats.webhook_rejections.inc(route="/twilio/voice", reason="bad_call_sid")
+                return Response(status_code=400)
+            await calls.open_call(
+                call_sid, caller=caller, called=called, flow=flow, has_action_url=True, now_s=clock()
+            )
+            body = twiml.connect_stream(
+                security.public_url(target, request.headers, "/twilio/media", websocket=True),
+                params,
+                action_url=action_url,
+                status_callback=security.public_url(target, request.headers, "/twilio/status"),
+            )
+            return xml(body)
+        finally:
+            stats.webhook_seconds.observe(time.perf_counter() - started, route="/twilio/voice")
+
+    @router.post("/twilio/status")
+    async def status(request: Request) -> Response:
+        admitted = await admit(request, "/twilio/status")
+        if isinstance(admitted, Response):
+            return admitted
+        form = dict(admitted)
+        call_sid = form.get("CallSid", "")
+        stream_event, call_status = form.get("StreamEvent", ""), form.get("CallStatus", "")
+        if stream_event in STREAM_EVENTS:
+            event = StatusEvent("stream", stream_event, clock(), form.get("StreamError", ""))
+        elif call_status in CALL_STATUSES:
+            event = StatusEvent("call", call_status, clock(), form.get("SipResponseCode", ""))
+        else:
+            stats.webhook_rejections.inc(route="/twilio/status", reason="unknown_status")
+            return Response(status_code=400)
+        if not call_sid:
+            stats.webhook_rejections.inc(route="/twilio/status", reason="no_call_sid")
+            return Response(status_code=400)
+        stats.status_events.inc(kind=event.kind, status=event.status)
+        await calls.record_status(call_sid, event)
+        return Response(status_code=204)
+
+    @router.post("/twilio/continue")
+    async def continue_call(request: Request) -> Response:
+        admitted = await admit(request, "/twilio/continue")
+        if isinstance(admitted, Response):
+            return admitted
+        call_sid = dict(admitted).get("CallSid", "")
+        decided = await calls.take_continuation(call_sid)
+        return xml(continuation_twiml(decided))
 
     @router.websocket("/twilio/media")
     async def media(ws: WebSocket) -> None:
+        stats.webhook_requests.inc(route="/twilio/media")
+        refusal = security.check_upgrade(request_target(ws.scope), ws.headers)
         await ws.accept()
-        leg = TwilioLeg(ws, lead_ms=settings.playout_lead_ms, guard=guard)
+        if refusal is not None:
+            stats.webhook_rejections.inc(route="/twilio/media", reason=refusal)
+            log.warning("twilio stream upgrade refused: %s", refusal)
+            with contextlib.suppress(RuntimeError):
+                await ws.close(code=CLOSE_POLICY_VIOLATION, reason=refusal)
+            return
+        attached: list[CallStarted] = []
+
+        async def admit_stream(event: CallStarted) -> str | None:
+            try:
+                security.check_token(event.params.get(STREAM_TOKEN_PARAMETER), event.call_id, clock())
+            except StreamTokenError as exc:
+                stats.webhook_rejections.inc(route="/twilio/media", reason=f"token_{exc.reason}")
+                return str(exc)
+            if not await calls.attach_stream(event.call_id, event.stream_id, leg_closer, clock()):
+                stats.webhook_rejections.inc(route="/twilio/media", reason="stream_not_allowed")
+                return "call has ended or already has an open stream"
+            attached.append(event)
+            if guard is not None:
+                return await guard(event)
+            return None
+
+        async def leg_closer(reason: str) -> None:
+            log.info("closing twilio stream: %s", reason)
+            await leg.finish()
+
+        leg = TwilioLeg(ws, lead_ms=settings.playout_lead_ms, guard=admit_stream, continuer=continuation)
         try:
             await run_call(leg)
         except Exception:
             log.exception("call on twilio stream failed")
         finally:
             await leg.finish()
+            for event in attached:
+                await calls.detach_stream(event.call_id, event.stream_id, clock())
 
     return router
