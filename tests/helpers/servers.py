@@ -12,12 +12,12 @@ from typing import Any
 
 import uvicorn
 
+from bridge.cli import listening_socket
+
 
 def bind_ephemeral() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
+    """A listening socket on a free port, set up exactly as `ivr-bridge serve` sets up its own."""
+    return listening_socket("127.0.0.1", 0)
 
 
 @contextmanager
