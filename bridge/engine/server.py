@@ -1,0 +1,474 @@
+"""WebSocket shell of the embedded engine: `WS /v1/realtime` and `WS /realtime` on the bridge's port.
+
+Each connection wraps one sans-I/O `EngineSession` (bridge/engine/protocol.py). Everything touching
+the session runs on the event loop; the blocking work runs elsewhere and comes back through
+`loop.call_soon_threadsafe`:
+
+- speech recognition on one worker thread per session (`_AsrWorker`, pocketsphinx kept warm);
+- speech synthesis on one worker thread per session (Piper, one onnxruntime thread);
+- replies as asyncio tasks (the chat-completions fallback is an httpx call).
+
+Outgoing events go through one queue and one sender task, so they leave in the order the session
+produced them. A failure inside one connection closes that connection (1011) and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, FastAPI, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from bridge.engine.protocol import (
+    AsrAudio,
+    AsrBegin,
+    AsrDiscard,
+    AsrEnd,
+    CancelWork,
+    Command,
+    Detector,
+    EngineSession,
+    GenerateReply,
+    SetExpected,
+    Synthesize,
+)
+from bridge.engine.responder import Reply, Responder
+from bridge.settings import ENV_FIELDS, Settings
+
+log = logging.getLogger(__name__)
+
+REALTIME_PATHS = ("/v1/realtime", "/realtime")
+
+
+def _now_ms() -> float:
+    return time.monotonic() * 1000.0
+
+
+# --------------------------------------------------------------------------------------------------
+# process-wide services (models are shared; sessions only hold per-call state)
+
+
+@dataclass
+class EngineServices:
+    """What every session shares: detector/recogniser/synthesizer factories and the responder.
+
+    The defaults use the real models (Silero VAD, pocketsphinx, Piper); tests may pass others.
+    """
+
+    settings: Settings
+    detector_factory: Callable[[float, int, int], Detector] | None = None
+    recognizer_factory: Callable[[], Any] | None = None
+    synthesizer_factory: Callable[[int], Any] | None = None
+    responder: Responder | None = None
+    token: str | None = None
+    sessions: set[EngineConnection] = field(default_factory=set)
+    _synths: dict[int, Any] = field(default_factory=dict)
+    _synth_lock: threading.Lock = field(default_factory=threading.Lock)
+    _http: httpx.AsyncClient | None = None
+
+    def __post_init__(self) -> None:
+        if self.detector_factory is None:
+            self.detector_factory = _silero_detector
+        if self.recognizer_factory is None:
+            self.recognizer_factory = _pocketsphinx_recognizer
+        if self.synthesizer_factory is None:
+            self.synthesizer_factory = _piper_synthesizer
+
+    def get_responder(self) -> Responder:
+        if self.responder is None:
+            settings = self.settings
+
+            def api_key(env_name: str) -> str | None:
+                field_name = ENV_FIELDS.get(env_name)
+                value = getattr(settings, field_name, None) if field_name else None
+                return value if isinstance(value, str) else None
+
+            self._http = httpx.AsyncClient()
+            self.responder = Responder(self._http, api_key)
+        return self.responder
+
+    def synthesizer(self, rate_hz: int) -> Any:
+        """One synthesizer per output rate for the whole process (they share the one voice)."""
+        synth = self._synths.get(rate_hz)
+        if synth is None:
+            with self._synth_lock:
+                synth = self._synths.get(rate_hz)
+                if synth is None:
+                    assert self.synthesizer_factory is not None
+                    synth = self._synths[rate_hz] = self.synthesizer_factory(rate_hz)
+        return synth
+
+    def preload(self) -> dict[str, float]:
+        """Load every model now (start-up), returning the load times in ms by model."""
+        from bridge.engine.models import get_shared_models
+
+        start = time.perf_counter()
+        report = get_shared_models().preload()
+        self.synthesizer(24000)
+        self.synthesizer(8000)
+        report = dict(get_shared_models().load_report())
+        report["total"] = (time.perf_counter() - start) * 1000.0
+        return report
+
+    async def close_all(self, code: int = 1000, reason: str = "") -> None:
+        """Close every live session (server shutdown: 1000, so the SDK's iteration ends cleanly)."""
+        for conn in list(self.sessions):
+            await conn.close(code, reason)
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+            self.responder = None
+
+
+def _silero_detector(threshold: float, min_speech_ms: int, min_silence_ms: int) -> Detector:
+    from bridge.audio.vad import SpeechDetector, create_vad
+
+    return SpeechDetector(
+        threshold=threshold,
+        min_speech_ms=min_speech_ms,
+        min_silence_ms=min_silence_ms,
+        vad=create_vad("silero"),
+    )
+
+
+def _pocketsphinx_recognizer() -> Any:
+    from bridge.engine.asr import Recognizer
+
+    return Recognizer()
+
+
+def _piper_synthesizer(rate_hz: int) -> Any:
+    from bridge.engine.tts import Synthesizer
+
+    return Synthesizer(out_rate=rate_hz)
+
+
+# --------------------------------------------------------------------------------------------------
+# speech recognition worker (one thread per session)
+
+_STOP = object()
+
+
+class _AsrWorker:
+    """Runs a session's recogniser on its own thread; results go back to the loop."""
+
+    def __init__(self, services: EngineServices, conn: EngineConnection) -> None:
+        self._services = services
+        self._conn = conn
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="engine-asr", daemon=True)
+        self._thread.start()
+
+    def put(self, command: Any) -> None:
+        self._queue.put(command)
+
+    def stop(self) -> None:
+        self._queue.put(_STOP)
+
+    def _run(self) -> None:
+        error = ""
+        try:
+            assert self._services.recognizer_factory is not None
+            rec = self._services.recognizer_factory()
+        except Exception as exc:
+            log.exception("speech recogniser unavailable")
+            rec = None
+            error = str(exc)
+        current: str | None = None
+        expected: tuple[str, ...] | None = None
+        expected_dirty = False
+        while True:
+            cmd = self._queue.get()
+            if cmd is _STOP:
+                return
+            if rec is None:
+                if isinstance(cmd, AsrEnd):
+                    self._conn.from_thread(self._conn.on_transcript_failed, cmd.item_id, error)
+                continue
+            try:
+                if isinstance(cmd, AsrAudio):
+                    if cmd.item_id == current:
+                        rec.feed(cmd.pcm16_8k)
+                elif isinstance(cmd, AsrBegin):
+                    if current is not None:
+                        rec.end()
+                    if expected_dirty:
+                        rec.set_expected(expected)
+                        expected_dirty = False
+                    rec.begin()
+                    current = cmd.item_id
+                    if cmd.pcm16_8k:
+                        rec.feed(cmd.pcm16_8k)
+                elif isinstance(cmd, AsrEnd):
+                    if cmd.item_id != current:
+                        continue
+                    current = None
+                    transcript = rec.end()
+                    self._conn.from_thread(self._conn.on_transcript, cmd.item_id, transcript)
+                elif isinstance(cmd, AsrDiscard):
+                    if cmd.item_id == current:
+                        current = None
+                        rec.end()
+                elif isinstance(cmd, SetExpected):
+                    expected, expected_dirty = cmd.phrases, True
+                    if current is None:
+                        rec.set_expected(expected)
+                        expected_dirty = False
+            except Exception as exc:
+                log.exception("speech recognition failed")
+                if isinstance(cmd, AsrEnd | AsrBegin | AsrAudio):
+                    failed, current = current or getattr(cmd, "item_id", None), None
+                    with contextlib.suppress(Exception):
+                        rec.end()
+                    if failed is not None:
+                        self._conn.from_thread(self._conn.on_transcript_failed, failed, str(exc))
+
+
+# --------------------------------------------------------------------------------------------------
+# one connection
+
+
+class EngineConnection:
+    """One websocket session of the embedded engine."""
+
+    def __init__(self, ws: WebSocket, services: EngineServices, *, beta: bool, model: str) -> None:
+        self.ws = ws
+        self.services = services
+        self.loop = asyncio.get_running_loop()
+        assert services.detector_factory is not None
+        self.session = EngineSession(services.detector_factory, model=model, beta=beta, now_ms=_now_ms())
+        self._out: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._asr = _AsrWorker(services, self)
+        self._tts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-tts")
+        self._synth_cancel: dict[str, threading.Event] = {}
+        self._reply_tasks: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def from_thread(self, fn: Callable[..., None], *args: Any) -> None:
+        if not self._closed:
+            with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+                self.loop.call_soon_threadsafe(fn, *args)
+
+    def pump(self) -> None:
+        """Move the session's events to the sender and carry out its commands."""
+        session = self.session
+        for event in session.take_events():
+            self._out.put_nowait(event)
+        for command in session.take_commands():
+            self._dispatch(command)
+        self._wake.set()
+
+    def _dispatch(self, cmd: Command) -> None:
+        if isinstance(cmd, AsrAudio | AsrBegin | AsrEnd | AsrDiscard | SetExpected):
+            self._asr.put(cmd)
+        elif isinstance(cmd, GenerateReply):
+            task = asyncio.create_task(self._generate(cmd))
+            self._reply_tasks[cmd.response_id] = task
+        elif isinstance(cmd, Synthesize):
+            cancel = threading.Event()
+            self._synth_cancel[cmd.response_id] = cancel
+            self._tts.submit(self._synthesize, cmd, cancel)
+        elif isinstance(cmd, CancelWork):
+            ev = self._synth_cancel.pop(cmd.response_id, None)
+            if ev is not None:
+                ev.set()
+            task = self._reply_tasks.pop(cmd.response_id, None)
+            if task is not None:
+                task.cancel()
+
+    # -- results coming back ----------------------------------------------------------------------
+
+    def on_transcript(self, item_id: str, transcript: Any) -> None:
+        self.session.transcript_done(
+            item_id, transcript.text, _now_ms(), audio_s=getattr(transcript, "audio_ms", 0) / 1000.0
+        )
+        self.pump()
+
+    def on_transcript_failed(self, item_id: str, message: str) -> None:
+        self.session.transcript_failed(item_id, message, _now_ms())
+        self.pump()
+
+    async def _generate(self, cmd: GenerateReply) -> None:
+        try:
+            reply = await self.services.get_responder().reply(cmd.turn)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            log.exception("responder failed")
+            self.session.work_failed(cmd.response_id, str(exc), _now_ms())
+            self.pump()
+            return
+        finally:
+            self._reply_tasks.pop(cmd.response_id, None)
+        self.session.reply_ready(cmd.response_id, reply, _now_ms())
+        self.pump()
+
+    def _synthesize(self, cmd: Synthesize, cancel: threading.Event) -> None:
+        """Worker thread: stream sentences back to the loop as they are synthesized."""
+        try:
+            synth = self.services.synthesizer(cmd.rate_hz)
+            for sentence, audio in synth.stream(cmd.text, cancel):
+                if cancel.is_set() or self._closed:
+                    return
+                self.from_thread(self._on_audio, cmd.response_id, sentence, audio.tobytes())
+            if not cancel.is_set():
+                self.from_thread(self._on_synth_done, cmd.response_id)
+        except Exception as exc:
+            log.exception("speech synthesis failed")
+            self.from_thread(self._on_synth_failed, cmd.response_id, str(exc))
+
+    def _on_audio(self, response_id: str, sentence: str, pcm16: bytes) -> None:
+        self.session.audio_chunk(response_id, sentence, pcm16, _now_ms())
+        self.pump()
+
+    def _on_synth_done(self, response_id: str) -> None:
+        self._synth_cancel.pop(response_id, None)
+        self.session.synthesis_done(response_id, _now_ms())
+        self.pump()
+
+    def _on_synth_failed(self, response_id: str, message: str) -> None:
+        self._synth_cancel.pop(response_id, None)
+        self.session.work_failed(response_id, "speech synthesis failed: " + message, _now_ms())
+        self.pump()
+
+    # -- tasks ------------------------------------------------------------------------------------
+
+    async def _sender(self) -> None:
+        ws = self.ws
+        dumps = json.dumps
+        while True:
+            event = await self._out.get()
+            if event is None:
+                return
+            await ws.send_text(dumps(event, separators=(",", ":")))
+
+    async def _timer(self) -> None:
+        while True:
+            self._wake.clear()
+            deadline = self.session.next_deadline_ms()
+            if deadline is None:
+                await self._wake.wait()
+                continue
+            delay = (deadline - _now_ms()) / 1000.0
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                continue
+            self.session.tick(_now_ms())
+            self.pump()
+
+    async def _receiver(self) -> None:
+        ws = self.ws
+        session = self.session
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            frame = message.get("text")
+            if frame is None:
+                frame = message.get("bytes") or b""
+            session.receive(frame, _now_ms())
+            self.pump()
+
+    async def run(self) -> None:
+        self.pump()  # session.created
+        sender = asyncio.create_task(self._sender())
+        timer = asyncio.create_task(self._timer())
+        code = 1000
+        try:
+            await self._receiver()
+        except WebSocketDisconnect:
+            pass
+        except Exception:
+            log.exception("engine session %s failed", self.session.id)
+            code = 1011
+        finally:
+            self._shutdown_work()
+            timer.cancel()
+            self._out.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sender, timeout=2.0)
+            sender.cancel()
+            await self.close(code)
+
+    def _shutdown_work(self) -> None:
+        self._closed = True
+        for ev in self._synth_cancel.values():
+            ev.set()
+        for task in self._reply_tasks.values():
+            task.cancel()
+        self._asr.stop()
+        self._tts.shutdown(wait=False, cancel_futures=True)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.services.sessions.discard(self)
+        if self.ws.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self.ws.close(code, reason)
+
+
+# --------------------------------------------------------------------------------------------------
+# routing
+
+
+def _bearer(ws: WebSocket) -> str | None:
+    auth = ws.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return ws.headers.get("api-key")
+
+
+async def _serve(ws: WebSocket, services: EngineServices) -> None:
+    if services.token is not None and _bearer(ws) != services.token:
+        await ws.close(code=1008, reason="invalid api key")
+        return
+    beta = "realtime=v1" in ws.headers.get("openai-beta", "").replace(" ", "")
+    model = ws.query_params.get("model") or services.settings.realtime_model
+    await ws.accept()
+    conn = EngineConnection(ws, services, beta=beta, model=model)
+    services.sessions.add(conn)
+    await conn.run()
+
+
+def engine_router(settings: Settings, services: EngineServices | None = None) -> APIRouter:
+    """The router serving the engine at `WS /v1/realtime` and `WS /realtime`.
+
+    The bearer token is accepted as-is unless `services.token` (or a `engine_token` setting) is set.
+    """
+    if services is None:
+        services = EngineServices(settings, token=getattr(settings, "engine_token", None))
+    router = APIRouter()
+
+    async def realtime(ws: WebSocket) -> None:
+        await _serve(ws, services)
+
+    for path in REALTIME_PATHS:
+        router.add_api_websocket_route(path, realtime)
+    router.engine_services = services  # type: ignore[attr-defined]
+    return router
+
+
+def mount_engine(app: FastAPI, settings: Settings, services: EngineServices | None = None) -> EngineServices:
+    """Serve the engine on `app`; returns its services (for `preload()` and `close_all()` in the lifespan)."""
+    router = engine_router(settings, services)
+    app.include_router(router)
+    svc: EngineServices = router.engine_services  # type: ignore[attr-defined]
+    app.state.engine = svc
+    return svc
+
+
+__all__ = ["REALTIME_PATHS", "EngineConnection", "EngineServices", "Reply", "engine_router", "mount_engine"]
