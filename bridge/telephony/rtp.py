@@ -260,7 +260,7 @@ class RtpReceiver:
 
     `feed(data, addr, arrival_ms)` returns the audio frames now ready (in order, losses concealed)
     and the digits received. Datagrams from another source, with an unexpected payload type, or
-    malformed, are counted and dropped.
+    malformed, are counted and dropped. Any port of the expected address is accepted.
     """
 
     def __init__(self, codec: Codec, audio_pt: int, dtmf_pt: int | None,
@@ -279,7 +279,10 @@ class RtpReceiver:
         self._jitter_ts = 0.0
 
     def feed(self, data: bytes, addr: tuple[str, int], arrival_ms: float) -> tuple[list[bytes], str | None]:
-        if self.remote is not None and (addr[0], addr[1]) != self.remote:
+        # Per-call sockets keep calls apart; the source check keeps strangers out. Any port of the
+        # SDP's address is accepted (some UAs, SIPp among them, send from another port than the one
+        # they advertise); another address only when latching (NAT) and nothing was accepted yet.
+        if self.remote is not None and addr[0] != self.remote[0]:
             if self.latch and not self._latched:
                 self.remote = (addr[0], addr[1])
             else:

@@ -568,8 +568,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
             lines = head.split("\r\n")
             if lines[0].startswith("SIP/") or lines[0].startswith("ACK "):
                 return
-            wanted = ("Via", "From", "To", "Call-ID", "CSeq")
+            wanted = ("Via", "From", "To", "Call-ID")
             keep = [ln for ln in lines[1:] if ln.split(":", 1)[0].strip() in wanted]
+            method = lines[0].split(" ", 1)[0]
+            cseq = [ln.split(":", 1)[1].strip() for ln in lines[1:] if ln.split(":", 1)[0].strip() == "CSeq"]
+            parts = cseq[0].split() if cseq else []
+            ok = len(parts) == 2 and parts[0].isdigit()
+            keep.append(f"CSeq: {cseq[0]}" if ok else f"CSeq: 0 {method if method.isalpha() else 'INVITE'}")
             stub = parse_message(("INVITE sip:x SIP/2.0\r\n" + "\r\n".join(keep) + "\r\n\r\n").encode())
             reason = why.replace('"', "'")[:80]
             warning = [("Warning", f'399 - "{reason}"')]
@@ -927,7 +932,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     def _pyvoip_client(self) -> Any:
         if self._pyvoip is None:
-            from pyVoIP.SIP import SIPClient  # lazy: GPL-3.0, optional `sip` extra
+            import pyVoIP.VoIP  # noqa: F401 - lazy (GPL-3.0, `sip` extra); first, or pyVoIP.SIP half-imports
+            from pyVoIP.SIP import SIPClient
 
             assert self.server is not None
             phone_shim = type("PhoneShim", (), {"_status": None})()
@@ -937,9 +943,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     async def register_once(self, deregister: bool = False) -> None:
         """One REGISTER transaction (with digest). Raises `RegistrationError` naming the failure."""
+        client = self._pyvoip_client()
         from pyVoIP.SIP import SIPMessage as PyVoipMessage
 
-        client = self._pyvoip_client()
         assert self.server is not None
         addr = await self._resolve(self.server)
         first = client.gen_first_response(deregister=deregister)

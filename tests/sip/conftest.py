@@ -1,0 +1,141 @@
+"""Real SIP peers for the SIP leg tests, started by the tests on 127.0.0.1 (free ports).
+
+SIPp (`sip-tester`), Kamailio and baresip come from Debian packages (`make sysdeps` installs them);
+a test that needs a missing binary skips and says which. Scenario and config templates live in
+tests/sip/peers/; `@PLACEHOLDER@`s are filled in per run (SIPp caches `rtp_stream` files when it
+parses the scenario, so the WAV path must be literal in the XML).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PEERS = Path(__file__).parent / "peers"
+SOUNDS = Path("/usr/share/asterisk/sounds/en")
+DTMF_PCAP = Path("/usr/share/sip-tester/dtmf_2833_1.pcap")
+
+
+def need(binary: str) -> str:
+    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None)
+    if path is None:
+        pytest.skip(f"{binary} is not installed (apt-get install sip-tester kamailio baresip sox; "
+                    "`make sysdeps` does it)")
+    return path
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def speech_ulaw(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Real recorded speech (Asterisk prompts): a µ-law WAV for SIPp and the 16-bit source."""
+    need("sox")
+    src = SOUNDS / "demo-congrats.wav"
+    if not src.exists():
+        pytest.skip("asterisk-core-sounds-en-wav is not installed")
+    out = tmp_path_factory.mktemp("audio")
+    pcm = out / "caller16.wav"
+    ulaw = out / "caller_ulaw.wav"
+    subprocess.run(["sox", str(src), "-r", "8000", "-c", "1", "-b", "16", str(pcm), "trim", "0", "8"],
+                   check=True)
+    subprocess.run(["sox", str(pcm), "-t", "wav", "-e", "u-law", "-b", "8", str(ulaw)], check=True)
+    return ulaw, pcm
+
+
+def render(template: str, dest: Path, **subs: object) -> Path:
+    text = (PEERS / template).read_text()
+    for key, value in subs.items():
+        text = text.replace(f"@{key}@", str(value))
+    left = re.findall(r"@[A-Z_]+@", text)
+    assert not left, f"unfilled placeholders {left} in {template}"
+    dest.write_text(text)
+    return dest
+
+
+@dataclass
+class SippResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    errors: str
+
+
+async def run_sipp(scenario: Path, target_port: int, *, calls: int = 1, rate: int = 10, timeout_s: int = 40,
+                   service: str = "bridge", workdir: Path) -> SippResult:
+    sipp = need("sipp")
+    port = free_udp_port()
+    media = free_udp_port()
+    args = [sipp, f"127.0.0.1:{target_port}", "-sf", str(scenario), "-s", service, "-i", "127.0.0.1",
+            "-p", str(port), "-mi", "127.0.0.1", "-mp", str(media), "-m", str(calls), "-l", str(calls),
+            "-r", str(rate), "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error", "-trace_err",
+            "-error_file", str(workdir / "sipp_errors.log"), "-max_recv_loops", "1000"]
+    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE, cwd=str(workdir))
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s + 15)
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+    errors = (workdir / "sipp_errors.log").read_text() if (workdir / "sipp_errors.log").exists() else ""
+    return SippResult(proc.returncode if proc.returncode is not None else -1, out.decode(errors="replace"),
+                      err.decode(errors="replace"), errors)
+
+
+@dataclass
+class Kamailio:
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def kamailio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
+    binary = need("kamailio")
+    run = tmp_path_factory.mktemp("kamailio")
+    port = free_udp_port()
+    cfg = render("kamailio.cfg.in", run / "kamailio.cfg", KAMAILIO_PORT=port)
+    log = run / "kamailio.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([binary, "-f", str(cfg), "-P", str(run / "kamailio.pid"), "-DD", "-E",
+                                 "-Y", str(run), "-w", str(run)], stdout=fh, stderr=subprocess.STDOUT)
+    # ready when it answers an OPTIONS keep-alive
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    probe.settimeout(0.2)
+    me = probe.getsockname()[1]
+    msg = (f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bKprobe\r\n"
+           f"From: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1:{port}>\r\nCall-ID: probe\r\n"
+           "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    ok = False
+    for _ in range(50):
+        if proc.poll() is not None:
+            break
+        try:
+            probe.sendto(msg, ("127.0.0.1", port))
+            probe.recv(4096)
+            ok = True
+            break
+        except OSError:
+            continue
+    probe.close()
+    if not ok:
+        proc.kill()
+        pytest.fail(f"kamailio did not start: {log.read_text()[-2000:]}")
+    yield Kamailio(port, proc, log)
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()

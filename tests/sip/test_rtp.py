@@ -1,0 +1,196 @@
+"""The sans-I/O RTP core: packets, jitter buffer + concealment, RFC 4733, sender queue and marks."""
+
+from __future__ import annotations
+
+import asyncio
+import audioop
+import math
+import socket
+import struct
+
+import pytest
+
+from bridge.errors import ProtocolError
+from bridge.telephony.rtp import (
+    FRAME_BYTES,
+    RtpEndpoint,
+    RtpError,
+    RtpReceiver,
+    RtpSender,
+    RtpStats,
+    build_packet,
+    dtmf_packets,
+    open_rtp,
+    parse_packet,
+    ticker_for_loop,
+)
+
+
+def tone_frames(n: int, codec: str = "pcmu", amp: int = 8000) -> list[bytes]:
+    out = []
+    for i in range(n):
+        pcm = b"".join(struct.pack("<h", int(amp * math.sin(2 * math.pi * 440 * (i * 160 + k) / 8000)))
+                       for k in range(160))
+        out.append(audioop.lin2ulaw(pcm, 2) if codec == "pcmu" else audioop.lin2alaw(pcm, 2))
+    return out
+
+
+def test_packet_round_trip_and_header_options() -> None:
+    data = build_packet(0, 65535, 2**32 - 1, 0x11223344, b"\xff" * 160, marker=True)
+    p = parse_packet(data)
+    fields = (p.payload_type, p.sequence, p.timestamp, p.ssrc, p.marker)
+    assert fields == (0, 65535, 2**32 - 1, 0x11223344, True)
+    assert p.payload == b"\xff" * 160
+    # CSRC count 1, extension of one word, 3 bytes padding
+    raw = bytearray(data)
+    raw[0] = 0x80 | 0x10 | 0x20 | 0x01
+    body = raw[12:]
+    raw = raw[:12] + b"CSRC" + b"\xbe\xde\x00\x01" + b"EXT!" + body + b"\x00\x00\x03"
+    p2 = parse_packet(bytes(raw))
+    assert p2.payload == b"\xff" * 160
+
+
+@pytest.mark.parametrize("bad", [b"", b"\x80\x00", b"\x40" + b"\x00" * 20, b"\xa0" + b"\x00" * 11 + b"\x00",
+                                 b"\x8f" + b"\x00" * 20])
+def test_malformed_packets_raise(bad: bytes) -> None:
+    with pytest.raises(RtpError):
+        parse_packet(bad)
+
+
+def feed(rx: RtpReceiver, seqs: list[int], frames: list[bytes], src=("127.0.0.1", 4000), ssrc=7, pt=0):
+    out: list[bytes] = []
+    for s in seqs:
+        got, _ = rx.feed(build_packet(pt, s & 0xFFFF, (s * 160) & 0xFFFFFFFF, ssrc, frames[s % len(frames)]),
+                         src, 0.0)
+        out.extend(got)
+    return out
+
+
+def test_in_order_passes_through_and_reordering_is_fixed() -> None:
+    frames = tone_frames(10)
+    rx = RtpReceiver("pcmu", 0, 101, ("127.0.0.1", 4000))
+    assert feed(rx, [0, 1, 2], frames) == frames[:3]
+    assert feed(rx, [4, 3, 5], frames) == [frames[3], frames[4], frames[5]]
+    assert rx.stats.lost == 0
+
+
+def test_loss_is_concealed_without_clicks() -> None:
+    frames = tone_frames(12)
+    rx = RtpReceiver("pcmu", 0, None, ("127.0.0.1", 4000))
+    out = feed(rx, [0, 1, 2, 3, 5, 6, 7, 8, 9], frames)  # 4 lost
+    assert len(out) == 10
+    assert rx.stats.lost == 1
+    concealed = audioop.ulaw2lin(out[4], 2)
+    previous = audioop.ulaw2lin(frames[3], 2)
+    assert audioop.max(concealed, 2) <= audioop.max(previous, 2)  # faded, never full scale
+    assert audioop.max(concealed, 2) > 0
+    # a burst of losses fades to silence, never -32768 zero-bytes
+    rx2 = RtpReceiver("pcmu", 0, None, ("127.0.0.1", 4000))
+    out2 = feed(rx2, [0, 1, 8, 9, 10, 11], frames)
+    assert len(out2) == 12
+    assert rx2.stats.lost == 6
+    assert audioop.max(audioop.ulaw2lin(out2[7], 2), 2) < 50
+    assert all(max(abs(s) for s in struct.unpack("<160h", audioop.ulaw2lin(f, 2))) < 9000 for f in out2)
+
+
+def test_wraparound_duplicates_and_jumps() -> None:
+    frames = tone_frames(4)
+    rx = RtpReceiver("pcmu", 0, None, ("127.0.0.1", 4000))
+    assert len(feed(rx, [65534, 65535, 65536, 65537], frames)) == 4
+    assert feed(rx, [65537], frames) == []
+    assert rx.stats.late == 1
+    out = feed(rx, [30000, 30001], frames)  # sender jumped: resync, no invented seconds of audio
+    assert len(out) == 2
+    assert rx.stats.resyncs == 1
+    assert rx.stats.lost == 0
+
+
+def test_wrong_source_payload_type_and_garbage_are_dropped() -> None:
+    frames = tone_frames(2)
+    rx = RtpReceiver("pcmu", 0, 101, ("127.0.0.1", 4000))
+    assert feed(rx, [0], frames, src=("127.0.0.2", 4000)) == []
+    assert feed(rx, [0], frames, pt=8) == []
+    assert rx.feed(b"\x00garbage", ("127.0.0.1", 4000), 0.0) == ([], None)
+    assert (rx.stats.wrong_source, rx.stats.wrong_payload_type, rx.stats.bad) == (1, 1, 1)
+    assert feed(rx, [5], frames) == [frames[1]]
+
+
+def test_dtmf_round_trip_once_per_event_even_without_marker_or_start() -> None:
+    tx = RtpSender("pcmu", 0, dtmf_pt=101, ssrc=99)
+    rx = RtpReceiver("pcmu", 0, 101, None)
+    tx.queue_dtmf("5")
+    tx.queue_dtmf("#")
+    digits = []
+    for _ in range(20):
+        packet, _marks = tx.tick()
+        _, d = rx.feed(packet, ("127.0.0.1", 1), 0.0)
+        if d:
+            digits.append(d)
+    assert digits == ["5", "#"]
+    # a sender that never sets the marker and whose first packets were lost
+    payloads = dtmf_packets("7")
+    rx2 = RtpReceiver("pcmu", 0, 101, None)
+    got = [rx2.feed(build_packet(101, i, 1000, 5, p), ("h", 1), 0.0)[1]
+           for i, (p, _m, _e) in enumerate(payloads) if i >= 2]
+    assert [d for d in got if d] == ["7"]
+    with pytest.raises(ProtocolError):
+        RtpSender("pcmu", 0, dtmf_pt=None).queue_dtmf("1")
+
+
+def test_sender_marks_clear_and_continuous_timestamps() -> None:
+    stats = RtpStats()
+    tx = RtpSender("pcma", 8, ssrc=1, stats=stats)
+    frames = tone_frames(3, "pcma")
+    tx.queue_frame(frames[0])
+    tx.queue_mark("a")
+    tx.queue_frame(frames[1])
+    tx.queue_frame(frames[2])
+    tx.queue_mark("b")
+    p1, m1 = tx.tick()
+    assert m1 == ["a"]
+    assert parse_packet(p1).payload == frames[0]
+    assert parse_packet(p1).marker
+    assert tx.clear() == ["b"]  # barge-in: the rest never plays, its mark is reported at once
+    p2, m2 = tx.tick()
+    assert m2 is None
+    assert parse_packet(p2).payload == b"\xd5" * FRAME_BYTES
+    a, b = parse_packet(p1), parse_packet(p2)
+    assert (b.sequence - a.sequence) & 0xFFFF == 1
+    assert (b.timestamp - a.timestamp) == 160
+    assert tx.frames_sent == 1
+    assert stats.sent == 2
+
+
+async def test_endpoint_and_ticker_on_real_sockets() -> None:
+    """Two endpoints on 127.0.0.1: frames queued on one arrive in order at the other, 50 per second."""
+    loop = asyncio.get_running_loop()
+    got: list[bytes] = []
+    marks: list[str] = []
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.setblocking(False)
+    peer_addr = peer.getsockname()
+    tx = RtpSender("pcmu", 0, ssrc=3)
+    ep = RtpEndpoint(RtpReceiver("pcmu", 0, None, peer_addr), tx, got.append, lambda d: None, marks.extend,
+                     loop.time)
+    port = await open_rtp("127.0.0.1", None, ep)
+    frames = tone_frames(10)
+    for f in frames:
+        tx.queue_frame(f)
+    tx.queue_mark("end")
+    ticker_for_loop().add(ep)
+    received: list[bytes] = []
+    while len(received) < 12:
+        received.append(await loop.sock_recv(peer, 2048))
+    ticker_for_loop().remove(ep)
+    assert [parse_packet(p).payload for p in received[:10]] == frames
+    assert marks == ["end"]
+    for i, p in enumerate(received):  # and the way back: peer -> endpoint
+        peer.sendto(build_packet(0, i, i * 160, 77, parse_packet(p).payload), ("127.0.0.1", port))
+    for _ in range(100):
+        if len(got) >= 12:
+            break
+        await asyncio.sleep(0.01)
+    assert got[:10] == frames
+    ep.close()
+    peer.close()
