@@ -6,8 +6,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 
+from bridge import metrics
 from bridge.call import AgentConfig, Call
 from bridge.realtime.providers import resolve_endpoint
 from bridge.settings import Settings
@@ -50,6 +51,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.calls.discard(call)
 
     app.include_router(twilio_router(settings, run_call))
+
+    @app.get("/metrics")
+    async def metrics_text() -> Response:
+        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:
