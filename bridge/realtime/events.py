@@ -195,6 +195,8 @@ class _ServerEventBase:
         out: dict[str, Any] = {"type": self.type}
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
+            if value is None:
+                continue  # optional and absent (previous_item_id, usage)
             out[f.name] = value.to_dict() if isinstance(value, ErrorInfo) else value
         return out
 
@@ -308,12 +310,14 @@ class InputAudioTranscriptionCompleted(_ServerEventBase):
     item_id: str
     content_index: int
     transcript: str
+    usage: dict[str, Any] | None = None  # {type: "tokens", ...} or {type: "duration", seconds}
     event_id: str = ""
     type: ClassVar[str] = "conversation.item.input_audio_transcription.completed"
     _SPEC: ClassVar[tuple[tuple[str, str], ...]] = (
         ("item_id", "str"),
         ("content_index", "int"),
         ("transcript", "str"),
+        ("usage", "dict?"),
     )
 
 

@@ -162,8 +162,8 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
 def _tool(spec: Mapping[str, Any] | str) -> dict[str, Any]:
     if isinstance(spec, str):
         spec = {"name": spec}
-    tool = dict(spec)
-    kind = tool.setdefault("type", "function")
+    tool = {"type": "function", **spec}
+    kind = tool["type"]
     if kind != "function":
         return tool  # MCP and future tool types pass through untouched
     name = tool.get("name")
