@@ -137,6 +137,7 @@ class InProcessCallRegistry:
         self._closers: dict[str, tuple[str, StreamCloser]] = {}
         self._ended_keep_s = ended_keep_s
         self._max_age_s = max_age_s
+        self._next_prune_s = 0.0
 
     def __len__(self) -> int:
         return len(self._records)
@@ -150,7 +151,9 @@ class InProcessCallRegistry:
     async def open_call(
         self, call_sid: str, *, caller: str, called: str, flow: str | None, has_action_url: bool, now_s: float
     ) -> CallRecord:
-        await self.prune(now_s)
+        if now_s >= self._next_prune_s:  # a full scan at most every 10 s, not on every call
+            self._next_prune_s = now_s + 10.0
+            await self.prune(now_s)
         record = self._record(call_sid, now_s)
         record.caller, record.called, record.flow = caller, called, flow
         record.has_action_url = has_action_url
