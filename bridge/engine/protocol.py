@@ -635,9 +635,10 @@ class EngineSession:
         return item_id, item
 
     def _on_item_truncate(self, msg: dict[str, Any], now_ms: float) -> None:
-        item_id, item = self._item_or_error(msg)
+        self._require(msg, "item_id", str)
         content_index = self._require(msg, "content_index", int)
         audio_end_ms = self._require(msg, "audio_end_ms", int)
+        item_id, item = self._item_or_error(msg)
         data = item.data
         if data.get("role") != "assistant" or not any(
             p.get("type") == "output_audio" for p in data["content"]
