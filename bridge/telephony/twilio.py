@@ -379,8 +379,7 @@ def _check_size(text: str) -> None:
         raise TwilioProtocolError(f"twilio: message larger than {MAX_MESSAGE_BYTES} bytes")
 
 
-def parse_message(text: str) -> TwilioMessage:
-    """Parse one Media Streams text frame. Raises `TwilioProtocolError` naming the defect."""
+def _load(text: str) -> dict[str, Any]:
     _check_size(text)
     try:
         obj = json.loads(text)
@@ -388,6 +387,10 @@ def parse_message(text: str) -> TwilioMessage:
         raise TwilioProtocolError(f"twilio: message is not JSON ({exc})") from exc
     if not isinstance(obj, dict):
         raise TwilioProtocolError(f"twilio: message must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _dispatch(obj: dict[str, Any]) -> TwilioMessage:
     event = obj.get("event")
     if event is None:
         raise TwilioProtocolError("twilio: message has no 'event'")
@@ -397,6 +400,15 @@ def parse_message(text: str) -> TwilioMessage:
     if parser is None:
         raise UnknownTwilioEvent(event)
     return parser(obj)
+
+
+def parse_message(text: str) -> TwilioMessage:
+    """Parse one Media Streams text frame. Raises `TwilioProtocolError` naming the defect."""
+    return _dispatch(_load(text))
+
+
+def _is_uint_str(value: object) -> bool:
+    return type(value) is str and value.isascii() and value.isdigit()
 
 
 # --------------------------------------------------------------------------- outbound builders
@@ -466,8 +478,25 @@ class TwilioStream:
     def receive(self, text: str) -> list[LegEvent]:
         if self.ended:
             return []
+        obj = _load(text)
+        if obj.get("event") == "media":
+            # Fast path for the ~50 inbound frames a second: well-formed inbound media on this
+            # stream becomes AudioIn without building a `Media`; anything unusual takes the
+            # full parser below, which names the defect.
+            body = obj.get("media")
+            if type(body) is dict and self.stream_sid is not None and obj.get("streamSid") == self.stream_sid:
+                timestamp = body.get("timestamp")
+                payload = body.get("payload")
+                if (
+                    body.get("track") == "inbound"
+                    and _is_uint_str(timestamp)
+                    and type(payload) is str
+                    and _is_uint_str(obj.get("sequenceNumber"))
+                    and _is_uint_str(body.get("chunk"))
+                ):
+                    return [AudioIn(_decode_payload(payload), int(timestamp))]  # type: ignore[arg-type]
         try:
-            msg = parse_message(text)
+            msg = _dispatch(obj)
         except UnknownTwilioEvent:
             self.unknown_events += 1
             return []

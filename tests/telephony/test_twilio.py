@@ -493,3 +493,33 @@ def test_start_without_custom_parameters() -> None:
     assert isinstance(started, CallStarted)
     assert started.params == {}
     assert started.caller == ""
+
+
+def test_stream_fast_and_full_media_paths_agree() -> None:
+    stream = TwilioStream()
+    stream.receive(dumps(start_obj()))
+    payload = bytes(range(160))
+    plain = media_obj(payload=payload)
+    clone = _mutate(_mutate(plain, ("media", "timestamp"), 20), ("sequenceNumber",), 2)  # numbers
+    extra = _mutate(plain, ("media", "ssrc"), "1")
+    expected = [AudioIn(payload, 20)]
+    for obj in (plain, clone, extra):
+        assert stream.receive(dumps(obj)) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "needle"),
+    [
+        (("media", "payload"), "@@@@", "not valid base64"),
+        (("media", "payload"), 5, "must be a string"),
+        (("media", "timestamp"), "-5", "decimal string"),
+        (("media", "chunk"), _DELETE, "missing field media.'chunk'"),
+        (("sequenceNumber",), "x", "decimal string"),
+        (("media", "track"), 1, "must be a string"),
+    ],
+)
+def test_stream_media_errors(path: tuple[str, ...], value: Any, needle: str) -> None:
+    stream = TwilioStream()
+    stream.receive(dumps(start_obj()))
+    with pytest.raises(TwilioProtocolError, match=needle):
+        stream.receive(dumps(_mutate(media_obj(), path, value)))
