@@ -392,3 +392,24 @@ async def test_silent_registrar_is_reported_within_the_timeout() -> None:
         assert "no response" in svc.status()["last_error"]
     finally:
         await svc.stop()
+
+
+async def test_transfer_sends_a_blind_refer_then_leaves_the_call(tmp_path: Path) -> None:
+    results: list[bool] = []
+
+    async def transfer(leg: SipLeg, log: CallLog) -> None:
+        results.append(await leg.transfer("+15550199"))
+
+    rec = Recorder(transfer)
+    svc = await trunk_service(rec)
+    try:
+        with MediaSink() as sink:
+            scen = render("uac_refer.xml", tmp_path / "s.xml", LISTEN_PORT=sink.port)
+            res = await run_sipp(scen, svc.port, workdir=tmp_path)
+        # SIPp got the REFER, accepted it, reported success by NOTIFY, then got our BYE
+        assert res.returncode == 0, res.errors or res.stderr
+    finally:
+        await svc.stop()
+    assert results == [True]
+    [call] = rec.calls
+    assert call.ended == "transfer"
