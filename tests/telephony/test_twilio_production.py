@@ -11,6 +11,7 @@ import hmac
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -424,12 +425,28 @@ async def standin() -> AsyncIterator[StandinRealtime]:
     await server.stop()
 
 
+# Every call straight into an agent; BRIDGE_REALTIME_URL points its session at the stand-in.
+AGENT_ONLY = """
+numbers: {default: main}
+flows:
+  main:
+    - agent: {provider: openai, instructions: "You are a helpful phone assistant."}
+"""
+
+
+@pytest.mark.slow
 async def test_real_app_signed_path_opens_the_upstream_session_only_when_admitted(
-    standin: StandinRealtime,
+    standin: StandinRealtime, tmp_path: Path
 ) -> None:
+    (tmp_path / "main.yaml").write_text(AGENT_ONLY)
+
     def make(port: int) -> object:
         settings = Settings(
-            port=port, realtime_url=standin.url, twilio_auth_token=AUTH, public_url=f"http://127.0.0.1:{port}"
+            dialplans=tmp_path,
+            port=port,
+            realtime_url=standin.url,
+            twilio_auth_token=AUTH,
+            public_url=f"http://127.0.0.1:{port}",
         )
         return create_app(settings)
 
