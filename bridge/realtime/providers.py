@@ -4,7 +4,8 @@
 - `openai`: `wss://api.openai.com/v1/realtime?model=M`, `Authorization: Bearer $OPENAI_API_KEY`
 - `azure`: `wss://<AZURE_OPENAI_ENDPOINT host>/openai/v1/realtime?model=<deployment>`,
   `api-key: $AZURE_OPENAI_API_KEY`
-- a `ws://` / `wss://` URL: used as is, with the named provider's key when known, else a dummy bearer
+- `url` (with `url=`), or a URL as the provider: used as is (`http(s)://` becomes `ws(s)://`), with
+  the named provider's key when known, else a dummy bearer
 
 `BRIDGE_REALTIME_URL` (`settings.realtime_url`), when set, replaces the URL of every session.
 No I/O here: this only builds strings and dicts.
@@ -22,7 +23,8 @@ from bridge.settings import Settings
 
 OPENAI_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 LOCAL_BEARER = "local"  # the embedded engine accepts any bearer; the SDK insists on sending one
-PROVIDERS = ("local", "openai", "azure")
+PROVIDERS = ("local", "openai", "azure", "url")
+_WS_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 
 SessionFormat = Literal["pcm24k", "pcmu", "pcma"]
 
@@ -61,14 +63,16 @@ class Endpoint:
 
 
 def _ws_url(url: str, what: str) -> str:
+    """`url` unchanged, except http:// -> ws:// and https:// -> wss:// (as the openai SDK maps them)."""
     parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.netloc:
-        raise ConfigError(f"{what}: expected a ws:// or wss:// URL, got {url!r}")
-    return url
+    scheme = _WS_SCHEMES.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ConfigError(f"{what}: expected a ws://, wss://, http:// or https:// URL, got {url!r}")
+    return scheme + url[len(parts.scheme) :]
 
 
-def _is_ws_url(text: str) -> bool:
-    return text.startswith(("ws://", "wss://"))
+def _is_url(text: str) -> bool:
+    return text.startswith(("ws://", "wss://", "http://", "https://"))
 
 
 def _model_query(model: str) -> str:
@@ -114,13 +118,13 @@ def resolve_endpoint(
 ) -> Endpoint:
     """The URL and headers for one agent session.
 
-    `provider` is "local", "openai", "azure" or a ws(s):// URL; `url` (a dialplan's `url:`)
-    and then `settings.realtime_url` (BRIDGE_REALTIME_URL) override the URL. Overridden URLs are
+    `provider` is "local", "openai", "azure", "url" (needs `url`) or a URL; `url` (a dialplan's
+    `url:`) and then `settings.realtime_url` (BRIDGE_REALTIME_URL) override the URL. Overridden URLs are
     used as is; the named provider's key is sent when there is one (a proxy in front of the real
     API), otherwise a dummy bearer. `model` defaults to `settings.realtime_model`; for azure it
     is the deployment name.
     """
-    if _is_ws_url(provider):
+    if _is_url(provider):
         if url is None:
             url = provider
         provider = "url"
@@ -128,6 +132,8 @@ def resolve_endpoint(
         raise ConfigError(
             f"unknown realtime provider {provider!r}: expected one of {PROVIDERS} or a ws(s):// URL"
         )
+    if provider == "url" and not url and not settings.realtime_url:
+        raise ConfigError("provider url needs a url (ws:// or wss://)")
     model = model or settings.realtime_model
     if not model:
         raise ConfigError(f"provider {provider}: no model given")

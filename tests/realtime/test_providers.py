@@ -115,8 +115,9 @@ def test_realtime_url_from_environment() -> None:
     [
         ("anthropic", {}, "unknown realtime provider"),
         ("", {}, "unknown realtime provider"),
-        ("local", {"url": "http://127.0.0.1/v1/realtime"}, "ws:// or wss://"),
-        ("local", {"url": "ws://"}, "ws:// or wss://"),
+        ("local", {"url": "ftp://127.0.0.1/v1/realtime"}, "expected a ws://"),
+        ("local", {"url": "ws://"}, "expected a ws://"),
+        ("url", {}, "provider url needs a url"),
     ],
 )
 def test_bad_providers_and_urls(provider: str, kw: dict[str, Any], needle: str) -> None:
@@ -126,7 +127,7 @@ def test_bad_providers_and_urls(provider: str, kw: dict[str, Any], needle: str) 
 
 def test_bad_bridge_realtime_url_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="BRIDGE_REALTIME_URL"):
-        resolve_endpoint("local", settings=settings(realtime_url="https://x/v1/realtime"))
+        resolve_endpoint("local", settings=settings(realtime_url="ftp://x/v1/realtime"))
 
 
 # ---------------------------------------------------------------- session_config
@@ -249,3 +250,17 @@ def test_sdk_validator_rejects_what_the_real_api_would() -> None:
         )
     with pytest.raises(AssertionError, match=r"session\.type"):
         check({"instructions": "beta shape without type"})
+
+
+@pytest.mark.parametrize(
+    ("given", "wire"),
+    [
+        ("http://127.0.0.1:9000/v1/realtime?model=m", "ws://127.0.0.1:9000/v1/realtime?model=m"),
+        ("https://rt.example.com/v1/realtime", "wss://rt.example.com/v1/realtime"),
+        ("wss://rt.example.com/v1/realtime", "wss://rt.example.com/v1/realtime"),
+    ],
+)
+def test_provider_url_as_the_dialplan_gives_it(given: str, wire: str) -> None:
+    # The dialplan normalises `provider: <URL>` to provider "url" + url, and allows http(s).
+    assert resolve_endpoint("url", settings=settings(), url=given).url == wire
+    assert resolve_endpoint(given, settings=settings()).url == wire
