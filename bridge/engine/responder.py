@@ -34,7 +34,6 @@ to of in on at for from with about and or but so that this these those there her
 could would will shall should may might must have has had get got like want wanna need what when
 where which who whom how why um uh er hmm oh well okay ok hi hello hey
 """
-_STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
 _SYNONYMS = {
     "yeah": "yes",
     "yep": "yes",
@@ -72,6 +71,13 @@ def _stem(word: str) -> str:
     return word
 
 
+_STOPWORDS = frozenset(
+    form
+    for word in _STOPWORDS_TEXT.split()
+    for form in (word, word.replace("'", ""), _stem(word.replace("'", "")))
+)
+
+
 def tokens(text: str) -> list[str]:
     """Normalised words: lower case, synonyms folded (yeah -> yes, 4 -> four), crude stemming."""
     out: list[str] = []
@@ -88,9 +94,12 @@ def _content(words: Sequence[str]) -> set[str]:
 
 def phrase_score(phrase: str, transcript_words: set[str], transcript_content: set[str]) -> float:
     """How well `phrase` is covered by the transcript: recall of its content words, weighed by precision."""
-    phrase_content = _content(tokens(phrase))
+    words = tokens(phrase)
+    phrase_content = _content(words)
     if not phrase_content:
         return 0.0
+    if len(phrase_content) == 1 and len(set(words)) > 1 and not set(words) <= transcript_words:
+        return 0.0  # "that's all" is more than "all": short phrases of mostly stop words must be whole
     hits = len(phrase_content & transcript_words)
     recall = hits / len(phrase_content)
     if recall < MIN_SCORE:
