@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bridge.engine.models import PHONE_CMNINIT, ModelUnavailableError, SharedModels, get_shared_models
+from bridge.engine.models import PHONE_CMNINIT, SharedModels, get_shared_models
 from bridge.errors import BridgeError
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ GENERAL_SEARCH = "_default"
 IN_RATE_HZ = 8000
 DECODER_RATE_HZ = 16000
 MAX_GRAMMARS_PER_DECODER = 8
+# How often each expected phrase appears in a domain LM's training text (against 1 per garbage word).
+PHRASE_REPEATS = 12
+DOMAIN_LM_DISCOUNT = 0.5
 # Relative weight of the garbage loop against the expected answers in every grammar.
 GARBAGE_WEIGHT = 0.3
 
@@ -115,7 +118,9 @@ def normalize_phrase(phrase: str) -> list[str]:
     return words
 
 
-def build_grammar(phrases: Sequence[Sequence[str]], known: set[str] | None = None) -> str:
+def build_grammar(
+    phrases: Sequence[Sequence[str]], known: set[str] | None = None, *, garbage_loop: bool = False
+) -> str:
     """A JSGF grammar: expected phrases | yes/no | digit strings, with optional politeness around
     them, weighted against a garbage loop of common words. `phrases` are already-normalised words
     that are all in the dictionary; `known` (if given) filters the garbage and helper words."""
@@ -132,17 +137,43 @@ def build_grammar(phrases: Sequence[Sequence[str]], known: set[str] | None = Non
     covered = answer_words | set(YES_WORDS) | set(NO_WORDS) | set(DIGIT_WORDS) | {"oh"}
     garbage = [w for w in GARBAGE_WORDS if ok(w) and w not in covered]
     answer_weight = 1.0 - GARBAGE_WEIGHT
+    top = f"/{answer_weight:.3f}/ <answer> | /{GARBAGE_WEIGHT:.3f}/ <garbage>" if garbage_loop else "<answer>"
     lines = [
         "#JSGF V1.0;",
         "grammar expected;",
-        f"public <utterance> = /{answer_weight:.3f}/ <answer> | /{GARBAGE_WEIGHT:.3f}/ <garbage>;",
+        f"public <utterance> = {top};",
         "<answer> = [<lead>] (<phrase> | <digits>) [<polite>];",
         "<phrase> = " + " | ".join(_quote(a) for a in answers) + ";",
         "<digits> = (" + " | ".join(digits) + ")+;",
         "<lead> = " + " | ".join(lead or ["uh"]) + ";",
         "<polite> = " + " | ".join(polite or ["please"]) + ";",
-        "<garbage> = (" + " | ".join(_quote(w) for w in garbage) + ")+;",
     ]
+    if garbage_loop:
+        lines.append("<garbage> = (" + " | ".join(_quote(w) for w in garbage) + ")+;")
+    return "\n".join(lines) + "\n"
+
+
+def build_domain_corpus(phrases: Sequence[Sequence[str]], known: set[str] | None = None) -> str:
+    """Training text for a small bigram LM: the expected phrases (weighted, alone and with
+    politeness), yes/no words, digit strings, and every garbage word once, so out-of-domain speech
+    has somewhere to go other than an expected phrase."""
+
+    def ok(word: str) -> bool:
+        return known is None or word in known
+
+    lines: list[str] = []
+    for phrase in phrases:
+        text = " ".join(phrase)
+        lines += [text] * PHRASE_REPEATS
+        lines += [f"{text} please", f"i want {text}", f"uh {text}"]
+    lines += [w for w in (*YES_WORDS, *NO_WORDS) if ok(w) for _ in range(PHRASE_REPEATS)]
+    lines += ["yes please", "no thanks", "no thank you"]
+    digits = [w for w in DIGIT_WORDS if ok(w)]
+    for i, first in enumerate(digits):  # every digit pair, in runs of four
+        lines.append(" ".join([first, *(digits[(i + k * 3 + 1) % len(digits)] for k in range(3))]))
+        lines.append(" ".join(digits[(i + k) % len(digits)] for k in range(len(digits))))
+    lines += [w for w in GARBAGE_WORDS if ok(w)]
+    lines += [" ".join(GARBAGE_WORDS[i : i + 6]) for i in range(0, len(GARBAGE_WORDS), 6)]
     return "\n".join(lines) + "\n"
 
 
@@ -156,31 +187,30 @@ def _quote(words: str) -> str:
 
 
 class Recognizer:
-    """One per session. Not thread-safe: call it from the session's one worker thread."""
+    """One per session. Not thread-safe: call it from the session's one worker thread.
 
-    def __init__(self, shared: SharedModels | None = None) -> None:
+    Two pocketsphinx decoders, each created on first use: the general one (full 134k-word dictionary
+    plus the process-wide general LM) and one small-dictionary decoder per phrase set (LRU of
+    MAX_GRAMMARS_PER_DECODER); a search on a small dictionary builds in milliseconds where adding it
+    to the full-dictionary decoder takes seconds. The cepstral mean is carried from turn to turn
+    across decoders, so every turn starts adapted to this line.
+    """
+
+    def __init__(self, shared: SharedModels | None = None, *, mode: str = "lm") -> None:
+        """`mode` picks what expected phrases become: "lm" (a small bigram LM with a garbage vocabulary,
+        the default) or "jsgf" (a strict grammar: forces any speech onto a phrase or a digit string)."""
+        if mode not in ("lm", "jsgf"):
+            raise RecognizerError(f"unknown recognizer mode {mode!r}: expected 'lm' or 'jsgf'")
+        self.mode = mode
         self._shared = shared or get_shared_models()
         self._model = self._shared.sphinx()
-        try:
-            from pocketsphinx import Decoder
-        except ImportError as exc:  # pragma: no cover - sphinx() already imported it
-            raise ModelUnavailableError("pocketsphinx is not installed") from exc
-        start = time.perf_counter()
-        self._decoder: Decoder = Decoder(
-            hmm=self._model.hmm,
-            dict=self._model.dict,
-            lm=None,
-            cmninit=PHONE_CMNINIT,
-            dither=True,
-            loglevel="FATAL",
-        )
-        self._shared.record_load("pocketsphinx_decoder", (time.perf_counter() - start) * 1000.0)
-        self._grammars: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # search name -> phrases
-        self._has_general = False
+        self._general: Decoder | None = None
+        self._domain: OrderedDict[str, Decoder] = OrderedDict()  # search name -> small decoder
+        self._cmn = PHONE_CMNINIT
         self._search = GENERAL_SEARCH
         self._expected: tuple[str, ...] = ()
+        self._active: Decoder | None = None
         self._resampler: object | None = None
-        self._in_utt = False
         self._audio_samples = 0
         self._odd = b""
 
@@ -190,63 +220,100 @@ class Recognizer:
         """The search the next (or current) turn uses."""
         return self._search
 
+    @property
+    def expected(self) -> tuple[str, ...]:
+        """The normalised phrases the current search expects (empty for the general LM)."""
+        return self._expected
+
     def known_word(self, word: str) -> bool:
-        return self._decoder.lookup_word(word) is not None
+        return word in self._shared.pronunciations()
 
     def set_expected(self, phrases: Sequence[str] | None) -> None:
-        """None/empty: the general LM. Otherwise a grammar of these phrases + yes/no + digits (built once
-        per phrase set and kept on this decoder). Takes effect at the next begin()."""
-        if self._in_utt:
+        """None/empty: the general LM. Otherwise a domain LM (or grammar) of these phrases + yes/no +
+        digits, built once per phrase set. Takes effect at the next begin(). Words not in the
+        dictionary are dropped; phrases left empty are ignored."""
+        if self._active is not None:
             raise RecognizerError("set_expected() during a turn: call end() first")
-        if not phrases:
+        normalised: list[str] = []
+        for phrase in phrases or ():
+            words = " ".join(w for w in normalize_phrase(phrase) if self.known_word(w))
+            if words and words not in normalised:
+                normalised.append(words)
+        if not normalised:
             self._search = GENERAL_SEARCH
             self._expected = ()
             return
-        normalised: list[tuple[str, ...]] = []
-        for phrase in phrases:
-            words = tuple(w for w in normalize_phrase(phrase) if self.known_word(w))
-            if words and words not in normalised:
-                normalised.append(words)
-        key = tuple(sorted(" ".join(p) for p in normalised))
-        name = "g" + hashlib.sha1("|".join(key).encode()).hexdigest()[:12]
-        if name not in self._grammars:
-            grammar = _grammar_cache(key, self)
-            with _DECODE_LOCK:
-                self._decoder.add_jsgf_string(name, grammar)
-            self._grammars[name] = key
-            while len(self._grammars) > MAX_GRAMMARS_PER_DECODER:
-                old, _ = self._grammars.popitem(last=False)
-                with _DECODE_LOCK:
-                    self._decoder.remove_search(old)
+        key = tuple(sorted(normalised))
+        name = self.mode + "-" + hashlib.sha1("|".join(key).encode()).hexdigest()[:12]
+        if name in self._domain:
+            self._domain.move_to_end(name)
         else:
-            self._grammars.move_to_end(name)
+            self._domain[name] = self._domain_decoder(key)
+            while len(self._domain) > MAX_GRAMMARS_PER_DECODER:
+                self._domain.popitem(last=False)
         self._search = name
         self._expected = key
 
-    @property
-    def expected(self) -> tuple[str, ...]:
-        """The normalised phrases the current grammar expects (empty for the general LM)."""
-        return self._expected
+    def _new_decoder(self, dict_path: str) -> Decoder:
+        from pocketsphinx import Decoder
+
+        return Decoder(
+            hmm=self._model.hmm, dict=dict_path, lm=None, cmninit=PHONE_CMNINIT, dither=True, loglevel="FATAL"
+        )
+
+    def _general_decoder(self) -> Decoder:
+        if self._general is None:
+            start = time.perf_counter()
+            decoder = self._new_decoder(self._model.dict)
+            with _DECODE_LOCK:
+                decoder.add_lm(GENERAL_SEARCH, self._model.lm)
+                decoder.activate_search(GENERAL_SEARCH)
+            self._general = decoder
+            self._shared.record_load("pocketsphinx_general_decoder", (time.perf_counter() - start) * 1000.0)
+        return self._general
+
+    def _domain_decoder(self, key: tuple[str, ...]) -> Decoder:
+        import os
+        import tempfile
+
+        prons = self._shared.pronunciations()
+        words = sorted({w for w in _HELPER_WORDS if w in prons} | {w for p in key for w in p.split()})
+        fd, path = tempfile.mkstemp(suffix=".dict", prefix="ivr-asr-")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                for word in words:
+                    for i, phones in enumerate(prons[word]):
+                        fh.write(f"{word}({i + 1}) {phones}\n" if i else f"{word} {phones}\n")
+            decoder = self._new_decoder(path)
+        finally:
+            os.unlink(path)
+        built = _search_for(self.mode, key, set(words))
+        with _DECODE_LOCK:
+            if isinstance(built, str):
+                decoder.add_jsgf_string("expected", built)
+            else:
+                decoder.add_lm("expected", built)
+            decoder.activate_search("expected")
+        return decoder
 
     # -- one turn ---------------------------------------------------------------------------------
     def begin(self) -> None:
         import soxr
 
-        if self._in_utt:
+        if self._active is not None:
             raise RecognizerError("begin() twice without end()")
+        decoder = self._general_decoder() if self._search == GENERAL_SEARCH else self._domain[self._search]
         with _DECODE_LOCK:
-            if self._search == GENERAL_SEARCH and not self._has_general:
-                self._decoder.add_lm(GENERAL_SEARCH, self._model.lm)
-                self._has_general = True
-            self._decoder.activate_search(self._search)
-            self._decoder.start_utt()
+            decoder.set_cmn(self._cmn)
+            decoder.start_utt()
+        self._active = decoder
         self._resampler = soxr.ResampleStream(IN_RATE_HZ, DECODER_RATE_HZ, 1, dtype="int16", quality="HQ")
-        self._in_utt = True
         self._audio_samples = 0
         self._odd = b""
 
     def feed(self, pcm16_8k: bytes) -> None:
-        if not self._in_utt:
+        decoder = self._active
+        if decoder is None:
             raise RecognizerError("feed() outside a turn: call begin() first")
         if self._odd:
             pcm16_8k = self._odd + pcm16_8k
@@ -260,31 +327,36 @@ class Recognizer:
         up = self._resampler.resample_chunk(samples)  # type: ignore[attr-defined]
         if up.size:
             with _DECODE_LOCK:
-                self._decoder.process_raw(up.tobytes(), False, False)
+                decoder.process_raw(up.tobytes(), False, False)
 
     def partial(self) -> str:
         """The best hypothesis so far (cheap; lags the audio by the resampler's backlog)."""
-        if not self._in_utt:
+        decoder = self._active
+        if decoder is None:
             return ""
-        hyp = self._decoder.hyp()
+        with _DECODE_LOCK:
+            hyp = decoder.hyp()
         return _clean(hyp.hypstr) if hyp is not None else ""
 
     def end(self) -> Transcript:
-        if not self._in_utt:
+        decoder = self._active
+        if decoder is None:
             raise RecognizerError("end() without begin()")
         start = time.perf_counter()
         tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.int16), last=True)  # type: ignore[attr-defined]
         with _DECODE_LOCK:
             if tail.size:
-                self._decoder.process_raw(tail.tobytes(), False, False)
-            self._decoder.end_utt()
-            hyp = self._decoder.hyp()
-        self._in_utt = False
+                decoder.process_raw(tail.tobytes(), False, False)
+            decoder.end_utt()
+            hyp = decoder.hyp()
+            if self._audio_samples >= IN_RATE_HZ // 4:  # keep the adapted mean for the next turn
+                self._cmn = str(decoder.get_cmn())
+        self._active = None
         self._resampler = None
         text = _clean(hyp.hypstr) if hyp is not None else ""
         in_grammar = True
-        if self._search != GENERAL_SEARCH and text:
-            in_grammar = _matches_answer(text.split(), self._expected)
+        if self._search != GENERAL_SEARCH:
+            in_grammar = bool(text) and _matches_answer(text.split(), self._expected)
         return Transcript(
             text=text,
             search=self._search,
@@ -301,8 +373,8 @@ class Recognizer:
         return self.end()
 
     def cmn(self) -> str:
-        """The decoder's current cepstral mean (adapted to this line so far)."""
-        return str(self._decoder.get_cmn())
+        """The cepstral mean the next turn starts from (adapted to this line so far)."""
+        return self._cmn
 
 
 _FILLER = re.compile(r"<[^>]*>|\[[^\]]*\]|\(\d+\)")
@@ -312,33 +384,66 @@ def _clean(hypstr: str) -> str:
     return " ".join(_FILLER.sub(" ", hypstr or "").split())
 
 
+_SHORT_ANSWER_WORDS = frozenset(
+    (*YES_WORDS, *NO_WORDS, *DIGIT_WORDS, "oh", "please", "thanks", "thank", "you", "okay", "ok", "uh", "um")
+)
+
+
 def _matches_answer(words: list[str], phrases: tuple[str, ...]) -> bool:
-    """True when the decoded grammar path is an answer, not the garbage loop. The garbage loop never
-    contains an answer word (phrase words, yes/no, digits), so one such word means the answer path."""
-    answer = {w for p in phrases for w in p.split()} | set(YES_WORDS) | set(NO_WORDS) | set(DIGIT_WORDS)
-    answer.add("oh")
-    return any(w in answer for w in words)
+    """True when the words contain one of the expected phrases, or consist only of yes/no, digits and
+    politeness: what a caller answering the question would say. Anything else is out-of-grammar."""
+    joined = " " + " ".join(words) + " "
+    if any(f" {p} " in joined for p in phrases):
+        return True
+    return all(w in _SHORT_ANSWER_WORDS for w in words) and any(w not in ("uh", "um") for w in words)
 
 
-_GRAMMARS: OrderedDict[tuple[str, ...], str] = OrderedDict()
-_GRAMMARS_LOCK = threading.Lock()
+_HELPER_WORDS = (
+    *GARBAGE_WORDS, *YES_WORDS, *NO_WORDS, *DIGIT_WORDS, "oh", "please", "thanks", "thank", "okay", "ok",
+    "uh", "um", "i", "want", "said", "it's", "that's",
+)  # fmt: skip
+_SEARCHES: OrderedDict[tuple[str, tuple[str, ...]], object] = OrderedDict()
+_SEARCHES_LOCK = threading.Lock()
+_SEARCH_CACHE_ENTRIES = 64
 
 
-def _grammar_cache(key: tuple[str, ...], rec: Recognizer) -> str:
-    with _GRAMMARS_LOCK:
-        grammar = _GRAMMARS.get(key)
-        if grammar is not None:
-            _GRAMMARS.move_to_end(key)
-            return grammar
-    helper_words = {
-        w
-        for w in (*GARBAGE_WORDS, *YES_WORDS, *NO_WORDS, *DIGIT_WORDS, "oh", "please", "thanks", "thank",
-                  "okay", "ok", "uh", "um", "i", "said", "it's", "that's")
-        if rec.known_word(w)
-    } | {w for p in key for w in p.split()}  # fmt: skip
-    grammar = build_grammar([tuple(p.split()) for p in key], helper_words)
-    with _GRAMMARS_LOCK:
-        _GRAMMARS[key] = grammar
-        while len(_GRAMMARS) > 256:
-            _GRAMMARS.popitem(last=False)
-    return grammar
+def _search_for(mode: str, key: tuple[str, ...], known: set[str]) -> object:
+    """The JSGF text ("jsgf") or the loaded NGramModel ("lm") for a phrase set, built once per process.
+    A cached NGramModel is shared by every decoder that uses the phrase set (under _DECODE_LOCK)."""
+    with _SEARCHES_LOCK:
+        found = _SEARCHES.get((mode, key))
+        if found is not None:
+            _SEARCHES.move_to_end((mode, key))
+            return found
+    phrases = [tuple(p.split()) for p in key]
+    built: object
+    if mode == "jsgf":
+        built = build_grammar(phrases, known)
+    else:
+        built = _load_domain_lm(build_domain_corpus(phrases, known))
+    with _SEARCHES_LOCK:
+        _SEARCHES[(mode, key)] = built
+        while len(_SEARCHES) > _SEARCH_CACHE_ENTRIES:
+            _SEARCHES.popitem(last=False)
+    return built
+
+
+def _load_domain_lm(corpus: str) -> object:
+    import io
+    import os
+    import tempfile
+
+    from pocketsphinx import Config, LogMath, NGramModel
+    from pocketsphinx.lm import ArpaBoLM
+
+    builder = ArpaBoLM(text=corpus, add_start=True, discount_mass=DOMAIN_LM_DISCOUNT)
+    builder.compute()
+    arpa = io.StringIO()
+    builder.write(arpa)
+    fd, path = tempfile.mkstemp(suffix=".arpa", prefix="ivr-lm-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(arpa.getvalue())
+        return NGramModel(Config(loglevel="FATAL"), LogMath(), path)
+    finally:
+        os.unlink(path)

@@ -90,6 +90,7 @@ class SharedModels:
         self._vad: onnxruntime.InferenceSession | None = None
         self._piper: PiperVoice | None = None
         self._sphinx: SphinxModel | None = None
+        self._prons: dict[str, tuple[str, ...]] | None = None
         self._load_ms: dict[str, float] = {}
         self._errors: dict[str, str] = {}
 
@@ -164,6 +165,16 @@ class SharedModels:
         lm = NGramModel(Config(loglevel="FATAL"), LogMath(), str(lm_path))
         return SphinxModel(hmm=str(hmm), dict=str(dic), lm_path=str(lm_path), lm=lm)
 
+    def pronunciations(self) -> dict[str, tuple[str, ...]]:
+        """The pocketsphinx dictionary as word -> pronunciations (loaded once; used to build the small
+        dictionaries of per-turn searches)."""
+        if self._prons is None:
+            model = self.sphinx()
+            with self._lock:
+                if self._prons is None:
+                    self._prons = self._timed("cmudict", lambda: _read_dict(model.dict))
+        return self._prons
+
     # -- reporting --------------------------------------------------------------------------------
     def _timed(self, name: str, loader: Any) -> Any:
         start = time.perf_counter()
@@ -196,6 +207,18 @@ class SharedModels:
                 with contextlib.suppress(ModelUnavailableError):
                     getter()
         return self.load_report()
+
+
+def _read_dict(path: str) -> dict[str, tuple[str, ...]]:
+    prons: dict[str, list[str]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            word, _, phones = line.strip().partition(" ")
+            if not phones:
+                continue
+            base = word.split("(", 1)[0]
+            prons.setdefault(base, []).append(phones.strip())
+    return {word: tuple(p) for word, p in prons.items()}
 
 
 _shared: SharedModels | None = None
