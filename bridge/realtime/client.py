@@ -84,7 +84,9 @@ class RealtimeClient:
     # -- connect / send ----------------------------------------------------------------------
 
     async def connect(self, endpoint: Endpoint) -> None:
-        if self._ws is not None or self._closing:
+        if self._closing:
+            raise UpstreamError("realtime client: closed before connect()")
+        if self._ws is not None or self.url is not None:
             raise UpstreamError("realtime client: connect() called twice")
         self.url = endpoint.url
         host = urlsplit(endpoint.url).hostname or ""
@@ -108,6 +110,11 @@ class RealtimeClient:
             ) from exc
         except (OSError, InvalidHandshake, InvalidURI, ValueError) as exc:
             raise UpstreamError(f"realtime connect to {endpoint.url} failed: {exc!r}") from exc
+        if self._closing:
+            # close() ran while the handshake was in flight (the caller hung up): do not leave a
+            # session open that nobody will use or close.
+            await self.close()
+            raise UpstreamError(f"realtime connect to {endpoint.url}: closed by the bridge while connecting")
 
     def _require(self) -> ClientConnection:
         ws = self._ws

@@ -381,3 +381,46 @@ def test_client_event_types_all_validate() -> None:
     ]
     for ev in events:
         validate_client_event(ev.to_dict())
+
+
+async def test_close_during_connect_leaves_no_session_open() -> None:
+    handshake_seen = asyncio.Event()
+    seen = Seen()
+
+    async def slow(connection: ServerConnection, request: Request) -> None:
+        handshake_seen.set()
+        await asyncio.sleep(0.2)  # the caller hangs up while the upgrade is in flight
+
+    async def handler(ws: ServerConnection) -> None:
+        await record_until_closed(ws, seen)
+        seen.close_code = ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None
+        seen.done.set()
+
+    async with serve(handler, "127.0.0.1", 0, process_request=slow) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = RealtimeClient()
+        task = asyncio.create_task(client.connect(endpoint(f"ws://127.0.0.1:{port}/v1/realtime")))
+        await handshake_seen.wait()
+        await client.close()
+        with pytest.raises(UpstreamError, match="closed by the bridge while connecting"):
+            await task
+        await asyncio.wait_for(seen.done.wait(), 2)
+    assert seen.close_code == 1000  # the session that did open was closed at once
+    assert seen.frames == []
+    assert client.closed
+
+
+async def test_connect_after_close_is_refused() -> None:
+    client = RealtimeClient()
+    await client.close()
+    with pytest.raises(UpstreamError, match="closed before connect"):
+        await client.connect(endpoint("ws://127.0.0.1:1/v1/realtime"))
+
+
+async def test_connect_twice_is_refused() -> None:
+    async with ws_server(record_until_closed) as (url, _):
+        client = RealtimeClient()
+        await client.connect(endpoint(url))
+        with pytest.raises(UpstreamError, match="called twice"):
+            await client.connect(endpoint(url))
+        await client.close()
