@@ -1,73 +1,60 @@
-"""One call: a phone leg joined to a realtime voice session, with the bridge's own playout.
+"""One call: a phone leg, the dialplan runner, local prompts and agent steps, one playout.
 
-Shape of a call (one task group, every task has one owner and signals its exit):
+Shape of a call (one task group; every task has one owner and signals its exit):
 
-    leg events ──► _leg_loop ──► decode ─► local VAD (barge-in) ─► resample ─► upstream append
-    upstream   ──► _upstream_loop ─► audio deltas ─► resample ─► encode ─► Playout
-    Playout    ──► _pacer ─► leg.send_audio + leg.send_mark   (absolute deadlines, <= lead_ms ahead)
-    leg marks  ──► SessionState.heard()  (what the caller has really heard)
+    leg events ─► _leg_loop ─► decode ─► barge-in VAD ─► menu listener / agent link (upstream)
+                             └─► DTMF, played marks, hang-up ─► control queue
+    control queue ─► _control ─► Runner (no I/O) ─► actions: say, play, listen, agent, transfer, hang up
+    Playout ─► _pacer ─► leg.send_audio + leg.send_mark   (absolute deadlines, <= lead_ms ahead)
+    timers ─► _timers ─► Runner.on_timer
 
-Barge-in (local VAD onset or the server's `speech_started`, whichever comes first, and only while
-the bot is audible): empty the playout, `clear` the leg, cancel the response if it is still
-running, and truncate the playing item at what was heard. The heard position is read *before*
-the leg is cleared (Twilio echoes the pending marks of a cleared buffer; those are ignored).
+Everything that moves the dialplan goes through the control queue and is handled by one task,
+in order, so the runner never sees two inputs at once. Audio never waits for the control task.
 
-The call ends when the leg ends (`stop`, hang-up, socket closed) or the upstream fails; either
-way the other side is closed at once.
+Barge-in (the local VAD's onset or the server's `speech_started`, whichever comes first, and only
+while the bot is audible) is the agent link's job (`bridge.agent`); during prompts the VAD cuts a
+prompt that allows it while the caller answers a menu.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import wave
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from bridge.agent import HANG_UP_TOOL, TRANSFER_TOOL, AgentConfig, AgentLink
 from bridge.audio import codec
 from bridge.audio.playout import Playout
-from bridge.audio.resample import Downsampler, Upsampler
 from bridge.audio.vad import SpeechDetector, SpeechStart
-from bridge.errors import BridgeError, UpstreamError
-from bridge.realtime import events as rt
-from bridge.realtime.client import RealtimeClient
-from bridge.realtime.providers import Endpoint, session_config
-from bridge.realtime.session import SessionState, UpstreamFormat
+from bridge.dialplan import runner as dp
+from bridge.dialplan.model import AgentStep, Dialplan
+from bridge.engine.extension import EXTENSION_KEY
+from bridge.errors import BridgeError
+from bridge.realtime.providers import resolve_endpoint
+from bridge.settings import Settings
 from bridge.telephony.events import AudioIn, CallEnded, CallStarted, Dtmf, Leg, MarkPlayed
 
 log = logging.getLogger(__name__)
 
-# Caller audio that arrives while the upstream socket is still opening is kept (up to this much)
-# and sent once the session is configured, so the caller's first words are not lost.
-PRECONNECT_BUFFER_MS = 3000
-UPSTREAM_CLOSE_TIMEOUT_S = 0.08
-
-
-@dataclass(frozen=True, slots=True)
-class AgentConfig:
-    """Everything one agent session needs: where to connect and how to configure it."""
-
-    endpoint: Endpoint
-    upstream_format: UpstreamFormat = "pcm24k"
-    instructions: str = "You are a helpful phone assistant. Be brief."
-    voice: str = "alloy"
-    tools: tuple[dict[str, Any], ...] = ()
-    turn_detection: dict[str, Any] | None = None
-    session_extra: dict[str, Any] = field(default_factory=dict)
-    barge_in_min_speech_ms: int = 200
-    barge_in_threshold: float = 0.6
+PROMPT_PREFIX = "prompt:"
+DRAIN_TIMEOUT_S = 15.0
 
 
 @dataclass(slots=True)
 class CallStats:
-    """Counters and timings a call keeps for metrics and benchmarks (no per-frame logging)."""
+    """Counters a call keeps for metrics and benchmarks (no per-frame logging)."""
 
     frames_in: int = 0
     frames_out: int = 0
     barge_ins: int = 0
     truncates: list[tuple[str, int]] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
     ended_reason: str = ""
 
 
@@ -77,79 +64,172 @@ class _CallOver(Exception):
         self.reason = reason
 
 
-ToolHandler = Callable[[str, str, str], Awaitable[str | None]]  # (name, call_id, arguments) -> output
+def agent_config(step: AgentStep, settings: Settings) -> AgentConfig:
+    """An agent step (defaults and variables already resolved by the runner) as a session config."""
+    provider = step.provider or "local"
+    endpoint = resolve_endpoint(
+        step.url if provider == "url" and step.url else provider,
+        settings=settings,
+        model=step.model,
+        url=step.url,
+    )
+    tools: list[dict[str, Any]] = []
+    for tool in step.tools:
+        if tool.name == "transfer":
+            tools.append(dict(TRANSFER_TOOL, description=tool.description or TRANSFER_TOOL["description"]))
+        elif tool.name == "hang_up":
+            tools.append(dict(HANG_UP_TOOL, description=tool.description or HANG_UP_TOOL["description"]))
+        else:
+            tools.append(
+                {
+                    "name": tool.name,
+                    "description": tool.description or f"Continue with {tool.goto}.",
+                    "parameters": tool.parameters or {"type": "object", "properties": {}},
+                }
+            )
+    extra: dict[str, Any] = {}
+    if provider == "local":  # the real API rejects unknown session keys: only the local engine gets these
+        extra[EXTENSION_KEY] = {
+            "greeting": step.greeting,
+            "intents": [
+                {"name": i.name, "phrases": list(i.phrases), "reply": i.reply, "tool": i.tool,
+                 "arguments": dict(i.arguments)}
+                for i in step.intents
+            ],
+            "faq": [{"questions": list(f.questions), "answer": f.answer} for f in step.faq],
+        }
+    barge = step.barge_in
+    return AgentConfig(
+        endpoint=endpoint,
+        upstream_format=step.format or settings.upstream_format,
+        instructions=step.instructions,
+        voice=step.voice if provider != "local" else None,
+        tools=tuple(tools),
+        session_extra=extra,
+        greeting=step.greeting,
+        barge_in=barge.enabled if barge is not None else True,
+        barge_in_min_speech_ms=(barge.min_speech_ms if barge and barge.min_speech_ms else None)
+        or settings.barge_in_min_speech_ms,
+        barge_in_threshold=(barge.threshold if barge and barge.threshold else None)
+        or settings.barge_in_threshold,
+    )
+
+
+class PromptVoice:
+    """Fixed prompts spoken by the local synthesizer at 8 kHz, cached process-wide."""
+
+    def __init__(self) -> None:
+        from bridge.engine.tts import Synthesizer
+
+        self._synth = Synthesizer(out_rate=codec.RATE_8K)
+
+    def render(self, text: str, cache: bool) -> bytes:
+        audio = self._synth.cached(text) if cache else self._synth.synthesize(text)
+        return np.asarray(audio, dtype="<i2").tobytes()
+
+
+_prompt_voice: PromptVoice | None = None
+
+
+def prompt_voice() -> PromptVoice:
+    global _prompt_voice
+    if _prompt_voice is None:
+        _prompt_voice = PromptVoice()
+    return _prompt_voice
+
+
+def read_wav_8k(path: Path) -> bytes:
+    """A prompt file as PCM16 8 kHz mono (other rates are resampled)."""
+    with wave.open(str(path)) as w:
+        if w.getsampwidth() != 2:
+            raise BridgeError(f"{path}: expected 16-bit PCM, got {8 * w.getsampwidth()}-bit")
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        if w.getnchannels() > 1:
+            data = data.reshape(-1, w.getnchannels()).mean(axis=1).astype(np.int16)
+        rate = w.getframerate()
+    if rate != codec.RATE_8K:
+        import soxr
+
+        data = soxr.resample(data, rate, codec.RATE_8K).astype(np.int16)
+    return data.astype("<i2").tobytes()
 
 
 class Call:
-    """Joins `leg` to the realtime session described by `agent` for the life of the call."""
+    """Runs one call through its dialplan, from the leg's `CallStarted` to its end."""
 
     def __init__(
         self,
         leg: Leg,
-        agent: AgentConfig,
+        plan: Dialplan,
+        settings: Settings,
         *,
-        on_tool: ToolHandler | None = None,
-        client_factory: Callable[[], RealtimeClient] = RealtimeClient,
+        plan_dir: Path | None = None,
+        voice: PromptVoice | None = None,
     ) -> None:
         self.leg = leg
-        self.agent = agent
-        self.on_tool = on_tool
+        self.plan = plan
+        self.settings = settings
+        self.plan_dir = plan_dir or settings.dialplans
         self.stats = CallStats()
         self.started: CallStarted | None = None
-        self._client_factory = client_factory
-        self._client: RealtimeClient | None = None
-        self._state = SessionState(agent.upstream_format)
-        self._playout = Playout(lead_ms=leg.lead_ms, silence_byte=codec.silence(leg.encoding, 1)[0])
+        self.encoding = leg.encoding
+        self.runner: dp.Runner | None = None
+        self.agent: AgentLink | None = None
+        self._voice = voice
+        self._loop = asyncio.get_running_loop()
+        self._playout = Playout(lead_ms=leg.lead_ms, silence_byte=codec.silence_byte(leg.encoding))
         self._marks: dict[str, tuple[str, int]] = {}
         self._mark_seq = 0
         self._wake = asyncio.Event()
-        self._upstream_ready = asyncio.Event()
-        self._preconnect: list[str] = []
-        self._up = Upsampler()
-        self._down = Downsampler()
-        self._vad: SpeechDetector | None = None  # created when the call starts
-        self._loop = asyncio.get_running_loop()
+        self._timer_wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._control: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._vad: SpeechDetector | None = None
+        self._listener: Any = None  # MenuListener while a menu listens for speech
+        self._prompts: dict[str, tuple[str, int, bool]] = {}  # item id -> (prompt id, total ms, barge-in)
+        self._prompt_seq = 0
+        self._agent_task: asyncio.Task[None] | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._ended = False
 
     # -- life cycle ----------------------------------------------------------------------------
 
     async def run(self) -> CallStats:
-        """Run until the leg or the upstream ends. Never raises for call-level failures."""
+        """Run until the leg ends or the dialplan hangs up. Never raises for call-level failures."""
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._leg_loop(tg))
+                self._tg = tg
+                tg.create_task(self._leg_loop())
+                tg.create_task(self._control_loop())
         except* _CallOver as group:
             self.stats.ended_reason = group.exceptions[0].reason  # type: ignore[attr-defined]
         except* BridgeError as group:
             self.stats.ended_reason = f"error: {group.exceptions[0]}"
-            log.warning("call %s ended: %s", self._call_id, group.exceptions[0])
+            log.warning("call %s ended: %s", self.call_id, group.exceptions[0])
         finally:
-            await self._close_upstream()
-            if not self.stats.ended_reason.startswith(("stop", "closed", "hangup")):
-                await self._end_leg()
+            self._ended = True
+            if self.agent is not None:
+                await self.agent.close()
+            if self._listener is not None:
+                await self._listener.aclose()
+            if not self.stats.ended_reason.startswith(("stop", "closed", "refused", "error")):
+                with contextlib.suppress(BridgeError, OSError, RuntimeError):
+                    await self.leg.hang_up()
         return self.stats
 
     @property
-    def _call_id(self) -> str:
+    def call_id(self) -> str:
         return self.started.call_id if self.started else "?"
 
     def _now_ms(self) -> float:
         return self._loop.time() * 1000.0
 
-    async def _close_upstream(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(TimeoutError, BridgeError, OSError):
-                await asyncio.wait_for(client.close(), UPSTREAM_CLOSE_TIMEOUT_S)
-
-    async def _end_leg(self) -> None:
-        try:
-            await self.leg.hang_up()
-        except (BridgeError, OSError, RuntimeError) as exc:
-            log.debug("hang-up of leg failed: %s", exc)
+    def _post(self, *message: Any) -> None:
+        self._control.put_nowait(message)
 
     # -- phone leg -----------------------------------------------------------------------------
 
-    async def _leg_loop(self, tg: asyncio.TaskGroup) -> None:
+    async def _leg_loop(self) -> None:
         async for event in self.leg.events():
             if isinstance(event, AudioIn):
                 await self._on_caller_audio(event.payload)
@@ -157,153 +237,105 @@ class Call:
                 self._on_mark(event.name)
             elif isinstance(event, CallStarted):
                 self.started = event
-                self._start_vad()
-                tg.create_task(self._upstream_loop())
-                tg.create_task(self._pacer())
+                self.encoding = self.leg.encoding
+                silence = codec.silence_byte(self.encoding)
+                self._playout = Playout(lead_ms=self.leg.lead_ms, silence_byte=silence)
+                assert self._tg is not None
+                self._tg.create_task(self._pacer())
+                self._tg.create_task(self._timers())
+                self._post("start", event)
             elif isinstance(event, Dtmf):
-                await self._on_dtmf(event.digit)
+                self._post("dtmf", event.digit)
             elif isinstance(event, CallEnded):
+                self._post("hangup", event.reason)
                 raise _CallOver(event.reason)
         raise _CallOver("closed")
 
-    def _start_vad(self) -> None:
-        self._vad = SpeechDetector(
-            threshold=self.agent.barge_in_threshold,
-            min_speech_ms=self.agent.barge_in_min_speech_ms,
-            min_silence_ms=300,
-        )
-
     async def _on_caller_audio(self, payload: bytes) -> None:
         self.stats.frames_in += 1
-        encoding = self.leg.encoding
-        pcm8k = codec.decode(payload, encoding)
-        if self._vad is not None:
-            for change in self._vad.feed(pcm8k):
+        pcm8k = codec.decode(payload, self.encoding)
+        agent = self.agent
+        vad = self._vad
+        if vad is not None:
+            for change in vad.feed(pcm8k):
                 if isinstance(change, SpeechStart):
-                    await self._barge_in("local_vad")
-        fmt = self.agent.upstream_format
-        if fmt == "pcm24k":
-            audio = self._up.process(pcm8k)
-        elif fmt == encoding:
-            audio = payload
-        else:
-            audio = codec.encode(pcm8k, fmt)
-        message = rt.append_audio_json(base64.b64encode(audio).decode("ascii"))
-        client = self._client
-        if client is not None and self._upstream_ready.is_set():
-            await client.send_raw(message)
-        elif len(self._preconnect) * codec.FRAME_MS < PRECONNECT_BUFFER_MS:
-            self._preconnect.append(message)
+                    await self._on_speech_onset()
+        if self._listener is not None:
+            self._listener.feed(pcm8k)
+        if agent is not None:
+            await agent.send_caller_audio(pcm8k, payload)
+
+    async def _on_speech_onset(self) -> None:
+        agent = self.agent
+        if agent is not None and agent.config.barge_in:
+            await agent.barge_in("local_vad")
+            self.stats.barge_ins = agent.barge_ins
+            return
+        # A prompt that allows barge-in stops when the caller answers over it.
+        if self._listener is not None and self._cut_prompts(only_barge_in=True):
+            await self.leg.clear()
 
     def _on_mark(self, name: str) -> None:
         entry = self._marks.pop(name, None)
-        if entry is not None:
-            item_id, end_ms = entry
-            self._state.heard(item_id, end_ms)
-
-    async def _on_dtmf(self, digit: str) -> None:
-        client = self._client
-        if client is None or not self._upstream_ready.is_set():
+        if entry is None:
             return
-        text = f"The caller pressed {digit} on the keypad."
-        await client.send(
-            rt.ConversationItemCreate(
-                item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
-            )
-        )
-        if not self._state.response_active:
-            await client.send(rt.ResponseCreate())
+        self._check_drained()
+        item_id, end_ms = entry
+        prompt = self._prompts.get(item_id)
+        if prompt is not None:
+            prompt_id, total_ms, _ = prompt
+            if end_ms >= total_ms:
+                del self._prompts[item_id]
+                self._post("prompt_done", prompt_id)
+        elif self.agent is not None:
+            self.agent.heard(item_id, end_ms)
 
-    # -- upstream session ----------------------------------------------------------------------
+    # -- audio out (CallAudio for the agent link) ------------------------------------------------
 
-    async def _upstream_loop(self) -> None:
-        client = self._client_factory()
-        self._client = client
-        agent = self.agent
-        try:
-            await client.connect(agent.endpoint)
-            session: dict[str, Any] = session_config(
-                agent.upstream_format,
-                instructions=agent.instructions,
-                voice=agent.voice,
-                tools=list(agent.tools),
-                turn_detection=agent.turn_detection,
-                transcription=None,
-                extra=agent.session_extra,
-            )
-            await client.send(rt.SessionUpdate(session=session))
-            for message in self._preconnect:
-                await client.send_raw(message)
-            self._preconnect.clear()
-            self._upstream_ready.set()
-            async for event in client:
-                await self._on_upstream_event(event)
-        except UpstreamError as exc:
-            log.warning("call %s: upstream failed: %s", self._call_id, exc)
-            raise _CallOver(f"upstream: {exc}") from exc
-        raise _CallOver("upstream closed")
-
-    async def _on_upstream_event(self, event: rt.ServerEvent) -> None:
-        if isinstance(event, rt.ResponseOutputAudioDelta):
-            audio = event.audio()
-            if self._state.accept_audio(event.item_id, len(audio)):
-                self._play(event.item_id, audio)
-        elif isinstance(event, rt.ResponseOutputAudioDone):
-            self._playout.finish_item(event.item_id)
-            self._wake.set()
-        elif isinstance(event, rt.ResponseCreated):
-            self._state.response_started(event.response_id)
-        elif isinstance(event, rt.ResponseDone):
-            self._state.response_ended(event.response_id)
-        elif isinstance(event, rt.InputAudioBufferSpeechStarted):
-            await self._barge_in("server_vad")
-        elif isinstance(event, rt.ResponseFunctionCallArgumentsDone):
-            await self._on_function_call(event)
-        elif isinstance(event, rt.Error):
-            log.warning(
-                "call %s: upstream error %s: %s", self._call_id, event.error.code, event.error.message
-            )
-
-    def _play(self, item_id: str, audio: bytes) -> None:
-        fmt = self.agent.upstream_format
-        encoding = self.leg.encoding
-        if fmt == "pcm24k":
-            g711 = codec.encode(self._down.process(audio), encoding)
-        elif fmt == encoding:
-            g711 = audio
-        else:
-            g711 = codec.transcode(audio, fmt, encoding)
+    def play(self, item_id: str, g711: bytes) -> None:
         self._playout.push(item_id, g711)
         self._wake.set()
 
-    async def _on_function_call(self, event: rt.ResponseFunctionCallArgumentsDone) -> None:
-        output = None
-        if self.on_tool is not None:
-            output = await self.on_tool(event.name, event.call_id, event.arguments)
-        client = self._client
-        if output is not None and client is not None:
-            await client.send(
-                rt.ConversationItemCreate(
-                    item={"type": "function_call_output", "call_id": event.call_id, "output": output}
-                )
-            )
-            await client.send(rt.ResponseCreate())
+    def finish_item(self, item_id: str) -> None:
+        self._playout.finish_item(item_id)
+        self._wake.set()
 
-    # -- playout -------------------------------------------------------------------------------
+    def bot_audible(self) -> bool:
+        return self._playout.queued_ms > 0 or self._playout.busy_until_ms > self._now_ms()
+
+    async def cut_playout(self) -> None:
+        self._playout.clear()
+        self._marks.clear()
+        self._cut_prompts(only_barge_in=False)
+        self._check_drained()
+        await self.leg.clear()
+
+    def _cut_prompts(self, *, only_barge_in: bool) -> bool:
+        cut = [item for item, (_, _, barge) in self._prompts.items() if barge or not only_barge_in]
+        if not cut:
+            return False
+        if only_barge_in and len(cut) < len(self._prompts):
+            return False  # a prompt that must be heard is still queued: leave the playout alone
+        self._playout.clear()
+        self._marks.clear()
+        self._check_drained()
+        for item in cut:
+            prompt_id, _, _ = self._prompts.pop(item)
+            self._post("prompt_done", prompt_id)
+        return True
 
     async def _pacer(self) -> None:
-        playout, leg, state = self._playout, self.leg, self._state
+        playout, leg = self._playout, self.leg
         while True:
             frames = playout.pop_due(self._now_ms())
             if frames:
-                for frame in frames:
-                    await leg.send_audio(frame.payload)
                 last = frames[-1]
-                self.stats.frames_out += len(frames)
-                state.audio_sent(last.item_id)
                 self._mark_seq += 1
                 name = str(self._mark_seq)
-                self._marks[name] = (last.item_id, last.end_ms)
+                self._marks[name] = (last.item_id, last.end_ms)  # before sending: drained is not idle
+                for frame in frames:
+                    await leg.send_audio(frame.payload)
+                self.stats.frames_out += len(frames)
                 await leg.send_mark(name)
             due = playout.next_due_ms()
             self._wake.clear()
@@ -317,34 +349,211 @@ class Call:
                 finally:
                     timer.cancel()
 
-    def _bot_audible(self) -> bool:
-        return self._playout.queued_ms > 0 or self._playout.busy_until_ms > self._now_ms()
+    def _check_drained(self) -> None:
+        if not self._marks and self._playout.queued_ms == 0:
+            self._drained.set()
 
-    async def _barge_in(self, source: str) -> None:
-        if not (self._bot_audible() or self._state.response_active):
-            return
-        decision = self._state.barge_in()  # reads what was heard before the leg is cleared
-        self._playout.clear()
-        self._marks.clear()
-        self._down.reset()
-        self.stats.barge_ins += 1
-        await self.leg.clear()
-        client = self._client
-        if client is None:
-            return
-        if decision.cancel_response_id is not None:
-            await client.send(rt.ResponseCancel())
-        if decision.truncate_item_id is not None:
-            self.stats.truncates.append((decision.truncate_item_id, decision.audio_end_ms))
-            await client.send(
-                rt.ConversationItemTruncate(
-                    item_id=decision.truncate_item_id, content_index=0, audio_end_ms=decision.audio_end_ms
-                )
-            )
-        log.info(
-            "call %s: barge-in (%s), truncated %s at %d ms",
-            self._call_id,
-            source,
-            decision.truncate_item_id,
-            decision.audio_end_ms,
+    async def _drain(self) -> None:
+        """Wait until everything queued has been played to the caller (bounded)."""
+        self._drained.clear()
+        self._check_drained()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), DRAIN_TIMEOUT_S)
+
+    # -- timers --------------------------------------------------------------------------------
+
+    async def _timers(self) -> None:
+        """Post a "timer" input when the runner's next deadline passes. The control task sets
+        `_timer_wake` after every input it handles, so deadlines are re-read after each change."""
+        while True:
+            self._timer_wake.clear()
+            runner = self.runner
+            due = runner.next_timer_ms if runner is not None else None
+            if due is not None and due <= self._now_ms():
+                self._post("timer")
+            elif due is not None:
+                timer = self._loop.call_at(due / 1000.0, self._timer_wake.set)
+                try:
+                    await self._timer_wake.wait()
+                finally:
+                    timer.cancel()
+                continue
+            await self._timer_wake.wait()
+
+    # -- control: the runner and its actions -----------------------------------------------------
+
+    async def _control_loop(self) -> None:
+        while True:
+            message = await self._control.get()
+            kind = message[0]
+            now = self._now_ms()
+            runner = self.runner
+            if kind == "start":
+                actions = self._start(message[1], now)
+            elif runner is None:
+                continue
+            elif kind == "dtmf":
+                if self._cut_prompts(only_barge_in=True):
+                    await self.leg.clear()
+                actions = runner.on_dtmf(message[1], now)
+            elif kind == "speech":
+                actions = runner.on_speech(message[1], now)
+            elif kind == "prompt_done":
+                actions = runner.on_prompt_done(message[1], now)
+            elif kind == "timer":
+                actions = runner.on_timer(now)
+            elif kind == "tool":
+                actions = runner.on_agent_tool(message[1], message[2], now)
+            elif kind == "agent_ended":
+                actions = runner.on_agent_ended(message[1], now)
+            elif kind == "failed":
+                actions = runner.on_action_failed(message[1], message[2], now)
+            elif kind == "hangup":
+                actions = runner.on_hangup(now)
+            else:
+                continue
+            for action in actions:
+                await self._execute(action)
+            self._timer_wake.set()
+
+    def _start(self, started: CallStarted, now: float) -> list[dp.Action]:
+        flow = started.params.get("flow") or None
+        if flow is not None and flow not in self.plan.flows:
+            flow = None
+        self.runner = dp.Runner(
+            self.plan,
+            flow=flow,
+            caller=started.caller,
+            called=started.called,
+            now_ms=now,
+            call_id=started.call_id,
         )
+        self._vad = SpeechDetector(
+            threshold=self.settings.barge_in_threshold,
+            min_speech_ms=self.settings.barge_in_min_speech_ms,
+            min_silence_ms=300,
+        )
+        return self.runner.start(now)
+
+    async def _execute(self, action: dp.Action) -> None:
+        self.stats.actions.append(type(action).__name__)
+        if isinstance(action, dp.Say):
+            await self._say(action)
+        elif isinstance(action, dp.Play):
+            await self._play_file(action)
+        elif isinstance(action, dp.StopPrompts):
+            if self._cut_prompts(only_barge_in=False):
+                await self.leg.clear()
+        elif isinstance(action, dp.Listen):
+            self._listen(action)
+        elif isinstance(action, dp.StopListening):
+            if self._listener is not None:
+                self._listener.stop()
+        elif isinstance(action, dp.StartAgent):
+            await self._start_agent(action)
+        elif isinstance(action, dp.StopAgent):
+            await self._stop_agent()
+        elif isinstance(action, dp.SendToAgent):
+            if self.agent is not None:
+                await self.agent.send_text(action.text)
+        elif isinstance(action, dp.Transfer):
+            await self._transfer(action)
+        elif isinstance(action, dp.HangUp):
+            await self._drain()
+            log.info("call %s: hang-up (%s)", self.call_id, action.reason)
+            raise _CallOver(f"hangup: {action.reason}")
+
+    async def _speak(self, item_id: str, pcm8k: bytes) -> None:
+        self.play(item_id, codec.encode(pcm8k, self.encoding))
+        self.finish_item(item_id)
+
+    def _new_prompt_item(self, prompt_id: str, pcm8k_bytes: int, barge_in: bool) -> str:
+        self._prompt_seq += 1
+        item_id = f"{PROMPT_PREFIX}{self._prompt_seq}"
+        self._prompts[item_id] = (prompt_id, pcm8k_bytes // (2 * 8), barge_in)
+        return item_id
+
+    async def _say(self, action: dp.Say) -> None:
+        voice = self._voice or prompt_voice()
+        try:
+            pcm8k = await self._loop.run_in_executor(None, voice.render, action.text, action.cache)
+        except BridgeError as exc:
+            self._post("failed", action, f"speech synthesis failed: {exc}")
+            return
+        if not pcm8k:
+            self._post("prompt_done", action.prompt_id)
+            return
+        item_id = self._new_prompt_item(action.prompt_id, len(pcm8k), action.barge_in)
+        await self._speak(item_id, pcm8k)
+
+    async def _play_file(self, action: dp.Play) -> None:
+        path = action.path if action.path.is_absolute() else self.plan_dir / action.path
+        try:
+            pcm8k = await self._loop.run_in_executor(None, read_wav_8k, path)
+        except (OSError, EOFError, wave.Error, BridgeError) as exc:
+            log.warning("call %s: cannot play %s: %s", self.call_id, path, exc)
+            self._post("failed", action, f"cannot play {path}: {exc}")
+            return
+        item_id = self._new_prompt_item(action.prompt_id, len(pcm8k), action.barge_in)
+        await self._speak(item_id, pcm8k)
+
+    def _listen(self, action: dp.Listen) -> None:
+        if self._listener is None:
+            from bridge.dialplan.listener import MenuListener
+
+            self._listener = MenuListener(lambda text: self._post("speech", text), loop=self._loop)
+        self._listener.listen(action.phrases, digits=action.digits)
+
+    async def _start_agent(self, action: dp.StartAgent) -> None:
+        await self._stop_agent()
+        try:
+            config = agent_config(action.agent, self.settings)
+        except BridgeError as exc:
+            self._post("failed", action, str(exc))
+            return
+        link = AgentLink(config, self, on_tool=self._on_tool, call_id=self.call_id)
+        self.agent = link
+        if self._vad is not None:
+            self._vad = SpeechDetector(
+                threshold=config.barge_in_threshold,
+                min_speech_ms=config.barge_in_min_speech_ms,
+                min_silence_ms=300,
+            )
+        assert self._tg is not None
+        self._agent_task = self._tg.create_task(self._run_agent(link))
+
+    async def _run_agent(self, link: AgentLink) -> None:
+        error: str | None = None
+        try:
+            await link.run()
+        except BridgeError as exc:
+            error = str(exc)
+            log.warning("call %s: agent session failed: %s", self.call_id, exc)
+        finally:
+            await link.close()
+        if self.agent is link:  # ended by the upstream, not by the dialplan
+            self.agent = None
+            self.stats.truncates += link.truncates
+            self._post("agent_ended", error or "the realtime session closed")
+
+    async def _stop_agent(self) -> None:
+        link, task = self.agent, self._agent_task
+        self.agent, self._agent_task = None, None
+        if link is None:
+            return
+        self.stats.truncates += link.truncates
+        await link.close()
+        if task is not None:
+            task.cancel()
+
+    async def _on_tool(self, name: str, arguments: dict[str, Any]) -> None:
+        self._post("tool", name, arguments)
+
+    async def _transfer(self, action: dp.Transfer) -> None:
+        if action.announce:
+            await self._say(dp.Say(action.announce, None, "transfer-announce", barge_in=False, cache=False))
+        await self._drain()
+        ok = await self.leg.transfer(action.target)
+        if ok:
+            raise _CallOver(f"transferred to {action.target}")
+        self._post("failed", action, "this leg cannot transfer")

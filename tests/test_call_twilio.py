@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,10 +35,25 @@ async def standin() -> AsyncIterator[StandinRealtime]:
     await server.stop()
 
 
+# The smallest valid dialplan (issue 4): every call straight into a cloud agent. The stand-in
+# plays the cloud: BRIDGE_REALTIME_URL points every session at it.
+AGENT_ONLY = """
+numbers: {default: main}
+flows:
+  main:
+    - agent: {provider: openai, instructions: "You are a helpful phone assistant."}
+"""
+
+
 @pytest.fixture
-def bridge_url(standin: StandinRealtime) -> Iterator[str]:
+def bridge_url(standin: StandinRealtime, tmp_path: Path) -> Iterator[str]:
+    (tmp_path / "main.yaml").write_text(AGENT_ONLY)
+
     def make(port: int) -> object:
-        return create_app(Settings(port=port, realtime_url=standin.url, barge_in_min_speech_ms=100))
+        settings = Settings(
+            port=port, realtime_url=standin.url, barge_in_min_speech_ms=100, dialplans=tmp_path
+        )
+        return create_app(settings, preload_models=False)
 
     with serve(make) as (url, _app):
         yield url
@@ -79,7 +95,8 @@ async def test_voice_webhook_answers_twiml_that_connects_the_stream(bridge_url: 
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/xml")
     body = r.text
-    assert "<Connect" in body and "><Stream " in body  # <Connect action=...> since issue 5
+    assert "<Connect" in body
+    assert "><Stream " in body
     assert 'url="ws://127.0.0.1:' in body
     assert '/twilio/media"' in body
     assert 'name="caller" value="+15551230000"' in body
@@ -227,10 +244,15 @@ async def test_hang_up_closes_upstream_within_100ms(
     await twilio.close()
 
 
-async def test_upstream_failure_ends_the_call(bridge_url: str, standin: StandinRealtime) -> None:
+async def test_upstream_failure_apologises_then_ends_the_call(
+    bridge_url: str, standin: StandinRealtime
+) -> None:
     twilio, session = await open_call(bridge_url, standin)
+    before = len(twilio.played)
     await session.ws.close(code=1011)
-    await twilio.wait_for(lambda: twilio.closed_at is not None, timeout=2)
+    await twilio.wait_for(lambda: twilio.closed_at is not None, timeout=30)
+    spoken = [p for p in twilio.played[before:] if p.payload != b"\xff" * FRAME_BYTES]
+    assert len(spoken) * 20 > 800  # "Sorry, I'm having trouble right now." was played, no dead air
     await twilio.close()
 
 

@@ -140,7 +140,7 @@ class TwilioLeg:
         if self.close_code is None:
             self.close_code = code
         if self._ws.application_state == WebSocketState.CONNECTED:
-            with contextlib.suppress(RuntimeError):
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
                 await self._ws.close(code=code, reason=reason)
 
     async def _send(self, text: str) -> None:

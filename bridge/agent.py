@@ -1,0 +1,275 @@
+"""One agent step: a realtime voice session joined to a call's audio.
+
+`AgentLink` owns the upstream socket and the session state; the call owns the leg, the playout
+and the barge-in detector, and talks to the link through a few methods:
+
+- `send_caller_audio(pcm8k, payload)`: every inbound frame while the agent is active;
+- `heard(item_id, end_ms)`: a played mark came back;
+- `barge_in(source)`: the caller talked over the bot (local VAD); the server's `speech_started`
+  arrives here directly;
+- `close()`: the step ends (dialplan, tool call, hang-up). Closing never waits more than ~80 ms.
+
+What a tool call means for the call (transfer, hang up, another flow) is the dialplan runner's
+business: the link reports it through `on_tool` once the response that made it is done, so the
+words spoken with it ("Connecting you now") have all arrived and are queued for playout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bridge.audio import codec
+from bridge.audio.resample import Downsampler, Upsampler
+from bridge.errors import BridgeError, UpstreamError
+from bridge.realtime import events as rt
+from bridge.realtime.client import RealtimeClient
+from bridge.realtime.providers import Endpoint, resolve_endpoint, session_config
+from bridge.realtime.session import SessionState, UpstreamFormat
+from bridge.settings import Settings
+from bridge.telephony.events import Encoding
+
+log = logging.getLogger(__name__)
+
+# Caller audio that arrives while the upstream socket is still opening is kept (up to this much)
+# and sent once the session is configured, so the caller's first words are not lost.
+PRECONNECT_BUFFER_MS = 3000
+UPSTREAM_CLOSE_TIMEOUT_S = 0.08
+
+TRANSFER_TOOL = {
+    "name": "transfer",
+    "description": "Transfer the caller to a person (an operator). Say a short line first.",
+    "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
+}
+HANG_UP_TOOL = {
+    "name": "hang_up",
+    "description": "End the call, after saying goodbye, when the caller has nothing more to ask.",
+    "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Everything one agent session needs: where to connect and how to configure it."""
+
+    endpoint: Endpoint
+    upstream_format: UpstreamFormat = "pcm24k"
+    instructions: str = "You are a helpful phone assistant. Be brief."
+    voice: str | None = None
+    tools: tuple[dict[str, Any], ...] = ()
+    turn_detection: dict[str, Any] | None = None
+    session_extra: dict[str, Any] = field(default_factory=dict)
+    greeting: str | None = None  # spoken first; for the local engine it travels in session_extra
+    barge_in: bool = True
+    barge_in_min_speech_ms: int = 200
+    barge_in_threshold: float = 0.6
+
+
+def agent_config_from_settings(settings: Settings) -> AgentConfig:
+    """The agent a call gets when there is no dialplan: the embedded `local` engine."""
+    return AgentConfig(
+        endpoint=resolve_endpoint("local", settings=settings, model=settings.realtime_model),
+        upstream_format=settings.upstream_format,
+        voice=None,
+        barge_in_min_speech_ms=settings.barge_in_min_speech_ms,
+        barge_in_threshold=settings.barge_in_threshold,
+    )
+
+
+class CallAudio(Protocol):
+    """What the link needs from its call."""
+
+    encoding: Encoding
+
+    def play(self, item_id: str, g711: bytes) -> None: ...
+
+    def finish_item(self, item_id: str) -> None: ...
+
+    def bot_audible(self) -> bool: ...
+
+    async def cut_playout(self) -> None: ...
+
+
+ToolHandler = Callable[[str, dict[str, Any]], Awaitable[None]]  # (name, arguments)
+
+
+class AgentLink:
+    """The upstream realtime session of one agent step."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        audio: CallAudio,
+        *,
+        on_tool: ToolHandler,
+        call_id: str = "?",
+        client_factory: Callable[[], RealtimeClient] = RealtimeClient,
+    ) -> None:
+        self.config = config
+        self.state = SessionState(config.upstream_format)
+        self.truncates: list[tuple[str, int]] = []
+        self.barge_ins = 0
+        self._audio = audio
+        self._on_tool = on_tool
+        self._call_id = call_id
+        self._client = client_factory()
+        self._ready = False
+        self._closed = False
+        self._preconnect: list[str] = []
+        self._pending_tools: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        self._up = Upsampler()
+        self._down = Downsampler()
+
+    @property
+    def response_active(self) -> bool:
+        return self.state.response_active
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, configure, then handle server events until the session ends.
+
+        Returns when the session closes normally; raises UpstreamError when it fails."""
+        config = self.config
+        await self._client.connect(config.endpoint)
+        session = session_config(
+            config.upstream_format,
+            instructions=config.instructions,
+            voice=config.voice,
+            tools=list(config.tools),
+            turn_detection=config.turn_detection,
+            extra=config.session_extra,
+        )
+        await self._client.send(rt.SessionUpdate(session=session))
+        if config.greeting and not config.session_extra:
+            await self._client.send(
+                rt.ResponseCreate(
+                    response={"instructions": f"Greet the caller by saying exactly: {config.greeting}"}
+                )
+            )
+        for message in self._preconnect:
+            await self._client.send_raw(message)
+        self._preconnect.clear()
+        self._ready = True
+        async for event in self._client:
+            await self._on_event(event)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._ready = False
+        with contextlib.suppress(TimeoutError, BridgeError, OSError):
+            await asyncio.wait_for(self._client.close(), UPSTREAM_CLOSE_TIMEOUT_S)
+
+    # -- caller -> model -----------------------------------------------------------------------
+
+    async def send_caller_audio(self, pcm8k: bytes, payload: bytes) -> None:
+        fmt = self.config.upstream_format
+        if fmt == "pcm24k":
+            audio = self._up.process(pcm8k)
+        elif fmt == self._audio.encoding:
+            audio = payload
+        else:
+            audio = codec.encode(pcm8k, fmt)
+        message = rt.append_audio_json(base64.b64encode(audio).decode("ascii"))
+        if self._ready:
+            try:
+                await self._client.send_raw(message)
+            except UpstreamError:
+                self._ready = False  # the reader sees the close and ends the step
+        elif not self._closed and len(self._preconnect) * codec.FRAME_MS < PRECONNECT_BUFFER_MS:
+            self._preconnect.append(message)
+
+    async def send_text(self, text: str) -> None:
+        """A user message in text (DTMF digits during an agent step), then a response."""
+        if not self._ready:
+            return
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+        await self._client.send(rt.ConversationItemCreate(item=item))
+        if not self.state.response_active:
+            await self._client.send(rt.ResponseCreate())
+
+    # -- model -> caller -----------------------------------------------------------------------
+
+    async def _on_event(self, event: rt.ServerEvent) -> None:
+        if isinstance(event, rt.ResponseOutputAudioDelta):
+            audio = event.audio()
+            if self.state.accept_audio(event.item_id, len(audio)):
+                self._play(event.item_id, audio)
+        elif isinstance(event, rt.ResponseOutputAudioDone):
+            self._audio.finish_item(event.item_id)
+        elif isinstance(event, rt.ResponseCreated):
+            self.state.response_started(event.response_id)
+        elif isinstance(event, rt.ResponseDone):
+            self.state.response_ended(event.response_id)
+            for name, arguments in self._pending_tools.pop(event.response_id, []):
+                await self._on_tool(name, arguments)
+        elif isinstance(event, rt.InputAudioBufferSpeechStarted):
+            if self.config.barge_in:
+                await self.barge_in("server_vad")
+        elif isinstance(event, rt.ResponseFunctionCallArgumentsDone):
+            self._queue_tool(event)
+        elif isinstance(event, rt.Error):
+            error = event.error
+            log.warning("call %s: upstream error %s: %s", self._call_id, error.code, error.message)
+
+    def _play(self, item_id: str, audio: bytes) -> None:
+        fmt = self.config.upstream_format
+        encoding = self._audio.encoding
+        if fmt == "pcm24k":
+            g711 = codec.encode(self._down.process(audio), encoding)
+        elif fmt == encoding:
+            g711 = audio
+        else:
+            g711 = codec.transcode(audio, fmt, encoding)
+        self.state.audio_sent(item_id)
+        self._audio.play(item_id, g711)
+
+    def _queue_tool(self, event: rt.ResponseFunctionCallArgumentsDone) -> None:
+        try:
+            arguments = json.loads(event.arguments) if event.arguments else {}
+        except ValueError:
+            log.warning("call %s: tool %s sent arguments that are not JSON", self._call_id, event.name)
+            arguments = {}
+        if not isinstance(arguments, dict):
+            arguments = {}
+        self._pending_tools.setdefault(event.response_id, []).append((event.name, arguments))
+
+    def heard(self, item_id: str, end_ms: int) -> None:
+        self.state.heard(item_id, end_ms)
+
+    # -- barge-in ------------------------------------------------------------------------------
+
+    async def barge_in(self, source: str) -> None:
+        """The caller talked over the bot: stop it and tell the model what was heard."""
+        if not (self._audio.bot_audible() or self.state.response_active):
+            return
+        decision = self.state.barge_in()  # reads what was heard before the leg is cleared
+        self._down.reset()
+        self.barge_ins += 1
+        await self._audio.cut_playout()
+        if not self._ready:
+            return
+        if decision.cancel_response_id is not None:
+            await self._client.send(rt.ResponseCancel())
+        if decision.truncate_item_id is not None:
+            self.truncates.append((decision.truncate_item_id, decision.audio_end_ms))
+            await self._client.send(
+                rt.ConversationItemTruncate(
+                    item_id=decision.truncate_item_id, content_index=0, audio_end_ms=decision.audio_end_ms
+                )
+            )
+        log.info(
+            "call %s: barge-in (%s), truncated %s at %d ms",
+            self._call_id,
+            source,
+            decision.truncate_item_id,
+            decision.audio_end_ms,
+        )
