@@ -363,3 +363,50 @@ def test_item_helpers_with_odd_items() -> None:
     assert done.response_id is None
     assert done.status == "failed"
     assert done.status_details == {"type": "failed", "error": {}}
+
+
+# ---------------------------------------------------------------- the SDK validators themselves
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"type": "input_audio_buffer.append"}, "audio: Field required"),
+        ({"type": "input_audio_buffer.append", "audio": 5}, "valid string"),
+        ({"type": "conversation.item.truncate", "item_id": "i", "content_index": 0}, "audio_end_ms"),
+        ({"type": "response.cancel", "response_id": None, "extra_key": 1}, "does not know"),
+        ({"type": "transcription_session.update", "session": {}}, "not in the SDK's GA union"),
+        ({"session": {}}, "no string 'type'"),
+        (
+            {"type": "conversation.item.create", "item": {"type": "message", "role": "robot", "content": []}},
+            "does not match",
+        ),
+    ],
+)
+def test_client_validator_catches_mistakes(data: dict[str, Any], needle: str) -> None:
+    with pytest.raises(AssertionError, match=needle):
+        validate_client_event(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"type": "response.audio.delta", "event_id": "e"}, "not in the SDK's GA union"),
+        ({"type": "response.done", "event_id": "e"}, "response: Field required"),
+        ({"type": "input_audio_buffer.speech_started", "audio_start_ms": 1, "item_id": "i"}, "event_id"),
+        (
+            {
+                "type": "conversation.item.truncated",
+                "event_id": "e",
+                "item_id": "i",
+                "content_index": 0,
+                "audio_end_ms": 1,
+                "surprise": True,
+            },
+            "does not know",
+        ),
+    ],
+)
+def test_server_validator_catches_mistakes(data: dict[str, Any], needle: str) -> None:
+    with pytest.raises(AssertionError, match=needle):
+        validate_server_event(data)
