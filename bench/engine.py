@@ -178,7 +178,7 @@ class EngineProcess:
 async def run_session(
     url: str, utterances: list[bytes], out: list[dict[str, float]], ready: asyncio.Event
 ) -> None:
-    """One caller: configure, then each utterance in real time (20 ms µ-law frames), waiting for the answer."""
+    """One caller: configure, then each utterance in real time (20 ms µ-law frames), awaiting each answer."""
     async with websockets.connect(
         url, additional_headers={"Authorization": "Bearer bench"}, max_size=None
     ) as ws:
@@ -329,12 +329,14 @@ def main() -> None:
     acc = accuracy()
     load_after = os.getloadavg()[0]
     load = engine.load
+    stopped_note = f" (stopped: one decode exceeded {OOG_TIMEOUT_S:.0f} s)" if acc["oog_timed_out"] else ""
     lines = [
         "# Embedded engine (`local` provider): latency, accuracy, capacity, start-up",
         "",
-        f"Command: `.venv/bin/python -m bench engine`. Machine: {psutil.cpu_count()} cores; load average (1 min) "
-        f"{load_before:.2f} before, {load_after:.2f} after (other engineers at work on the same 2 cores: "
-        "figures are noisy). Engine in its own process (uvicorn + `mount_engine`), clients here on 127.0.0.1.",
+        f"Command: `.venv/bin/python -m bench engine`. Machine: {psutil.cpu_count()} cores; "
+        f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after (other engineers at work "
+        "on the same 2 cores: figures are noisy). Engine in its own process (uvicorn + `mount_engine`), "
+        "clients here on 127.0.0.1.",
         "",
         "## Model load at start-up (fresh process)",
         "",
@@ -345,10 +347,10 @@ def main() -> None:
         "",
         "## End of caller speech -> first audio",
         "",
-        "`input_audio_buffer.speech_stopped` received -> first `response.output_audio.delta` received, one session, "
-        f"{len(latencies)} real-time paced turns (Piper phone speech, µ-law in and out, grammar from the intents). "
-        "Target p50 <= 250 ms. (The speech_stopped event itself comes `silence_duration_ms` = 500 ms after the "
-        "caller's last word.)",
+        "`input_audio_buffer.speech_stopped` received -> first `response.output_audio.delta` received, "
+        f"one session, {len(latencies)} real-time paced turns (Piper phone speech, µ-law in and out, "
+        "grammar from the intents). Target p50 <= 250 ms. (The speech_stopped event itself comes "
+        "`silence_duration_ms` = 500 ms after the caller's last word.)",
         "",
         "| turns | p50 ms | p95 ms | max ms |",
         "|---|---|---|---|",
@@ -357,7 +359,8 @@ def main() -> None:
         "## Concurrent sessions in real time",
         "",
         "N callers at once, each 3 turns paced in real time. 'real time' = every turn answered and p95 "
-        "stop->first-audio < 1 s. Memory = engine RSS growth over the idle (models loaded) process, per session.",
+        "stop->first-audio < 1 s. Memory = engine RSS growth over the idle (models loaded) process, "
+        "per session.",
         "",
         "| sessions | turns answered | p50 ms | p95 ms | engine CPU | MB / session | real time |",
         "|---|---|---|---|---|---|---|",
@@ -365,8 +368,8 @@ def main() -> None:
         "",
         "## Intent accuracy",
         "",
-        "Recogniser with the turn's expected phrases (the extension's intents + FAQ questions) + the responder's "
-        "matcher, one warm decoder, Piper caller answers through the telephone chain.",
+        "Recogniser with the turn's expected phrases (the extension's intents + FAQ questions) + the "
+        "responder's matcher, one warm decoder, Piper caller answers through the telephone chain.",
         "",
         "| set | utterances | result | decode ms p50 / max |",
         "|---|---|---|---|",
@@ -374,7 +377,7 @@ def main() -> None:
         f"({100 * acc['in_correct'] / acc['in_total']:.0f}%) | {pct(acc['decode_ms'], 50):.0f} / "
         f"{max(acc['decode_ms']):.0f} |",
         f"| out-of-grammar | {acc['oog_total']} | {len(acc['oog_false'])} false matches in {acc['oog_done']} "
-        f"decoded{' (stopped: one decode exceeded ' + str(int(OOG_TIMEOUT_S)) + ' s)' if acc['oog_timed_out'] else ''}"
+        f"decoded{stopped_note}"
         f" | {pct(acc['oog_ms'], 50):.0f} / {max(acc['oog_ms'] or [float('nan')]):.0f} |",
         "",
     ]
