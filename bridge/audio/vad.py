@@ -26,6 +26,7 @@ SILERO_WINDOW_SAMPLES = 256
 SILERO_CONTEXT_SAMPLES = 32
 WEBRTC_FRAME_SAMPLES = 160
 _INT16_SCALE = np.float32(1.0 / 32768.0)
+_TAIL_ENERGY_RATIO = 10.0 ** (-30.0 / 10.0)  # offset = last window within 30 dB of the utterance's peak
 
 
 class Vad(Protocol):
@@ -55,6 +56,7 @@ class SileroVad:
         self._sr = np.array(RATE_HZ, dtype=np.int64)
         self._feeds = {"input": self._input, "state": self._state, "sr": self._sr}
         self._odd = b""
+        self.energies: list[float] = []  # mean square of each window returned by the last process()
 
     def reset(self) -> None:
         self._buf[:] = 0.0
@@ -72,6 +74,8 @@ class SileroVad:
             pcm16_8k = pcm16_8k[:-1]
         samples = np.frombuffer(pcm16_8k, dtype=np.int16)
         out: list[float] = []
+        energies: list[float] = []
+        self.energies = energies
         total = SILERO_CONTEXT_SAMPLES + SILERO_WINDOW_SAMPLES
         pos, n = 0, samples.shape[0]
         buf = self._buf
@@ -85,6 +89,8 @@ class SileroVad:
                 self._state = state
                 self._feeds["state"] = state
                 out.append(float(prob[0, 0]))
+                window = buf[SILERO_CONTEXT_SAMPLES:]
+                energies.append(float(np.dot(window, window)) / SILERO_WINDOW_SAMPLES)
                 buf[:SILERO_CONTEXT_SAMPLES] = buf[total - SILERO_CONTEXT_SAMPLES :]
                 self._fill = SILERO_CONTEXT_SAMPLES
         return out
@@ -151,7 +157,7 @@ class SpeechDetector:
     A window counts as speech at `prob >= threshold`; once speech (or a candidate onset) is running it
     continues while `prob >= neg_threshold` (default `threshold - 0.15`). Onset is reported once speech
     has lasted `min_speech_ms` (SpeechStart.audio_ms = where it began); offset after `min_silence_ms`
-    below `neg_threshold` (SpeechStop.audio_ms = where speech ended).
+    below `neg_threshold` (SpeechStop.audio_ms = end of the last window at or above `threshold`).
     """
 
     def __init__(
@@ -178,6 +184,9 @@ class SpeechDetector:
         self._speaking = False
         self._start: int | None = None  # candidate or confirmed onset (samples)
         self._silence_start: int | None = None
+        self._last_voiced_end = 0  # end of the last window at or above threshold (samples)
+        self._peak_energy = 0.0  # loudest window of the current utterance (when the VAD reports energy)
+        self._last_loud_end = 0  # end of the last window within 30 dB of that peak
 
     @property
     def speaking(self) -> bool:
@@ -196,6 +205,9 @@ class SpeechDetector:
         self._speaking = False
         self._start = None
         self._silence_start = None
+        self._last_voiced_end = 0
+        self._peak_energy = 0.0
+        self._last_loud_end = 0
 
     def feed(self, pcm16_8k: bytes) -> list[SpeechStart | SpeechStop]:
         self._fed += len(pcm16_8k)
@@ -204,17 +216,31 @@ class SpeechDetector:
             return []
         events: list[SpeechStart | SpeechStop] = []
         window = self._window
-        for prob in probs:
+        energies: list[float] | None = getattr(self.vad, "energies", None)
+        if energies is not None and len(energies) != len(probs):
+            energies = None
+        for i, prob in enumerate(probs):
             begin = self._pos
             self._pos = end = begin + window
+            if energies is not None:
+                energy = energies[i]
+                if energy > self._peak_energy:
+                    self._peak_energy = energy
+                if energy >= self._peak_energy * _TAIL_ENERGY_RATIO:
+                    self._last_loud_end = end
             if self._speaking:
                 if prob >= self.threshold:
                     self._silence_start = None
+                    self._last_voiced_end = end
                 elif prob < self.neg_threshold:
                     if self._silence_start is None:
                         self._silence_start = begin
                     if end - self._silence_start >= self._min_silence_samples:
-                        events.append(SpeechStop(self._silence_start * 1000 // RATE_HZ))
+                        stop = self._last_voiced_end
+                        if self._start is not None and self._start < self._last_loud_end < stop:
+                            stop = self._last_loud_end  # Silero holds on over quiet tails: trim them
+                        events.append(SpeechStop(stop * 1000 // RATE_HZ))
+                        self._peak_energy = 0.0
                         self._speaking = False
                         self._start = None
                         self._silence_start = None
@@ -234,4 +260,5 @@ class SpeechDetector:
         assert self._start is not None
         self._speaking = True
         self._silence_start = None
+        self._last_voiced_end = self._pos
         events.append(SpeechStart(self._start * 1000 // RATE_HZ))
