@@ -49,6 +49,8 @@ from bridge.settings import ENV_FIELDS, Settings
 log = logging.getLogger(__name__)
 
 REALTIME_PATHS = ("/v1/realtime", "/realtime")
+# A turn whose transcript takes longer than this is answered as not understood (the late text is dropped).
+ASR_TIMEOUT_S = 8.0
 
 
 def _now_ms() -> float:
@@ -72,6 +74,7 @@ class EngineServices:
     synthesizer_factory: Callable[[int], Any] | None = None
     responder: Responder | None = None
     token: str | None = None
+    asr_timeout_s: float = ASR_TIMEOUT_S
     sessions: set[EngineConnection] = field(default_factory=set)
     _synths: dict[int, Any] = field(default_factory=dict)
     _synth_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -255,6 +258,8 @@ class EngineConnection:
         self._reply_tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._closed = False
+        self._asr_deadlines: dict[str, asyncio.TimerHandle] = {}
+        self.asr_timeout_s = services.asr_timeout_s
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -275,6 +280,10 @@ class EngineConnection:
     def _dispatch(self, cmd: Command) -> None:
         if isinstance(cmd, AsrAudio | AsrBegin | AsrEnd | AsrDiscard | SetExpected):
             self._asr.put(cmd)
+            if isinstance(cmd, AsrEnd):
+                self._asr_deadlines[cmd.item_id] = self.loop.call_later(
+                    self.asr_timeout_s, self._on_asr_timeout, cmd.item_id
+                )
         elif isinstance(cmd, GenerateReply):
             task = asyncio.create_task(self._generate(cmd))
             self._reply_tasks[cmd.response_id] = task
@@ -292,13 +301,32 @@ class EngineConnection:
 
     # -- results coming back ----------------------------------------------------------------------
 
+    def _on_asr_timeout(self, item_id: str) -> None:
+        if self._asr_deadlines.pop(item_id, None) is None:
+            return
+        log.warning(
+            "speech recognition of %s took longer than %.0f s; answering without it",
+            item_id,
+            self.asr_timeout_s,
+        )
+        self.session.transcript_failed(item_id, "speech recognition timed out", _now_ms())
+        self.pump()
+
     def on_transcript(self, item_id: str, transcript: Any) -> None:
+        handle = self._asr_deadlines.pop(item_id, None)
+        if handle is None:
+            return  # timed out already (or an item created with its own transcript)
+        handle.cancel()
         self.session.transcript_done(
             item_id, transcript.text, _now_ms(), audio_s=getattr(transcript, "audio_ms", 0) / 1000.0
         )
         self.pump()
 
     def on_transcript_failed(self, item_id: str, message: str) -> None:
+        handle = self._asr_deadlines.pop(item_id, None)
+        if handle is None:
+            return
+        handle.cancel()
         self.session.transcript_failed(item_id, message, _now_ms())
         self.pump()
 
@@ -411,6 +439,8 @@ class EngineConnection:
             ev.set()
         for task in self._reply_tasks.values():
             task.cancel()
+        for handle in self._asr_deadlines.values():
+            handle.cancel()
         self._asr.stop()
         self._tts.shutdown(wait=False, cancel_futures=True)
 

@@ -328,3 +328,36 @@ async def test_idle_timeout_over_the_wire(engine_url: tuple[str, EngineServices]
         assert timeout["item_id"]
         done = await c.until("response.done")
         assert done["response"]["output"][0]["content"][0]["text"] == "Hello? Are you there?"
+
+
+class SlowRecognizer(ScriptedRecognizer):
+    def end(self) -> Transcript:
+        import time
+
+        time.sleep(1.5)
+        return super().end()
+
+
+async def test_slow_recognition_is_answered_as_not_understood() -> None:
+    services = fast_services()
+    services.recognizer_factory = lambda: SlowRecognizer(["billing"])
+    services.asr_timeout_s = 0.3
+
+    def make(_port: int) -> FastAPI:
+        app = FastAPI()
+        mount_engine(app, Settings(), services)
+        return app
+
+    with serve(make) as (base, _app):
+        async with connect(base.replace("http://", "ws://")) as c:
+            await c.recv()
+            await configure_pcmu(c, output_modalities=["text"])
+            await c.append_pcmu(quiet(600) + tone(700) + quiet(800))
+            done = await c.until("response.done")
+            assert any(e["type"].endswith("input_audio_transcription.failed") for e in c.events)
+            text = done["response"]["output"][0]["content"][0]["text"]
+            assert text.startswith("Sorry")
+            await asyncio.sleep(1.5)  # the late transcript is dropped, the session goes on
+            await c.send({"type": "session.update", "session": {"type": "realtime"}})
+            assert (await c.until("session.updated"))["type"] == "session.updated"
+            assert not any(e["type"].endswith("transcription.completed") for e in c.events)
