@@ -65,7 +65,7 @@ class AgentConfig:
     tools: tuple[dict[str, Any], ...] = ()
     turn_detection: dict[str, Any] | None = None
     session_extra: dict[str, Any] = field(default_factory=dict)
-    greeting: str | None = None  # spoken first; for the local engine it travels in session_extra
+    greeting: str | None = None  # spoken first (a response.create with "Say exactly: ...")
     barge_in: bool = True
     barge_in_min_speech_ms: int = 200
     barge_in_threshold: float = 0.6
@@ -147,11 +147,9 @@ class AgentLink:
             extra=config.session_extra,
         )
         await self._client.send(rt.SessionUpdate(session=session))
-        if config.greeting and not config.session_extra:
+        if config.greeting:  # the agent speaks first; the local engine reads the same instruction
             await self._client.send(
-                rt.ResponseCreate(
-                    response={"instructions": f"Greet the caller by saying exactly: {config.greeting}"}
-                )
+                rt.ResponseCreate(response={"instructions": f'Say exactly: "{config.greeting}"'})
             )
         for message in self._preconnect:
             await self._client.send_raw(message)
