@@ -25,7 +25,7 @@ ENV_FIELDS: dict[str, str] = {
     "BRIDGE_HOST": "host",
     "BRIDGE_UPSTREAM_FORMAT": "upstream_format",
     "BRIDGE_REALTIME_MODEL": "realtime_model",
-    "BRIDGE_VOICE": "voice",
+    "BRIDGE_PLAYOUT_LEAD_MS": "playout_lead_ms",
     "BRIDGE_BARGE_IN_MIN_SPEECH_MS": "barge_in_min_speech_ms",
     "BRIDGE_BARGE_IN_THRESHOLD": "barge_in_threshold",
     "BRIDGE_LOG_LEVEL": "log_level",
@@ -62,9 +62,8 @@ class Settings(BaseModel):
     realtime_model: str = "gpt-realtime"
     dialplans: Path = Path("dialplans")
     upstream_format: UpstreamFormat = "pcm24k"
-    voice: str = "alloy"
     # Barge-in: how much caller speech, at what Silero probability, stops the bot.
-    barge_in_min_speech_ms: int = Field(200, ge=20, le=2000)
+    barge_in_min_speech_ms: int = Field(120, ge=20, le=2000)
     barge_in_threshold: float = Field(0.6, gt=0.0, lt=1.0)
     # How far ahead of real time the pacer sends audio to Twilio.
     playout_lead_ms: int = Field(100, ge=20, le=500)
