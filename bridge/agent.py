@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 from bridge.audio import codec
 from bridge.audio.resample import Downsampler, Upsampler
+from bridge.dialplan.model import AgentStep
+from bridge.engine.extension import EXTENSION_KEY
 from bridge.errors import BridgeError, UpstreamError
 from bridge.realtime import events as rt
 from bridge.realtime.client import RealtimeClient
@@ -71,15 +73,56 @@ class AgentConfig:
     barge_in_threshold: float = 0.6
 
 
-def agent_config_from_settings(settings: Settings) -> AgentConfig:
-    """The agent a call gets when there is no dialplan: the embedded `local` engine."""
-    return AgentConfig(
-        endpoint=resolve_endpoint("local", settings=settings, model=settings.realtime_model),
-        upstream_format=settings.upstream_format,
-        voice=None,
-        barge_in_min_speech_ms=settings.barge_in_min_speech_ms,
-        barge_in_threshold=settings.barge_in_threshold,
+def agent_config(step: AgentStep, settings: Settings) -> AgentConfig:
+    """An agent step (defaults and variables already resolved by the runner) as a session config."""
+    provider = step.provider or "local"
+    endpoint = resolve_endpoint(
+        step.url if provider == "url" and step.url else provider,
+        settings=settings,
+        model=step.model,
+        url=step.url,
     )
+    tools: list[dict[str, Any]] = []
+    for tool in step.tools:
+        if tool.name == "transfer":
+            tools.append(dict(TRANSFER_TOOL, description=tool.description or TRANSFER_TOOL["description"]))
+        elif tool.name == "hang_up":
+            tools.append(dict(HANG_UP_TOOL, description=tool.description or HANG_UP_TOOL["description"]))
+        else:
+            tools.append(
+                {
+                    "name": tool.name,
+                    "description": tool.description or f"Continue with {tool.goto}.",
+                    "parameters": tool.parameters or {"type": "object", "properties": {}},
+                }
+            )
+    extra: dict[str, Any] = {}
+    if provider == "local":  # the real API rejects unknown session keys: only the local engine gets these
+        extra[EXTENSION_KEY] = {
+            "greeting": step.greeting,
+            "intents": [
+                {"name": i.name, "phrases": list(i.phrases), "reply": i.reply, "tool": i.tool,
+                 "arguments": dict(i.arguments)}
+                for i in step.intents
+            ],
+            "faq": [{"questions": list(f.questions), "answer": f.answer} for f in step.faq],
+        }
+    barge = step.barge_in
+    return AgentConfig(
+        endpoint=endpoint,
+        upstream_format=step.format or settings.upstream_format,
+        instructions=step.instructions,
+        voice=step.voice if provider != "local" else None,
+        tools=tuple(tools),
+        session_extra=extra,
+        greeting=step.greeting,
+        barge_in=barge.enabled if barge is not None else True,
+        barge_in_min_speech_ms=(barge.min_speech_ms if barge and barge.min_speech_ms else None)
+        or settings.barge_in_min_speech_ms,
+        barge_in_threshold=(barge.threshold if barge and barge.threshold else None)
+        or settings.barge_in_threshold,
+    )
+
 
 
 class CallAudio(Protocol):

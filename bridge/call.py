@@ -28,15 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from bridge.agent import HANG_UP_TOOL, TRANSFER_TOOL, AgentConfig, AgentLink
+from bridge.agent import AgentLink, agent_config
 from bridge.audio import codec
 from bridge.audio.playout import Playout
 from bridge.audio.vad import SpeechDetector, SpeechStart
 from bridge.dialplan import runner as dp
-from bridge.dialplan.model import AgentStep, Dialplan
-from bridge.engine.extension import EXTENSION_KEY
+from bridge.dialplan.model import Dialplan
 from bridge.errors import BridgeError
-from bridge.realtime.providers import resolve_endpoint
 from bridge.settings import Settings
 from bridge.telephony.events import AudioIn, CallEnded, CallStarted, Dtmf, Leg, MarkPlayed
 
@@ -62,57 +60,6 @@ class _CallOver(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def agent_config(step: AgentStep, settings: Settings) -> AgentConfig:
-    """An agent step (defaults and variables already resolved by the runner) as a session config."""
-    provider = step.provider or "local"
-    endpoint = resolve_endpoint(
-        step.url if provider == "url" and step.url else provider,
-        settings=settings,
-        model=step.model,
-        url=step.url,
-    )
-    tools: list[dict[str, Any]] = []
-    for tool in step.tools:
-        if tool.name == "transfer":
-            tools.append(dict(TRANSFER_TOOL, description=tool.description or TRANSFER_TOOL["description"]))
-        elif tool.name == "hang_up":
-            tools.append(dict(HANG_UP_TOOL, description=tool.description or HANG_UP_TOOL["description"]))
-        else:
-            tools.append(
-                {
-                    "name": tool.name,
-                    "description": tool.description or f"Continue with {tool.goto}.",
-                    "parameters": tool.parameters or {"type": "object", "properties": {}},
-                }
-            )
-    extra: dict[str, Any] = {}
-    if provider == "local":  # the real API rejects unknown session keys: only the local engine gets these
-        extra[EXTENSION_KEY] = {
-            "greeting": step.greeting,
-            "intents": [
-                {"name": i.name, "phrases": list(i.phrases), "reply": i.reply, "tool": i.tool,
-                 "arguments": dict(i.arguments)}
-                for i in step.intents
-            ],
-            "faq": [{"questions": list(f.questions), "answer": f.answer} for f in step.faq],
-        }
-    barge = step.barge_in
-    return AgentConfig(
-        endpoint=endpoint,
-        upstream_format=step.format or settings.upstream_format,
-        instructions=step.instructions,
-        voice=step.voice if provider != "local" else None,
-        tools=tuple(tools),
-        session_extra=extra,
-        greeting=step.greeting,
-        barge_in=barge.enabled if barge is not None else True,
-        barge_in_min_speech_ms=(barge.min_speech_ms if barge and barge.min_speech_ms else None)
-        or settings.barge_in_min_speech_ms,
-        barge_in_threshold=(barge.threshold if barge and barge.threshold else None)
-        or settings.barge_in_threshold,
-    )
 
 
 class PromptVoice:
@@ -208,8 +155,7 @@ class Call:
             log.warning("call %s ended: %s", self.call_id, group.exceptions[0])
         finally:
             self._ended = True
-            if self.agent is not None:
-                await self.agent.close()
+            await self._stop_agent()
             if self._listener is not None:
                 await self._listener.aclose()
             if not self.stats.ended_reason.startswith(("stop", "closed", "refused", "error")):
@@ -269,7 +215,6 @@ class Call:
         agent = self.agent
         if agent is not None and agent.config.barge_in:
             await agent.barge_in("local_vad")
-            self.stats.barge_ins = agent.barge_ins
             return
         # A prompt that allows barge-in stops when the caller answers over it.
         if self._listener is not None and self._cut_prompts(only_barge_in=True):
@@ -533,15 +478,19 @@ class Call:
             await link.close()
         if self.agent is link:  # ended by the upstream, not by the dialplan
             self.agent = None
-            self.stats.truncates += link.truncates
+            self._retire(link)
             self._post("agent_ended", error or "the realtime session closed")
+
+    def _retire(self, link: AgentLink) -> None:
+        self.stats.truncates += link.truncates
+        self.stats.barge_ins += link.barge_ins
 
     async def _stop_agent(self) -> None:
         link, task = self.agent, self._agent_task
         self.agent, self._agent_task = None, None
         if link is None:
             return
-        self.stats.truncates += link.truncates
+        self._retire(link)
         await link.close()
         if task is not None:
             task.cancel()
