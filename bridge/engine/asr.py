@@ -169,11 +169,9 @@ def build_domain_corpus(phrases: Sequence[Sequence[str]], known: set[str] | None
     lines += [w for w in (*YES_WORDS, *NO_WORDS) if ok(w) for _ in range(PHRASE_REPEATS)]
     lines += ["yes please", "no thanks", "no thank you"]
     digits = [w for w in DIGIT_WORDS if ok(w)]
-    for i, first in enumerate(digits):  # every digit pair, in runs of four
-        lines.append(" ".join([first, *(digits[(i + k * 3 + 1) % len(digits)] for k in range(3))]))
-        lines.append(" ".join(digits[(i + k) % len(digits)] for k in range(len(digits))))
+    lines += [f"{a} {b}" for a in digits for b in digits]  # every digit pair: any digit string
+    lines += [" ".join(digits[(i + k) % len(digits)] for k in range(4)) for i in range(len(digits))]
     lines += [w for w in GARBAGE_WORDS if ok(w)]
-    lines += [" ".join(GARBAGE_WORDS[i : i + 6]) for i in range(0, len(GARBAGE_WORDS), 6)]
     return "\n".join(lines) + "\n"
 
 
