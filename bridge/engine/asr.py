@@ -388,10 +388,16 @@ _SHORT_ANSWER_WORDS = frozenset(
 
 
 def _matches_answer(words: list[str], phrases: tuple[str, ...]) -> bool:
-    """True when the words contain one of the expected phrases, or consist only of yes/no, digits and
-    politeness: what a caller answering the question would say. Anything else is out-of-grammar."""
+    """True when the words contain one of the expected phrases or a run of 3+ digits, or consist only of
+    yes/no, digits and politeness: what a caller answering the question would say."""
     joined = " " + " ".join(words) + " "
     if any(f" {p} " in joined for p in phrases):
+        return True
+    run = longest = 0
+    for w in words:  # a string of three or more digits is an answer (account numbers, extensions)
+        run = run + 1 if w in DIGIT_WORDS or w == "oh" else 0
+        longest = max(longest, run)
+    if longest >= 3:
         return True
     return all(w in _SHORT_ANSWER_WORDS for w in words) and any(w not in ("uh", "um") for w in words)
 
