@@ -26,7 +26,7 @@ from bridge.audio import codec
 from bridge.audio.resample import Downsampler
 from bridge.audio.vad import SpeechStart, SpeechStop
 from bridge.engine.extension import EXTENSION_KEY, EngineExtension, parse_extension
-from bridge.engine.responder import Reply, ToolCall, Turn, TurnKind
+from bridge.engine.responder import DEFAULT_GREETING, Reply, ToolCall, Turn, TurnKind
 from bridge.engine.session_config import (
     SEMANTIC_SILENCE_MS,
     EventError,
@@ -119,6 +119,15 @@ class Synthesize:
     item_id: str
     text: str
     rate_hz: int
+    cacheable: bool = False  # a fixed reply (intent, FAQ, greeting, ...): its audio may be cached
+
+
+@dataclass(frozen=True, slots=True)
+class Prewarm:
+    """Synthesize these fixed replies ahead of time at this rate (into the process-wide prompt cache)."""
+
+    texts: tuple[str, ...]
+    rate_hz: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +137,17 @@ class CancelWork:
     response_id: str
 
 
-Command = AsrBegin | AsrAudio | AsrEnd | AsrDiscard | SetExpected | GenerateReply | Synthesize | CancelWork
+Command = (
+    AsrBegin
+    | AsrAudio
+    | AsrEnd
+    | AsrDiscard
+    | SetExpected
+    | GenerateReply
+    | Synthesize
+    | CancelWork
+    | Prewarm
+)
 
 
 class Detector(Protocol):
@@ -341,7 +360,22 @@ class EngineSession:
             self._down = Downsampler()
         if new["audio"]["input"]["turn_detection"] != old["audio"]["input"]["turn_detection"]:
             self._configure_vad()
+        out_format = new["audio"]["output"]["format"]
+        if new[EXTENSION_KEY] and (
+            new[EXTENSION_KEY] != old[EXTENSION_KEY] or out_format != old["audio"]["output"]["format"]
+        ):
+            self._commands.append(
+                Prewarm(self._fixed_replies(), 24000 if out_format["type"] == "audio/pcm" else RATE_HZ)
+            )
         self._emit("session.updated", session=self._wire_session())
+
+    def _fixed_replies(self) -> tuple[str, ...]:
+        ext = self.extension
+        texts = [ext.greeting or DEFAULT_GREETING]
+        texts += [i.reply for i in ext.intents if i.reply]
+        texts += [f.answer for f in ext.faq]
+        texts += [ext.fallback_reply, ext.no_input_reply]
+        return tuple(dict.fromkeys(texts))
 
     def _configure_vad(self) -> None:
         td = self.config["audio"]["input"]["turn_detection"]
@@ -963,7 +997,9 @@ class EngineSession:
         if audio:
             item.data["content"] = [{"type": part_type, "transcript": ""}]
             rate = 24000 if resp.out_format["type"] == "audio/pcm" else RATE_HZ
-            self._commands.append(Synthesize(resp.id, item.data["id"], reply.text, rate))
+            self._commands.append(
+                Synthesize(resp.id, item.data["id"], reply.text, rate, reply.source != "chat")
+            )
             return
         item.data["content"] = [{"type": part_type, "text": reply.text}]
         loc = self._locator(resp, item)

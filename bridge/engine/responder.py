@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GREETING = "Hello, how can I help you today?"
 MIN_SCORE = 0.5
+# At least this share of the transcript's content words must belong to the phrase: a grammar turn forces
+# out-of-grammar speech onto common words, and one stray "yes" or "bill" in it must not select an intent.
+MIN_PRECISION = 0.3
 
 TurnKind = Literal["user", "idle", "start", "tool_output"]
 ReplySource = Literal[
@@ -32,7 +35,7 @@ _STOPWORDS_TEXT = """
 a an the i i'm im me my mine we our us you your yours it its is are was were be been am do does did
 to of in on at for from with about and or but so that this these those there here please just can
 could would will shall should may might must have has had get got like want wanna need what when
-where which who whom how why um uh er hmm oh well okay ok hi hello hey
+where which who whom how why um uh er hmm oh well okay ok hi hello hey thank thanks
 """
 _SYNONYMS = {
     "yeah": "yes",
@@ -105,6 +108,8 @@ def phrase_score(phrase: str, transcript_words: set[str], transcript_content: se
     if recall < MIN_SCORE:
         return 0.0
     precision = hits / max(len(transcript_content), 1)
+    if precision < MIN_PRECISION:
+        return 0.0  # the phrase explains too little of what was said (out-of-grammar speech forced on it)
     return recall * (0.75 + 0.25 * min(precision, 1.0))
 
 

@@ -40,6 +40,7 @@ from bridge.engine.protocol import (
     Detector,
     EngineSession,
     GenerateReply,
+    Prewarm,
     SetExpected,
     Synthesize,
 )
@@ -75,6 +76,9 @@ class EngineServices:
     responder: Responder | None = None
     token: str | None = None
     asr_timeout_s: float = ASR_TIMEOUT_S
+    # Fixed replies (intents, FAQ, greeting, ...) are synthesized once per process and cached; the
+    # session's replies are prewarmed when its extension arrives. False: synthesize every time.
+    cache_replies: bool = True
     sessions: set[EngineConnection] = field(default_factory=set)
     _synths: dict[int, Any] = field(default_factory=dict)
     _synth_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -291,6 +295,9 @@ class EngineConnection:
             cancel = threading.Event()
             self._synth_cancel[cmd.response_id] = cancel
             self._tts.submit(self._synthesize, cmd, cancel)
+        elif isinstance(cmd, Prewarm):
+            if self.services.cache_replies:
+                self._tts.submit(self._prewarm, cmd)
         elif isinstance(cmd, CancelWork):
             ev = self._synth_cancel.pop(cmd.response_id, None)
             if ev is not None:
@@ -349,7 +356,11 @@ class EngineConnection:
         """Worker thread: stream sentences back to the loop as they are synthesized."""
         try:
             synth = self.services.synthesizer(cmd.rate_hz)
-            for sentence, audio in synth.stream(cmd.text, cancel):
+            cache = cmd.cacheable and self.services.cache_replies
+            for sentence in synth.sentences(cmd.text):
+                if cancel.is_set() or self._closed:
+                    return
+                audio = synth.cached(sentence) if cache else synth.render_sentence(sentence)
                 if cancel.is_set() or self._closed:
                     return
                 self.from_thread(self._on_audio, cmd.response_id, sentence, audio.tobytes())
@@ -358,6 +369,19 @@ class EngineConnection:
         except Exception as exc:
             log.exception("speech synthesis failed")
             self.from_thread(self._on_synth_failed, cmd.response_id, str(exc))
+
+    def _prewarm(self, cmd: Prewarm) -> None:
+        """Worker thread: put the session's fixed replies in the process-wide prompt cache, sentence by
+        sentence (the same pieces `_synthesize` looks up), so a matched intent answers without synthesis."""
+        try:
+            synth = self.services.synthesizer(cmd.rate_hz)
+            for text in cmd.texts:
+                for sentence in synth.sentences(text):
+                    if self._closed:
+                        return
+                    synth.cached(sentence)
+        except Exception:
+            log.exception("prewarming replies failed")
 
     def _on_audio(self, response_id: str, sentence: str, pcm16: bytes) -> None:
         self.session.audio_chunk(response_id, sentence, pcm16, _now_ms())

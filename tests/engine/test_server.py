@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from bridge.audio import codec
 from bridge.engine.asr import Transcript
 from bridge.engine.server import EngineServices, mount_engine
-from bridge.engine.tts import Synthesizer
+from bridge.engine.tts import PromptCache, Synthesizer
 from bridge.settings import Settings
 from tests.engine.test_protocol import energy_detector, quiet, tone
 from tests.helpers.servers import serve
@@ -49,13 +49,18 @@ class ScriptedRecognizer:
         return Transcript(text=text, search="scripted", elapsed_ms=0.0, audio_ms=self.fed // 16)
 
 
-def fast_services(texts: list[str] | None = None, token: str | None = None) -> EngineServices:
+def fast_services(
+    texts: list[str] | None = None, token: str | None = None, cache_replies: bool = False
+) -> EngineServices:
+    """Fixed replies are not cached by default here, so a long answer is still being synthesized when
+    the test barges in or cancels (with the cache it would be complete within milliseconds)."""
     return EngineServices(
         Settings(),
         detector_factory=energy_detector,
         recognizer_factory=lambda: ScriptedRecognizer(list(texts or ["billing please"])),
-        synthesizer_factory=lambda rate: Synthesizer(out_rate=rate, engine="espeak"),
+        synthesizer_factory=lambda rate: Synthesizer(out_rate=rate, engine="espeak", cache=PromptCache()),
         token=token,
+        cache_replies=cache_replies,
     )
 
 
@@ -82,7 +87,12 @@ INTENTS = {
             "arguments": {"target": "billing"},
         },
     ],
-    "faq": [{"question": "when are you open", "answer": "We are open from nine to five. " * 6}],
+    "faq": [
+        {
+            "question": "when are you open",
+            "answer": " ".join(f"Answer part {i} of the hours." for i in range(12)),
+        }
+    ],
 }
 
 
@@ -225,7 +235,9 @@ async def test_barge_in_and_truncate(engine_url: tuple[str, EngineServices]) -> 
         )
         truncated = await c.until("conversation.item.truncated")
         assert truncated["audio_end_ms"] == min(300, heard_ms)
-        second = await c.until("response.done")  # the interrupting turn is answered
+        while sum(e["type"] == "response.done" for e in c.events) < 2:  # the interrupting turn is answered
+            await c.recv()
+        second = [e for e in c.events if e["type"] == "response.done"][1]
         assert second["response"]["status"] == "completed"
 
 
@@ -234,7 +246,7 @@ async def test_response_cancel_stops_synthesis(engine_url: tuple[str, EngineServ
     async with connect(url) as c:
         await c.recv()
         await configure_pcmu(c)
-        long_text = "This is a long answer. " * 30
+        long_text = " ".join(f"This is sentence number {i} of a long answer." for i in range(30))
         await c.send({"type": "response.create", "response": {"instructions": f"Say exactly: {long_text}"}})
         await c.until("response.output_audio.delta")
         await c.send({"type": "response.cancel"})
@@ -361,3 +373,31 @@ async def test_slow_recognition_is_answered_as_not_understood() -> None:
             await c.send({"type": "session.update", "session": {"type": "realtime"}})
             assert (await c.until("session.updated"))["type"] == "session.updated"
             assert not any(e["type"].endswith("transcription.completed") for e in c.events)
+
+
+async def test_fixed_replies_are_prewarmed_and_cached() -> None:
+    services = fast_services(cache_replies=True)
+    synth_cache = PromptCache()
+    services.synthesizer_factory = lambda rate: Synthesizer(out_rate=rate, engine="espeak", cache=synth_cache)
+
+    def make(_port: int) -> FastAPI:
+        app = FastAPI()
+        mount_engine(app, Settings(), services)
+        return app
+
+    with serve(make) as (base, _app):
+        async with connect(base.replace("http://", "ws://")) as c:
+            await c.recv()
+            await configure_pcmu(c)
+            misses = -1
+            for _ in range(100):  # the prewarm runs on the session's synthesis thread: wait until it is done
+                await asyncio.sleep(0.2)
+                if synth_cache.misses == misses:
+                    break
+                misses = synth_cache.misses
+            assert len(synth_cache) >= 15  # greeting, intent reply, FAQ answer sentences, fallback, no-input
+            await c.append_pcmu(quiet(600) + tone(700) + quiet(800))
+            done = await c.until("response.done")
+            assert done["response"]["output"][0]["content"][0]["transcript"] == "Connecting you to billing."
+            assert synth_cache.misses == misses  # answered from the cache
+            assert synth_cache.hits >= 1
