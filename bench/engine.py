@@ -129,6 +129,7 @@ from bridge.engine.server import mount_engine
 from bridge.settings import Settings
 app = FastAPI()
 services = mount_engine(app, Settings())
+services.cache_replies = sys.argv[2] != "nocache"
 t1 = time.perf_counter()
 report = services.preload()
 report["imports"] = (t1 - t0) * 1000.0
@@ -142,14 +143,17 @@ def pct(values: list[float], q: float) -> float:
 
 
 class EngineProcess:
-    def __init__(self) -> None:
+    def __init__(self, cache_replies: bool = True) -> None:
         sock = bind_ephemeral()
         self.port = sock.getsockname()[1]
         sock.close()
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
         started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", SERVER, str(self.port)], env=env, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", SERVER, str(self.port), "cache" if cache_replies else "nocache"],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -308,7 +312,7 @@ def main() -> None:
     rows_conc: list[str] = []
     try:
         rss_idle = engine.ps.memory_info().rss
-        # latency: one session, 4 rounds of the 5 turns
+        # latency: one session, 4 rounds of the 5 turns (fixed replies cached, as shipped)
         lat, _ = asyncio.run(run_sessions(engine.url, 1, turns * 4))
         latencies = [r["latency_ms"] for r in lat]
         # concurrency
@@ -326,6 +330,13 @@ def main() -> None:
             print(rows_conc[-1], flush=True)
     finally:
         engine.stop()
+    # latency again with every reply synthesized (what a chat-completions answer costs on top of the model)
+    uncached = EngineProcess(cache_replies=False)
+    try:
+        lat, _ = asyncio.run(run_sessions(uncached.url, 1, turns * 2))
+        latencies_nocache = [r["latency_ms"] for r in lat]
+    finally:
+        uncached.stop()
     acc = accuracy()
     load_after = os.getloadavg()[0]
     load = engine.load
@@ -352,9 +363,13 @@ def main() -> None:
         "grammar from the intents). Target p50 <= 250 ms. (The speech_stopped event itself comes "
         "`silence_duration_ms` = 500 ms after the caller's last word.)",
         "",
-        "| turns | p50 ms | p95 ms | max ms |",
-        "|---|---|---|---|",
-        f"| {len(latencies)} | {pct(latencies, 50):.0f} | {pct(latencies, 95):.0f} | {max(latencies):.0f} |",
+        "| replies | turns | p50 ms | p95 ms | max ms |",
+        "|---|---|---|---|---|",
+        f"| fixed replies cached (default) | {len(latencies)} | {pct(latencies, 50):.0f} | "
+        f"{pct(latencies, 95):.0f} | {max(latencies):.0f} |",
+        f"| every reply synthesized (`cache_replies=False`) | {len(latencies_nocache)} | "
+        f"{pct(latencies_nocache, 50):.0f} | {pct(latencies_nocache, 95):.0f} | "
+        f"{max(latencies_nocache):.0f} |",
         "",
         "## Concurrent sessions in real time",
         "",
