@@ -282,13 +282,17 @@ class EngineSession:
         return ga_to_beta_session(self.config) if self.beta else self.config
 
     def _wire_item(self, item: dict[str, Any]) -> dict[str, Any]:
-        if not self.beta or item.get("type") != "message":
-            return dict(item)
+        """A snapshot of the item for an event (later changes to the item must not reach queued events)."""
         out = dict(item)
-        out["content"] = [
-            {**part, "type": _BETA_PART_TYPES.get(part.get("type", ""), part.get("type"))}
-            for part in item.get("content", ())
-        ]
+        if item.get("type") != "message":
+            return out
+        if self.beta:
+            out["content"] = [
+                {**part, "type": _BETA_PART_TYPES.get(part.get("type", ""), part.get("type"))}
+                for part in item.get("content", ())
+            ]
+        else:
+            out["content"] = [dict(part) for part in item.get("content", ())]
         return out
 
     # ---------------------------------------------------------------------------------------------
@@ -573,15 +577,14 @@ class EngineSession:
         audio_parts = [
             p for p in data.get("content", ()) if p.get("type") == "input_audio" and p.get("audio")
         ]
+        pcm = self._decode_item_audio(audio_parts[0]["audio"]) if audio_parts else b""
+        for part in audio_parts:
+            del part["audio"]  # the engine never stores or echoes audio bytes
         self._add_item(item, previous, at=at)
         if audio_parts and not audio_parts[0].get("transcript"):
-            pcm = self._decode_item_audio(audio_parts[0].pop("audio"))
             item.transcript_pending = True
             self._commands.append(AsrBegin(data["id"], pcm))
             self._commands.append(AsrEnd(data["id"]))
-        else:
-            for part in audio_parts:
-                part.pop("audio", None)
 
     def _decode_item_audio(self, audio: Any) -> bytes:
         try:
