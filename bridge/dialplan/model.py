@@ -118,6 +118,8 @@ class MenuOption(_Model):
 
 
 def _option_value(v: object) -> object:
+    if v is None:
+        raise ValueError("expected a target (a flow name, next or hang_up) or {goto: ..., words: [...]}")
     return {"goto": v} if isinstance(v, str) else v
 
 
@@ -495,6 +497,8 @@ class Step(_Model):
                 "(start each step with its own `- `)"
             )
         kind = kinds[0]
+        if data[kind] is None and kind not in ("hang_up", "agent"):
+            raise ValueError(f"`{kind}:` needs a value")
         return {kind: _step_arg(kind, data[kind])}
 
     @property

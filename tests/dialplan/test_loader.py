@@ -378,3 +378,19 @@ def test_empty_file_and_no_files(tmp_path: Path) -> None:
 def test_format_loc() -> None:
     assert format_loc(("flows", "main", 2, "menu", "options", "1")) == 'flows.main[2].menu.options["1"]'
     assert format_loc(()) == ""
+
+
+def test_empty_values(problems: Problems) -> None:
+    got = problems("""
+        numbers: {default: main}
+        flows:
+          main:
+            - say:
+            - menu:
+                prompt: "Press 1"
+                options:
+                  "1":
+            - goto: main
+        """)
+    assert at(one(got, "`say:` needs a value")) == (4, "flows.main[0]")
+    assert at(one(got, "expected a target")) == (8, 'flows.main[1].menu.options["1"]')
