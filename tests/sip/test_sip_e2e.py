@@ -1,0 +1,295 @@
+"""End to end over SIP: real SIP peers call the REAL bridge app, which runs the dialplan with the
+embedded engine answering; nothing in the bridge is replaced.
+
+The app is `create_app(settings)` under uvicorn on 127.0.0.1 (models preloaded, SIP in trunk mode on a
+free port, the dialplan below). Callers are SIPp (signalling, recorded speech through `rtp_stream`,
+RFC 2833 DTMF from SIPp's own pcap) and baresip (headless: aufile source, sndfile recording what it
+heard). What the caller heard is recorded on the wire (the `RtpPeer` is the caller's SDP media port)
+or by baresip, and recognised back with pocketsphinx or matched bit-exactly against the prompt the
+bridge synthesized. The app is observed read-only (`AppObserver`: live calls' runner positions,
+actions and truncates; the engine's assistant items).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.audio import codec
+from tests.helpers.speech import phone_speech, silence, speech_span_ms
+from tests.sip.conftest import DTMF_PCAP, free_udp_port, need, render, run_sipp
+from tests.sip.e2e_helpers import (
+    BridgeApp,
+    RtpPeer,
+    bridge_app,
+    read_wav_pcm8k,
+    recognise,
+    trim_silence,
+    ulaw_to_pcm,
+    word_overlap,
+    write_wav,
+)
+
+pytestmark = [pytest.mark.sip, pytest.mark.slow]
+
+BARESIP_MODULES = Path("/usr/lib/baresip/modules")
+
+HOURS_QUESTION = "What are your opening hours?"
+HOURS_ANSWER = "We are open Monday to Friday, from nine in the morning until five in the evening. Goodbye."
+ADDRESS_ANSWER = "We are at one hundred Main Street, next to the post office."
+SALES_PROMPT = "You have reached the sales team."
+SUPPORT_PROMPT = "You have reached technical support."
+LONG_GREETING = (
+    "Welcome to the Acme assistant. I can tell you about our opening hours, our address, our delivery "
+    "service and our returns policy. I can also connect you to a person at any time. "
+    "Please tell me what you would like to know."
+)
+
+# One dialplan, one flow per called SIP user (SIPp's -s / baresip's dial URI picks it).
+DIALPLAN = f"""
+defaults:
+  provider: local
+  transfer_to: "+15550100"
+numbers:
+  answer: answer
+  menu: menu
+  barge: barge
+  default: answer
+flows:
+  answer:
+    - agent:
+        instructions: "You are Acme's phone assistant. Be brief."
+        tools: [hang_up]
+        intents:
+          - name: hours
+            phrases: [what are your opening hours, opening hours, when are you open]
+            reply: "{HOURS_ANSWER}"
+            tool: hang_up
+        faq:
+          - question: [where are you, what is your address]
+            answer: "{ADDRESS_ANSWER}"
+  menu:
+    - menu:
+        prompt: "For sales, press 1. For technical support, press 2. For anything else, stay on the line."
+        options:
+          "1": sales
+          "2": support
+        timeout: 10s
+        retries: 0
+    - hang_up: "Goodbye."
+  sales:
+    - say: "{SALES_PROMPT}"
+    - hang_up: {{}}
+  support:
+    - say: "{SUPPORT_PROMPT}"
+    - hang_up: {{}}
+  barge:
+    - agent:
+        greeting: "{LONG_GREETING}"
+        barge_in: {{min_speech_ms: 200}}
+        tools: [hang_up]
+        intents:
+          - name: hours
+            phrases: [what are your opening hours, opening hours, when are you open]
+            reply: "{HOURS_ANSWER}"
+            tool: hang_up
+"""
+
+
+@pytest.fixture(scope="module")
+def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeApp]:
+    need("sipp")
+    plans = tmp_path_factory.mktemp("dialplans")
+    (plans / "e2e.yaml").write_text(DIALPLAN)
+    with bridge_app(plans) as app:
+        yield app
+
+
+def sipp_caller(tmp_path: Path, media_port: int, actions: str, wait_bye_ms: int) -> Path:
+    return render("uac_e2e.xml", tmp_path / "caller.xml", LISTEN_PORT=media_port, ACTIONS=actions,
+                  WAIT_BYE_MS=wait_bye_ms)
+
+
+async def no_calls_left(bridge: BridgeApp) -> None:
+    gone = await bridge.observer.wait_for(lambda: not bridge.app.state.calls, 3)
+    assert gone, "a call is still running in the bridge"
+
+
+# What the caller could have heard: the recogniser's language model holds all of these, so it must
+# pick the right one from the audio (the open model is 3-4x slower on this machine for the same verdict).
+CANDIDATES = [HOURS_ANSWER, ADDRESS_ANSWER, SALES_PROMPT, LONG_GREETING, "Sorry, I didn't get that."]
+
+
+async def assert_heard(pcm8k: bytes, expected: str) -> None:
+    text = await asyncio.get_running_loop().run_in_executor(None, recognise, pcm8k, CANDIDATES)
+    scores = {c: word_overlap(c, text) for c in CANDIDATES}
+    assert scores[expected] >= 0.7, (text, scores)
+    assert max(scores, key=scores.__getitem__) == expected, (text, scores)
+
+
+def stream_action(wav: Path, lead_ms: int) -> str:
+    return (f'<pause milliseconds="{lead_ms}"/>\n'
+            f'  <nop><action><exec rtp_stream="{wav},1,0"/></action></nop>')
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. SIPp streams a spoken question; the embedded engine's answer is heard and recognised back
+
+
+async def test_sipp_caller_asks_and_hears_the_engine_answer(bridge: BridgeApp, tmp_path: Path) -> None:
+    question = silence(300) + phone_speech(HOURS_QUESTION) + silence(1200)
+    wav = write_wav(tmp_path / "question_ulaw.wav", question, ulaw=True)
+    async with RtpPeer() as peer:
+        scen = sipp_caller(tmp_path, peer.port, stream_action(wav, 300), wait_bye_ms=25_000)
+        res = await run_sipp(scen, bridge.sip_port, service="answer", workdir=tmp_path, timeout_s=35)
+    # SIPp exits 0 only if the bridge hung up with a BYE it could answer (the intent's hang_up tool)
+    assert res.returncode == 0, res.errors or res.stderr
+    await no_calls_left(bridge)
+    view = bridge.observer.call_for("answer")
+    assert view is not None
+    assert "StartAgent" in view.actions, view.actions
+    assert "HangUp" in view.actions, view.actions
+    heard = ulaw_to_pcm(trim_silence(peer.heard_ulaw()))
+    assert len(heard) > 2 * 8000 * 3, "the caller heard less than 3 s of answer"
+    await assert_heard(heard, HOURS_ANSWER)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. RFC 2833 DTMF (SIPp's pcap, digit 1) reaches a menu: the call moves to the option's flow
+
+
+async def test_sipp_dtmf_reaches_the_menu_and_the_option_plays(bridge: BridgeApp, tmp_path: Path) -> None:
+    actions = (f'<pause milliseconds="1500"/>\n'
+               f'  <nop><action><exec play_pcap_audio="{DTMF_PCAP}"/></action></nop>')
+    async with RtpPeer() as peer:
+        scen = sipp_caller(tmp_path, peer.port, actions, wait_bye_ms=20_000)
+        res = await run_sipp(scen, bridge.sip_port, service="menu", workdir=tmp_path, timeout_s=30)
+    assert res.returncode == 0, res.errors or res.stderr
+    await no_calls_left(bridge)
+    view = bridge.observer.call_for("menu")
+    assert view is not None
+    flows = [flow for _, flow, _ in view.positions]
+    assert flows[0] == "menu"
+    assert "sales" in flows, view.positions
+    assert "support" not in flows, view.positions
+    # what the caller heard: the menu prompt (cut by the digit), then the sales prompt, bit-exact:
+    # the bridge's cached local synthesis of it, G.711-encoded, every frame in order
+    from bridge.call import prompt_voice
+
+    # (digital silence is dropped from both sides: the bridge's comfort silence looks the same)
+    sales = codec.encode(prompt_voice().render(SALES_PROMPT, True), "pcmu")
+    sales = trim_silence(sales[: len(sales) // 160 * 160])
+    heard = trim_silence(peer.heard_ulaw())
+    assert len(sales) > 8000, "the sales prompt is not speech"
+    assert sales in heard, "the sales prompt did not reach the caller intact"
+    support = trim_silence(codec.encode(prompt_voice().render(SUPPORT_PROMPT, True), "pcmu"))
+    assert support[:1600] not in heard
+    menu_audio = heard[: heard.find(sales)]
+    assert 0 < len(menu_audio) < 8000 * 5, "the menu prompt was not cut when the digit arrived"
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. Barge-in: the caller talks over the agent; RTP goes silent, the engine gets the truncate
+
+
+async def test_barge_in_over_sip_silences_rtp_and_truncates(bridge: BridgeApp, tmp_path: Path) -> None:
+    interruption = phone_speech(HOURS_QUESTION)
+    onset_ms, _ = speech_span_ms(interruption)
+    async with RtpPeer() as peer:
+        scen = sipp_caller(tmp_path, peer.port, "", wait_bye_ms=25_000)
+        sipp = asyncio.create_task(run_sipp(scen, bridge.sip_port, service="barge", workdir=tmp_path,
+                                            timeout_s=35))
+        await peer.wait_media()
+        # the greeting has been playing for ~1.5 s: talk over it
+        ok = await bridge.observer.wait_for(lambda: len(peer.voiced()) >= 75, 15)
+        assert ok, "the agent's greeting never reached the caller"
+        reply_start = peer.voiced()[0].at
+        start = await peer.send_pcm(interruption + silence(1500))
+        onset = start + onset_ms / 1000
+        res = await sipp
+    assert res.returncode == 0, res.errors or res.stderr
+    await no_calls_left(bridge)
+    view = bridge.observer.call_for("barge")
+    assert view is not None
+    assert view.barge_ins >= 1
+    # the first silent packet after the onset, and nothing of the greeting after it
+    cut = next(a for a in peer.arrivals if a.at > onset and a.silent)
+    onset_to_silence_ms = (cut.at - onset) * 1000
+    assert 0 < onset_to_silence_ms < 800, onset_to_silence_ms
+    heard_ms = len(peer.voiced(reply_start, cut.at)) * 20
+    # the bridge told the model what was heard ...
+    assert view.truncates, "the bridge sent no truncate"
+    item_id, audio_end_ms = view.truncates[0]
+    # ... which is what went out on the wire: RTP stopped within a frame or two of the clear
+    assert abs(audio_end_ms - heard_ms) <= 40, (audio_end_ms, heard_ms)
+    # the engine received it: its item was cut to exactly that length
+    engine_item = bridge.observer.engine_items[item_id]
+    assert engine_item.max_audio_ms > audio_end_ms + 1000
+    assert engine_item.audio_ms == audio_end_ms
+    assert LONG_GREETING.startswith(engine_item.transcript)
+    # the interruption was then understood and answered (and the agent hung up)
+    answer = trim_silence(peer.heard_ulaw(since=cut.at + 0.3))
+    assert len(answer) > 8000 * 2, "no answer to the interruption"
+    assert "HangUp" in view.actions
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. baresip as the caller: a whole call, what it heard recorded by its sndfile module
+
+
+def need_baresip() -> str:
+    binary = need("baresip")
+    for module in ("sndfile", "aufile", "g711", "alsa"):
+        if not (BARESIP_MODULES / f"{module}.so").exists():
+            pytest.skip(f"baresip's {module} module is missing ({BARESIP_MODULES}/{module}.so)")
+    return binary
+
+
+async def test_baresip_caller_completes_a_call(bridge: BridgeApp, tmp_path: Path) -> None:
+    binary = need_baresip()
+    question = silence(1000) + phone_speech(HOURS_QUESTION) + silence(8000)
+    wav = write_wav(tmp_path / "question.wav", question)
+    home = tmp_path / "baresip"
+    dumps = tmp_path / "dumps"
+    home.mkdir()
+    dumps.mkdir()
+    sip_port = free_udp_port()
+    render("baresip/e2e.config.in", home / "config", SIP_PORT=sip_port, CALLER_WAV=wav, DUMP_DIR=dumps)
+    render("baresip/e2e.accounts.in", home / "accounts", CALLER_WAV=wav)
+    log_path = tmp_path / "baresip.log"
+    log = log_path.open("wb")
+    # headless: dial the bridge's "answer" flow at start, quit by itself after 40 s at the latest
+    proc = await asyncio.create_subprocess_exec(
+        binary, "-f", str(home), "-e", f"/dial sip:answer@127.0.0.1:{bridge.sip_port}", "-t", "40",
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(tmp_path))
+    def baresip_says(text: str) -> bool:
+        return text in log_path.read_text(errors="replace")
+
+    try:
+        assert await bridge.observer.wait_for(lambda: baresip_says("Call established"), 10), \
+            f"baresip's call was not answered: {log_path.read_text(errors='replace')[-2000:]}"
+        # the bridge hangs up (the agent's hang_up tool after the answer): baresip reports the BYE
+        assert await bridge.observer.wait_for(lambda: baresip_says("terminated (duration"), 30), \
+            f"the call did not end: {log_path.read_text(errors='replace')[-2000:]}"
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        log.close()
+    await no_calls_left(bridge)
+    view = bridge.observer.call_for("answer")
+    assert view is not None
+    assert "HangUp" in view.actions, view.actions
+    heard_files = sorted(dumps.glob("*-dec.wav"))
+    assert heard_files, f"baresip recorded nothing: {sorted(dumps.iterdir())}"
+    heard = read_wav_pcm8k(heard_files[0])
+    start_ms, end_ms = speech_span_ms(heard)  # baresip's recording of silence is not digital zero
+    await assert_heard(heard[max(0, start_ms - 200) * 16:(end_ms + 200) * 16], HOURS_ANSWER)
