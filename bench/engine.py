@@ -316,7 +316,7 @@ def main() -> None:
         lat, _ = asyncio.run(run_sessions(engine.url, 1, turns * 4))
         latencies = [r["latency_ms"] for r in lat]
         # concurrency
-        for n in (1, 2, 4, 6, 8):
+        for n in (1, 2, 4, 8, 12, 16):
             cpu0 = sum(engine.ps.cpu_times()[:2])
             res, wall = asyncio.run(run_sessions(engine.url, n, turns[:3]))
             cpu = sum(engine.ps.cpu_times()[:2]) - cpu0
