@@ -92,6 +92,84 @@ def bench_dtmf_to_prompt() -> list[str]:
     ]
 
 
+E2E_PLAN = """\
+numbers: {default: main}
+flows:
+  main:
+    - menu:
+        prompt: "For billing, press 1. For your account, press 2. For anything else, please stay on the line."
+        options: {"1": billing, "2": account}
+        timeout: 20s
+  billing:
+    - menu: {prompt: "You have reached billing. Press star to go back.", options: {"*": main}, timeout: 30s}
+  account:
+    - menu: {prompt: "Hello {caller}, this is your account.", options: {"*": main}, timeout: 30s}
+"""
+
+
+def bench_dtmf_e2e(calls: int = 6) -> list[str]:
+    """A real bridge on a socket, the Twilio emulator as caller: press a digit during the menu prompt,
+    time until the emulator plays the first frame of the next prompt."""
+    import asyncio
+    import sys
+    import tempfile
+
+    import numpy as np
+
+    sys.path.insert(0, str(REPO))
+    from bridge.app import create_app
+    from bridge.audio import codec
+    from bridge.settings import Settings
+    from tests.helpers.servers import serve
+    from tests.helpers.twilio_emulator import TwilioEmulator
+
+    def speech(frame: bytes) -> bool:
+        x = np.frombuffer(codec.decode(frame, "pcmu"), dtype=np.int16).astype(np.float64)
+        return float(np.sqrt(np.mean(x * x))) > 150.0
+
+    async def one(url: str, n: int, digit: str) -> float:
+        twilio = TwilioEmulator(url.replace("http://", "ws://") + "/twilio/media", call_sid=f"CA{n:032d}",
+                                stream_sid=f"MZ{n:032d}", custom_parameters={"caller": f"+1555{n:07d}"})
+        await twilio.open()
+        await twilio.start()
+        try:
+            for _ in range(1500):  # wait for the menu prompt to be heard
+                if any(speech(p.payload) for p in twilio.played):
+                    break
+                await asyncio.sleep(0.01)
+            pressed = time.monotonic()
+            await twilio.dtmf(digit)
+            for _ in range(3000):
+                cleared = [t for t in twilio.clears if t >= pressed]
+                if cleared:
+                    heard = [p.at for p in twilio.played if p.at > cleared[0] and speech(p.payload)]
+                    if heard:
+                        return (heard[0] - pressed) * 1000.0
+                await asyncio.sleep(0.005)
+            raise RuntimeError("the next prompt was never heard")
+        finally:
+            await twilio.stop()
+            await twilio.close()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "main.yaml").write_text(E2E_PLAN)
+
+        def make(port: int) -> object:
+            return create_app(Settings(port=port, dialplans=Path(tmp)), preload_models=True)
+
+        with serve(make) as (url, _app):
+            cached = [asyncio.run(one(url, i, "1")) for i in range(calls)]
+            fresh = [asyncio.run(one(url, 100 + i, "2")) for i in range(calls)]
+    first = cached.pop(0)  # the first "billing" prompt was synthesized, the rest came from the cache
+    return [
+        f"| Twilio path end to end: DTMF during the menu prompt -> first audio of the next prompt, "
+        f"cached prompt | median {statistics.median(cached):.0f} ms, max {max(cached):.0f} ms "
+        f"(n={len(cached)}; first, uncached: {first:.0f} ms) |",
+        f"| same, prompt with a variable (`Hello {{caller}}, ...`: synthesized every time) | median "
+        f"{statistics.median(fresh):.0f} ms, max {max(fresh):.0f} ms (n={len(fresh)}) |",
+    ]
+
+
 def bench_recognition() -> tuple[list[str], list[str]]:
     import sys
 
@@ -130,7 +208,7 @@ def bench_recognition() -> tuple[list[str], list[str]]:
 
 def main() -> None:
     load = os.getloadavg()
-    rows = bench_load() + bench_dtmf_to_prompt()
+    rows = bench_load() + bench_dtmf_to_prompt() + bench_dtmf_e2e()
     rec_rows, detail = bench_recognition()
     rows += rec_rows
     after = os.getloadavg()
