@@ -266,6 +266,21 @@ class RtpPeer:
     def voiced(self, since: float = 0.0, until: float = float("inf")) -> list[Arrival]:
         return [a for a in self.arrivals if since <= a.at < until and a.payload_type == 0 and not a.silent]
 
+    def silence_from(self, since: float, min_run: int = 15) -> Arrival | None:
+        """The first packet after `since` that starts a run of at least `min_run` silent packets
+        (the bridge stopped talking, not a quiet frame inside a sentence)."""
+        run: list[Arrival] = []
+        for arrival in self.arrivals:
+            if arrival.at <= since or arrival.payload_type != 0:
+                continue
+            if arrival.silent:
+                run.append(arrival)
+                if len(run) >= min_run:
+                    return run[0]
+            else:
+                run.clear()
+        return None
+
 
 def ulaw_to_pcm(ulaw: bytes) -> bytes:
     return audioop.ulaw2lin(ulaw, 2)
@@ -275,6 +290,70 @@ def trim_silence(ulaw: bytes) -> bytes:
     """Drop the comfort-silence packets (exactly 0xFF x 160) the bridge sends when it has nothing."""
     frames = [ulaw[i:i + 160] for i in range(0, len(ulaw), 160)]
     return b"".join(f for f in frames if f != SILENT_PCMU)
+
+
+# ---------------------------------------------------------------------------------------------------
+# whole calls, shared by the tests and bench/sip_e2e.py
+
+
+def sipp_caller(workdir: Path, media_port: int, actions: str, wait_bye_ms: int) -> Path:
+    """tests/sip/peers/uac_e2e.xml: INVITE with `media_port` (an RtpPeer) in the SDP, ACK, `actions`,
+    then wait for the bridge's BYE (a timeout fails the call)."""
+    from tests.sip.conftest import render
+
+    return render("uac_e2e.xml", workdir / "caller.xml", LISTEN_PORT=media_port, ACTIONS=actions,
+                  WAIT_BYE_MS=wait_bye_ms)
+
+
+@dataclass
+class BargeInCall:
+    """One call where the caller talks over the agent's greeting (RTP sent by the test's RtpPeer)."""
+
+    sipp: Any  # tests.sip.conftest.SippResult
+    peer: RtpPeer
+    view: CallView | None
+    reply_start: float  # first voiced packet of the greeting at the caller
+    onset: float  # true speech onset of the interruption, as sent
+    cut: Arrival | None  # first packet of the silence that followed
+
+    @property
+    def onset_to_silence_ms(self) -> float:
+        return (self.cut.at - self.onset) * 1000 if self.cut is not None else float("nan")
+
+    @property
+    def heard_ms(self) -> int:
+        """Greeting audio the caller received before the cut (voiced 20 ms packets)."""
+        until = self.cut.at if self.cut is not None else float("inf")
+        return len(self.peer.voiced(self.reply_start, until)) * 20
+
+
+async def barge_in_call(bridge: BridgeApp, workdir: Path, interruption: bytes, *, service: str = "barge",
+                        talk_after_ms: int = 1500, wait_bye_ms: int = 25_000) -> BargeInCall:
+    """SIPp calls `service` (an agent step with a long greeting); once the caller has heard
+    `talk_after_ms` of it, the RtpPeer sends `interruption` (PCM16 8 kHz) then 1.5 s of silence.
+    Returns when SIPp has finished (the bridge hung up, or SIPp gave up)."""
+    from tests.helpers.speech import silence, speech_span_ms
+    from tests.sip.conftest import run_sipp
+
+    onset_ms, _ = speech_span_ms(interruption)
+    async with RtpPeer() as peer:
+        scen = sipp_caller(workdir, peer.port, "", wait_bye_ms=wait_bye_ms)
+        sipp = asyncio.create_task(run_sipp(scen, bridge.sip_port, service=service, workdir=workdir,
+                                            timeout_s=wait_bye_ms // 1000 + 10))
+        try:
+            await peer.wait_media()
+            frames = talk_after_ms // 20
+            if not await bridge.observer.wait_for(lambda: len(peer.voiced()) >= frames, 15):
+                return BargeInCall(await sipp, peer, None, 0.0, 0.0, None)
+            reply_start = peer.voiced()[0].at
+            start = await peer.send_pcm(interruption + silence(1500))
+        finally:
+            result = await sipp
+    onset = start + onset_ms / 1000
+    await bridge.observer.wait_for(lambda: not bridge.app.state.calls, 3)
+    view = next((v for v in bridge.observer.calls.values() if v.called == service
+                 and v.last_seen >= reply_start), None)
+    return BargeInCall(result, peer, view, reply_start, onset, peer.silence_from(onset))
 
 
 # ---------------------------------------------------------------------------------------------------

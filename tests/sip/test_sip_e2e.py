@@ -25,9 +25,11 @@ from tests.sip.conftest import DTMF_PCAP, free_udp_port, need, render, run_sipp
 from tests.sip.e2e_helpers import (
     BridgeApp,
     RtpPeer,
+    barge_in_call,
     bridge_app,
     read_wav_pcm8k,
     recognise,
+    sipp_caller,
     trim_silence,
     ulaw_to_pcm,
     word_overlap,
@@ -107,11 +109,6 @@ def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeApp]:
     (plans / "e2e.yaml").write_text(DIALPLAN)
     with bridge_app(plans) as app:
         yield app
-
-
-def sipp_caller(tmp_path: Path, media_port: int, actions: str, wait_bye_ms: int) -> Path:
-    return render("uac_e2e.xml", tmp_path / "caller.xml", LISTEN_PORT=media_port, ACTIONS=actions,
-                  WAIT_BYE_MS=wait_bye_ms)
 
 
 async def no_calls_left(bridge: BridgeApp) -> None:
@@ -197,44 +194,29 @@ async def test_sipp_dtmf_reaches_the_menu_and_the_option_plays(bridge: BridgeApp
 
 
 async def test_barge_in_over_sip_silences_rtp_and_truncates(bridge: BridgeApp, tmp_path: Path) -> None:
-    interruption = phone_speech(HOURS_QUESTION)
-    onset_ms, _ = speech_span_ms(interruption)
-    async with RtpPeer() as peer:
-        scen = sipp_caller(tmp_path, peer.port, "", wait_bye_ms=25_000)
-        sipp = asyncio.create_task(run_sipp(scen, bridge.sip_port, service="barge", workdir=tmp_path,
-                                            timeout_s=35))
-        await peer.wait_media()
-        # the greeting has been playing for ~1.5 s: talk over it
-        ok = await bridge.observer.wait_for(lambda: len(peer.voiced()) >= 75, 15)
-        assert ok, "the agent's greeting never reached the caller"
-        reply_start = peer.voiced()[0].at
-        start = await peer.send_pcm(interruption + silence(1500))
-        onset = start + onset_ms / 1000
-        res = await sipp
-    assert res.returncode == 0, res.errors or res.stderr
+    call = await barge_in_call(bridge, tmp_path, phone_speech(HOURS_QUESTION), talk_after_ms=1500)
+    assert call.sipp.returncode == 0, call.sipp.errors or call.sipp.stderr
     await no_calls_left(bridge)
-    view = bridge.observer.call_for("barge")
-    assert view is not None
+    view = call.view
+    assert view is not None, "the agent's greeting never reached the caller"
     assert view.barge_ins >= 1
-    # the first silent packet after the onset, and nothing of the greeting after it
-    cut = next(a for a in peer.arrivals if a.at > onset and a.silent)
-    onset_to_silence_ms = (cut.at - onset) * 1000
-    assert 0 < onset_to_silence_ms < 800, onset_to_silence_ms
-    heard_ms = len(peer.voiced(reply_start, cut.at)) * 20
+    # RTP fell silent (and stayed silent) soon after the caller started talking
+    assert call.cut is not None, "the greeting was never cut"
+    assert 0 < call.onset_to_silence_ms < 800, call.onset_to_silence_ms
     # the bridge told the model what was heard ...
     assert view.truncates, "the bridge sent no truncate"
     item_id, audio_end_ms = view.truncates[0]
     # ... which is what went out on the wire: RTP stopped within a frame or two of the clear
-    assert abs(audio_end_ms - heard_ms) <= 40, (audio_end_ms, heard_ms)
+    assert abs(audio_end_ms - call.heard_ms) <= 40, (audio_end_ms, call.heard_ms)
     # the engine received it: its item was cut to exactly that length
     engine_item = bridge.observer.engine_items[item_id]
     assert engine_item.max_audio_ms > audio_end_ms + 1000
     assert engine_item.audio_ms == audio_end_ms
     assert LONG_GREETING.startswith(engine_item.transcript)
     # the interruption was then understood and answered (and the agent hung up)
-    answer = trim_silence(peer.heard_ulaw(since=cut.at + 0.3))
-    assert len(answer) > 8000 * 2, "no answer to the interruption"
+    answer = ulaw_to_pcm(trim_silence(call.peer.heard_ulaw(since=call.cut.at + 0.3)))
     assert "HangUp" in view.actions
+    await assert_heard(answer, HOURS_ANSWER)
 
 
 # ---------------------------------------------------------------------------------------------------
