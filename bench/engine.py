@@ -377,7 +377,8 @@ def main() -> None:
         "stop->first-audio < 1 s. Memory = engine RSS growth over the idle (models loaded) process, "
         "per session.",
         "",
-        "| sessions | turns answered | p50 ms | p95 ms | engine CPU (% of one core) | MB / session | real time |",
+        "| sessions | turns answered | p50 ms | p95 ms | engine CPU (% of one core) | MB / session "
+        "| real time |",
         "|---|---|---|---|---|---|---|",
         *rows_conc,
         "",
