@@ -48,16 +48,18 @@ class BridgeApp:
 
 @contextmanager
 def bridge_app(dialplans: Path, **overrides: Any) -> Iterator[BridgeApp]:
-    """The real bridge: `create_app` under uvicorn, SIP in trunk mode (INVITEs from 127.0.0.1 only),
-    models preloaded, the embedded engine answering agent steps."""
+    """The real bridge: `create_app` under uvicorn, SIP in trunk mode (INVITEs from 127.0.0.1 only)
+    unless `overrides` say otherwise (e.g. sip_password + sip_port of a registrar), models preloaded,
+    the embedded engine answering agent steps."""
     from bridge.app import create_app
 
     sip_port = free_udp_port()
 
     def make(port: int) -> Any:
-        settings = Settings(port=port, host="127.0.0.1", dialplans=dialplans, sip_server="127.0.0.1",
-                            sip_user="bridge", sip_local_port=sip_port, log_level="WARNING", **overrides)
-        return create_app(settings, preload_models=True)
+        values: dict[str, Any] = {"host": "127.0.0.1", "dialplans": dialplans, "sip_server": "127.0.0.1",
+                                  "sip_user": "bridge", "sip_local_port": sip_port, "log_level": "WARNING"}
+        values.update(overrides)
+        return create_app(Settings(port=port, **values), preload_models=True)
 
     with serve(make) as (url, app):
         observer = AppObserver(app)

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bridge.audio import codec
 from tests.helpers.speech import phone_speech, silence, speech_span_ms
-from tests.sip.conftest import DTMF_PCAP, free_udp_port, need, render, run_sipp
+from tests.sip.conftest import DTMF_PCAP, Kamailio, free_udp_port, need, render, run_sipp
 from tests.sip.e2e_helpers import (
     BridgeApp,
     RtpPeer,
@@ -50,6 +52,10 @@ LONG_GREETING = (
     "service and our returns policy. I can also connect you to a person at any time. "
     "Please tell me what you would like to know."
 )
+
+# from dialplans/default.yaml
+ASSISTANT_GREETING = "I'm the Acme assistant. Ask me about our opening hours or our address, or say operator."
+ASSISTANT_GOODBYE = "Thanks for calling Acme. Goodbye."
 
 # One dialplan, one flow per called SIP user (SIPp's -s / baresip's dial URI picks it).
 DIALPLAN = f"""
@@ -118,7 +124,8 @@ async def no_calls_left(bridge: BridgeApp) -> None:
 
 # What the caller could have heard: the recogniser's language model holds all of these, so it must
 # pick the right one from the audio (the open model is 3-4x slower on this machine for the same verdict).
-CANDIDATES = [HOURS_ANSWER, ADDRESS_ANSWER, SALES_PROMPT, LONG_GREETING, "Sorry, I didn't get that."]
+CANDIDATES = [HOURS_ANSWER, ADDRESS_ANSWER, SALES_PROMPT, LONG_GREETING, ASSISTANT_GREETING,
+              ASSISTANT_GOODBYE, "Connecting you to an operator.", "Sorry, I didn't get that."]
 
 
 async def assert_heard(pcm8k: bytes, expected: str) -> None:
@@ -275,3 +282,72 @@ async def test_baresip_caller_completes_a_call(bridge: BridgeApp, tmp_path: Path
     heard = read_wav_pcm8k(heard_files[0])
     start_ms, end_ms = speech_span_ms(heard)  # baresip's recording of silence is not digital zero
     await assert_heard(heard[max(0, start_ms - 200) * 16:(end_ms + 200) * 16], HOURS_ANSWER)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5. Registered with Kamailio, the shipped default dialplan: DTMF to the assistant, "goodbye" ends it
+
+
+DEFAULT_DIALPLANS = Path(__file__).resolve().parents[2] / "dialplans"
+
+
+@pytest.fixture
+def registered_bridge(kamailio: Kamailio) -> Iterator[BridgeApp]:
+    need("sipp")
+    registrar = {"sip_port": kamailio.port, "sip_user": "acme-e2e", "sip_password": "secret"}
+    with bridge_app(DEFAULT_DIALPLANS, **registrar) as app:
+        yield app
+
+
+async def test_registered_bridge_runs_the_default_dialplan_through_kamailio(
+    registered_bridge: BridgeApp, kamailio: Kamailio, tmp_path: Path
+) -> None:
+    bridge = registered_bridge
+    async with httpx.AsyncClient(base_url=bridge.base_url) as http:
+        registered = False
+        for _ in range(50):
+            sip = (await http.get("/healthz")).json()["sip"]
+            if sip.get("registration") == "registered":
+                registered = True
+                break
+            await asyncio.sleep(0.1)
+        assert registered, sip
+    # the caller presses 1 during the menu (SIPp's RFC 2833 pcap), hears the assistant's greeting,
+    # then says goodbye: the assistant says goodbye and hangs up, its BYE routed back through Kamailio
+    actions = (f'<pause milliseconds="3000"/>\n'
+               f'  <nop><action><exec play_pcap_audio="{DTMF_PCAP}"/></action></nop>')
+    async with RtpPeer() as peer:
+        scen = sipp_caller(tmp_path, peer.port, actions, wait_bye_ms=30_000)
+        sipp = asyncio.create_task(run_sipp(scen, kamailio.port, service="acme-e2e", workdir=tmp_path,
+                                            timeout_s=40))
+        await peer.wait_media()
+        observer = bridge.observer
+
+        def in_assistant() -> bool:
+            view = observer.call_for("acme-e2e")
+            return view is not None and any(flow == "assistant" for _, flow, _ in view.positions)
+
+        assert await observer.wait_for(in_assistant, 12), observer.calls
+        entered = time.monotonic()
+        # the greeting plays, then stops: the caller answers
+        greeted = await observer.wait_for(
+            lambda: bool(peer.voiced(since=entered)) and peer.silence_from(peer.voiced(since=entered)[0].at)
+            is not None, 15)
+        assert greeted, "the assistant's greeting was not heard"
+        greeting_end = peer.silence_from(peer.voiced(since=entered)[0].at)
+        assert greeting_end is not None
+        await peer.send_pcm(phone_speech("Goodbye.") + silence(1200))
+        res = await sipp
+    assert res.returncode == 0, res.errors or res.stderr
+    await no_calls_left(bridge)
+    view = observer.call_for("acme-e2e")
+    assert view is not None
+    flows = [flow for _, flow, _ in view.positions]
+    assert flows[0] == "main"
+    assert "assistant" in flows
+    assert "operator" not in flows
+    assert "HangUp" in view.actions, view.actions
+    greeting = ulaw_to_pcm(trim_silence(peer.heard_ulaw(entered, greeting_end.at)))
+    goodbye = ulaw_to_pcm(trim_silence(peer.heard_ulaw(since=greeting_end.at + 0.5)))
+    await assert_heard(greeting, ASSISTANT_GREETING)
+    await assert_heard(goodbye, ASSISTANT_GOODBYE)
