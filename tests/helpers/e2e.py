@@ -121,7 +121,9 @@ class Caller:
                 raise TimeoutError(f"nothing heard within {timeout} s")
             await asyncio.sleep(0.01)
 
-    async def wait_quiet(self, after: float, quiet_s: float = 0.8, timeout: float = 30.0) -> tuple[float, float]:
+    async def wait_quiet(
+        self, after: float, quiet_s: float = 0.8, timeout: float = 30.0
+    ) -> tuple[float, float]:
         """Wait for the bot to speak after `after` and then stay quiet for `quiet_s` (or the stream
         to close); returns (first, last) speech frame times."""
         first = await self.wait_speech(after, timeout)
