@@ -206,8 +206,11 @@ class AgentLink:
             return
         self._closed = True
         self._ready = False
+        # asyncio.timeout, not wait_for: wait_for can swallow the caller's cancellation on 3.11,
+        # which would leave the call's task group waiting forever after a hang-up.
         with contextlib.suppress(TimeoutError, BridgeError, OSError):
-            await asyncio.wait_for(self._client.close(), UPSTREAM_CLOSE_TIMEOUT_S)
+            async with asyncio.timeout(UPSTREAM_CLOSE_TIMEOUT_S):
+                await self._client.close()
 
     # -- caller -> model -----------------------------------------------------------------------
 

@@ -303,7 +303,8 @@ class Call:
         self._drained.clear()
         self._check_drained()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), DRAIN_TIMEOUT_S)
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                await self._drained.wait()
 
     # -- timers --------------------------------------------------------------------------------
 

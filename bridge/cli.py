@@ -43,7 +43,9 @@ def _serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         create_app(settings),
         log_level=settings.log_level.lower(),
-        ws_max_size=64 * 1024,
+        # The embedded engine takes appends up to 15 MiB; Twilio streams are held to 64 KiB by
+        # TwilioLeg itself (close 1009), per message.
+        ws_max_size=16 * 1024 * 1024,
         ws_ping_interval=20,
         ws_ping_timeout=20,
     )

@@ -8,6 +8,7 @@ played, and hang-up for how fast the upstream session is closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from tests.helpers.realtime_schema import validate_client_event
 from tests.helpers.realtime_standin import StandinRealtime, StandinSession
 from tests.helpers.servers import serve
 from tests.helpers.signals import onset_s, pcm, samples, sinad_db, speech_8k, tone, ulaw
-from tests.helpers.twilio_emulator import FRAME_BYTES, TwilioEmulator
+from tests.helpers.twilio_emulator import FRAME_BYTES, Played, TwilioEmulator
 
 pytestmark = pytest.mark.slow
 
@@ -305,9 +306,15 @@ async def test_bad_input_ends_only_that_stream(bridge_url: str, standin: Standin
                 validate_client_event(event)  # nothing garbled reached the model
 
     await reply
-    await asyncio.sleep(0.2)
-    frames = [p for p in healthy.played if p.payload != b"\xff" * 160]
-    assert len(frames) >= 98  # the healthy call heard its whole 2 s reply
+
+    def heard() -> list[Played]:
+        return [p for p in healthy.played if p.payload != b"\xff" * 160]
+
+    with contextlib.suppress(TimeoutError):
+        await healthy.wait_for(lambda: len(heard()) >= 100, timeout=2)
+    frames = heard()
+    assert len(frames) >= 99  # the healthy call heard its whole 2 s reply
     assert np.diff([p.at for p in frames]).max() < 0.06
     await healthy.stop()
+    await healthy.wait_for(lambda: healthy_session.closed_at is not None, timeout=2)
     await healthy.close()

@@ -193,7 +193,8 @@ class TwilioLeg:
         self._drained.clear()
         await self._send(tw.mark_message(self._stream.stream_sid, DRAIN_MARK))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), DRAIN_TIMEOUT_S)
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                await self._drained.wait()
 
     async def finish(self) -> None:
         """Close the socket when the call is over (after `stop` too: nothing more is sent)."""

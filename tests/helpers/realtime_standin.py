@@ -181,7 +181,9 @@ class StandinRealtime:
     new_session: asyncio.Queue[StandinSession] = field(default_factory=asyncio.Queue)
 
     async def start(self) -> str:
-        self.server = await serve(self._handler, "127.0.0.1", 0, max_size=None, compression=None)
+        self.server = await serve(
+            self._handler, "127.0.0.1", 0, max_size=None, compression=None, close_timeout=0.5
+        )
         self.port = self.server.sockets[0].getsockname()[1]
         return self.url
 
@@ -201,6 +203,12 @@ class StandinRealtime:
         return await asyncio.wait_for(self.new_session.get(), timeout)
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+        if self.server is None:
+            return
+        self.server.close()
+        try:
+            async with asyncio.timeout(2):
+                await self.server.wait_closed()
+        except TimeoutError:  # a peer that vanished without closing: do not hold the test up
+            for session in self.sessions:
+                session.ws.transport.abort()

@@ -27,7 +27,7 @@ def serve(make_app: Callable[[int], Any]) -> Iterator[tuple[str, Any]]:
     port = sock.getsockname()[1]
     app = make_app(port)
     config = uvicorn.Config(
-        app, log_level="warning", ws_max_size=64 * 1024, ws_ping_interval=None, lifespan="on"
+        app, log_level="warning", ws_max_size=16 * 1024 * 1024, ws_ping_interval=None, lifespan="on"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
