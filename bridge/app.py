@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Response
 
 from bridge import metrics
-from bridge.call import Call
+from bridge.call import Call, prompt_voice
 from bridge.dialplan.store import DialplanStore
 from bridge.engine.server import mount_engine
 from bridge.errors import BridgeError
@@ -52,14 +52,34 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
         if result.barge_ins:
             stats.barge_ins.inc(result.barge_ins, leg=kind)
 
+    async def prewarm_prompts() -> None:
+        """Synthesize every fixed prompt of the current dialplan (again after each reload), so
+        callers never wait for speech synthesis of a greeting or a menu."""
+        loop = asyncio.get_running_loop()
+        done_version = 0
+        while True:
+            if store.version != done_version:
+                done_version = store.version
+                texts = store.current().fixed_prompts()
+                t0 = time.perf_counter()
+                for text in texts:
+                    try:
+                        await loop.run_in_executor(None, prompt_voice().render, text, True)
+                    except BridgeError as exc:
+                        log.warning("prompt %r not prepared: %s", text, exc)
+                log.info("dialplan v%d: %d prompts prepared in %.2f s", done_version, len(texts),
+                         time.perf_counter() - t0)
+            await asyncio.sleep(1.0)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        watcher = asyncio.create_task(store.run_watcher())
+        background = [asyncio.create_task(store.run_watcher())]
         if preload_models:
             t0 = time.perf_counter()
             state["models"] = await loop.run_in_executor(None, engine.preload)
             log.info("speech models loaded in %.2f s: %s", time.perf_counter() - t0, state["models"])
+            background.append(asyncio.create_task(prewarm_prompts()))
         if settings.sip_enabled:
             from bridge.telephony.sip_service import start_sip
 
@@ -72,9 +92,10 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
         try:
             yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if state["sip"] is not None:
                 await state["sip"].stop()
             await engine.close_all()

@@ -570,6 +570,20 @@ class Dialplan(_Model):
                 raise ValueError(f"flow {name!r} has no steps")
         return v
 
+    def fixed_prompts(self) -> list[str]:
+        """Every text the bridge speaks with its local synthesizer that holds no {variable}:
+        what a prompt cache can synthesize before the first call needs it."""
+        spoken_kinds = ("say", "play", "menu", "collect", "transfer", "hang_up")
+        texts: list[str] = []
+        for steps in self.flows.values():
+            for step in steps:
+                if step.kind == "agent":
+                    texts.append(step.body.error_prompt)
+                elif step.kind in spoken_kinds:
+                    texts += [text for _, text in _step_texts(step)]
+        unique = dict.fromkeys(t for t in texts if t and "{" not in t)
+        return list(unique)
+
     def flow_for(self, called: str) -> str:
         """The flow for a called number / SIP user / SIP URI, else `default`."""
         if called in self.numbers:
