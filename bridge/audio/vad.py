@@ -27,6 +27,7 @@ SILERO_CONTEXT_SAMPLES = 32
 WEBRTC_FRAME_SAMPLES = 160
 _INT16_SCALE = np.float32(1.0 / 32768.0)
 _TAIL_ENERGY_RATIO = 10.0 ** (-30.0 / 10.0)  # offset = last window within 30 dB of the utterance's peak
+_DIGITAL_SILENCE_ENERGY = (2.0 / 32768.0) ** 2  # a window no louder than 2 LSB RMS
 
 
 class Vad(Protocol):
@@ -85,12 +86,21 @@ class SileroVad:
             self._fill += take
             pos += take
             if self._fill == total:
-                prob, state = self._session.run(None, self._feeds)
-                self._state = state
-                self._feeds["state"] = state
-                out.append(float(prob[0, 0]))
                 window = buf[SILERO_CONTEXT_SAMPLES:]
-                energies.append(float(np.dot(window, window)) / SILERO_WINDOW_SAMPLES)
+                energy = float(np.dot(window, window)) / SILERO_WINDOW_SAMPLES
+                if energy <= _DIGITAL_SILENCE_ENERGY:
+                    # Digital silence (a muted line, µ-law 0xFF): no speech, and a fresh recurrent
+                    # state. Fed long runs of exact zeros, Silero's state drifts until whole
+                    # utterances that follow score below threshold (seen on 3 s pauses).
+                    out.append(0.0)
+                    self._state = np.zeros((2, 1, 128), dtype=np.float32)
+                    self._feeds["state"] = self._state
+                else:
+                    prob, state = self._session.run(None, self._feeds)
+                    self._state = state
+                    self._feeds["state"] = state
+                    out.append(float(prob[0, 0]))
+                energies.append(energy)
                 buf[:SILERO_CONTEXT_SAMPLES] = buf[total - SILERO_CONTEXT_SAMPLES :]
                 self._fill = SILERO_CONTEXT_SAMPLES
         return out
