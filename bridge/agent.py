@@ -136,6 +136,8 @@ class CallAudio(Protocol):
 
     def bot_audible(self) -> bool: ...
 
+    def heard_now(self) -> tuple[str, int] | None: ...
+
     async def cut_playout(self) -> None: ...
 
 
@@ -295,6 +297,9 @@ class AgentLink:
         """The caller talked over the bot: stop it and tell the model what was heard."""
         if not (self._audio.bot_audible() or self.state.response_active):
             return
+        now = self._audio.heard_now()
+        if now is not None:
+            self.state.heard(*now)
         decision = self.state.barge_in()  # reads what was heard before the leg is cleared
         self._down.reset()
         self.barge_ins += 1

@@ -130,6 +130,7 @@ class Call:
         self._wake = asyncio.Event()
         self._timer_wake = asyncio.Event()
         self._drained = asyncio.Event()
+        self._last_played: tuple[str, int, float] | None = None  # item, end ms, when its mark came back
         self._control: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._vad: SpeechDetector | None = None
         self._listener: Any = None  # MenuListener while a menu listens for speech
@@ -226,6 +227,7 @@ class Call:
             return
         self._check_drained()
         item_id, end_ms = entry
+        self._last_played = (item_id, end_ms, self._now_ms())
         prompt = self._prompts.get(item_id)
         if prompt is not None:
             prompt_id, total_ms, _ = prompt
@@ -244,6 +246,18 @@ class Call:
     def finish_item(self, item_id: str) -> None:
         self._playout.finish_item(item_id)
         self._wake.set()
+
+    def heard_now(self) -> tuple[str, int] | None:
+        """What the caller has heard of the playing item at this instant: the last played mark,
+        plus the part of the frame playing since then (at most one frame, and only when a
+        later frame of the same item was really sent: a model that paused adds nothing)."""
+        last = self._last_played
+        if last is None:
+            return None
+        item_id, end_ms, at_ms = last
+        if not any(pending_item == item_id for pending_item, _ in self._marks.values()):
+            return item_id, end_ms
+        return item_id, end_ms + int(min(self._now_ms() - at_ms, codec.FRAME_MS))
 
     def bot_audible(self) -> bool:
         return self._playout.queued_ms > 0 or self._playout.busy_until_ms > self._now_ms()

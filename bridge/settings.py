@@ -63,8 +63,10 @@ class Settings(BaseModel):
     dialplans: Path = Path("dialplans")
     upstream_format: UpstreamFormat = "pcm24k"
     # Barge-in: how much caller speech, at what Silero probability, stops the bot.
-    barge_in_min_speech_ms: int = Field(120, ge=20, le=2000)
-    barge_in_threshold: float = Field(0.6, gt=0.0, lt=1.0)
+    # 64 ms at 0.5 stops the bot ~90 ms after a real caller starts talking (bench/results/call_path.md);
+    # raise them (here or per dialplan `barge_in:`) on noisy lines.
+    barge_in_min_speech_ms: int = Field(64, ge=20, le=2000)
+    barge_in_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     # How far ahead of real time the pacer sends audio to Twilio.
     playout_lead_ms: int = Field(100, ge=20, le=500)
     log_level: str = "INFO"
