@@ -177,6 +177,7 @@ class Arrival:
     payload_type: int
     sequence: int
     payload: bytes
+    marker: bool = False  # first packet of a talkspurt (the bridge sets it after comfort silence)
 
     @property
     def silent(self) -> bool:
@@ -233,7 +234,8 @@ class RtpPeer:
         if self.bridge_addr is None:
             self.bridge_addr = addr
             self._first.set()
-        self.arrivals.append(Arrival(self._loop.time(), packet.payload_type, packet.sequence, packet.payload))
+        self.arrivals.append(Arrival(self._loop.time(), packet.payload_type, packet.sequence, packet.payload,
+                                     packet.marker))
 
     async def wait_media(self, timeout_s: float = 10.0) -> None:
         await asyncio.wait_for(self._first.wait(), timeout_s)
@@ -307,6 +309,12 @@ def sipp_caller(workdir: Path, media_port: int, actions: str, wait_bye_ms: int) 
                   WAIT_BYE_MS=wait_bye_ms)
 
 
+def stream_action(wav: Path, lead_ms: int) -> str:
+    """SIPp actions: after `lead_ms`, stream a µ-law WAV once from SIPp's media port (rtp_stream)."""
+    return (f'<pause milliseconds="{lead_ms}"/>\n'
+            f'  <nop><action><exec rtp_stream="{wav},1,0"/></action></nop>')
+
+
 @dataclass
 class BargeInCall:
     """One call where the caller talks over the agent's greeting (RTP sent by the test's RtpPeer)."""
@@ -314,7 +322,7 @@ class BargeInCall:
     sipp: Any  # tests.sip.conftest.SippResult
     peer: RtpPeer
     view: CallView | None
-    reply_start: float  # first voiced packet of the greeting at the caller
+    reply_start: float  # first packet of the greeting's talkspurt at the caller
     onset: float  # true speech onset of the interruption, as sent
     cut: Arrival | None  # first packet of the silence that followed
 
@@ -324,9 +332,19 @@ class BargeInCall:
 
     @property
     def heard_ms(self) -> int:
-        """Greeting audio the caller received before the cut (voiced 20 ms packets)."""
+        """Greeting audio the caller received before the cut: every packet from the start of the
+        greeting's talkspurt (its own quiet frames included), less the comfort silence the bridge
+        sent if its playout ran dry (the silent run before each later talkspurt start)."""
         until = self.cut.at if self.cut is not None else float("inf")
-        return len(self.peer.voiced(self.reply_start, until)) * 20
+        window = [a for a in self.peer.arrivals if self.reply_start <= a.at < until and a.payload_type == 0]
+        heard = len(window)
+        for i, arrival in enumerate(window):
+            if arrival.marker and i > 0:
+                j = i - 1
+                while j >= 0 and window[j].silent:
+                    heard -= 1
+                    j -= 1
+        return heard * 20
 
 
 async def barge_in_call(bridge: BridgeApp, workdir: Path, interruption: bytes, *, service: str = "barge",
@@ -347,7 +365,9 @@ async def barge_in_call(bridge: BridgeApp, workdir: Path, interruption: bytes, *
             frames = talk_after_ms // 20
             if not await bridge.observer.wait_for(lambda: len(peer.voiced()) >= frames, 15):
                 return BargeInCall(await sipp, peer, None, 0.0, 0.0, None)
-            reply_start = peer.voiced()[0].at
+            first = peer.voiced()[0]
+            talkspurt = [a for a in peer.arrivals if a.at <= first.at and a.marker and a.payload_type == 0]
+            reply_start = talkspurt[-1].at if talkspurt else first.at
             start = await peer.send_pcm(interruption + silence(1500))
         finally:
             result = await sipp

@@ -32,6 +32,7 @@ from tests.sip.e2e_helpers import (
     read_wav_pcm8k,
     recognise,
     sipp_caller,
+    stream_action,
     trim_silence,
     ulaw_to_pcm,
     word_overlap,
@@ -133,11 +134,6 @@ async def assert_heard(pcm8k: bytes, expected: str) -> None:
     scores = {c: word_overlap(c, text) for c in CANDIDATES}
     assert scores[expected] >= 0.7, (text, scores)
     assert max(scores, key=scores.__getitem__) == expected, (text, scores)
-
-
-def stream_action(wav: Path, lead_ms: int) -> str:
-    return (f'<pause milliseconds="{lead_ms}"/>\n'
-            f'  <nop><action><exec rtp_stream="{wav},1,0"/></action></nop>')
 
 
 # ---------------------------------------------------------------------------------------------------
