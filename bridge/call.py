@@ -5,7 +5,7 @@ Shape of a call (one task group; every task has one owner and signals its exit):
     leg events ─► _leg_loop ─► decode ─► barge-in VAD ─► menu listener / agent link (upstream)
                              └─► DTMF, played marks, hang-up ─► control queue
     control queue ─► _control ─► Runner (no I/O) ─► actions: say, play, listen, agent, transfer, hang up
-    Playout ─► _pacer ─► leg.send_audio + leg.send_mark   (absolute deadlines, <= lead_ms ahead)
+    Playout ─► _pacer ─► leg.send_audio + leg.send_mark per frame (absolute deadlines, <= lead_ms ahead)
     timers ─► _timers ─► Runner.on_timer
 
 Everything that moves the dialplan goes through the control queue and is handled by one task,
@@ -286,16 +286,15 @@ class Call:
     async def _pacer(self) -> None:
         playout, leg = self._playout, self.leg
         while True:
-            frames = playout.pop_due(self._now_ms())
-            if frames:
-                last = frames[-1]
+            # One mark per 20 ms frame: the far end's echoes then say, to the frame, what the
+            # caller has heard (a mark per batch would leave barge-in ~100 ms blind).
+            for frame in playout.pop_due(self._now_ms()):
                 self._mark_seq += 1
                 name = str(self._mark_seq)
-                self._marks[name] = (last.item_id, last.end_ms)  # before sending: drained is not idle
-                for frame in frames:
-                    await leg.send_audio(frame.payload)
-                self.stats.frames_out += len(frames)
+                self._marks[name] = (frame.item_id, frame.end_ms)  # before sending: not drained
+                await leg.send_audio(frame.payload)
                 await leg.send_mark(name)
+                self.stats.frames_out += 1
             due = playout.next_due_ms()
             self._wake.clear()
             if due is None:
