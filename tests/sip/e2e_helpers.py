@@ -178,6 +178,7 @@ class Arrival:
     sequence: int
     payload: bytes
     marker: bool = False  # first packet of a talkspurt (the bridge sets it after comfort silence)
+    ssrc: int = 0
 
     @property
     def silent(self) -> bool:
@@ -235,7 +236,7 @@ class RtpPeer:
             self.bridge_addr = addr
             self._first.set()
         self.arrivals.append(Arrival(self._loop.time(), packet.payload_type, packet.sequence, packet.payload,
-                                     packet.marker))
+                                     packet.marker, packet.ssrc))
 
     async def wait_media(self, timeout_s: float = 10.0) -> None:
         await asyncio.wait_for(self._first.wait(), timeout_s)
@@ -264,8 +265,13 @@ class RtpPeer:
 
     # -- what the caller heard ---------------------------------------------------------------------
 
-    def heard_ulaw(self, since: float = 0.0, until: float = float("inf")) -> bytes:
-        return b"".join(a.payload for a in self.arrivals if since <= a.at < until and a.payload_type == 0)
+    def heard_ulaw(self, since: float = 0.0, until: float = float("inf"), ssrc: int | None = None) -> bytes:
+        return b"".join(a.payload for a in self.arrivals if since <= a.at < until and a.payload_type == 0
+                        and (ssrc is None or a.ssrc == ssrc))
+
+    def streams(self) -> set[int]:
+        """SSRCs heard (several calls can share one media port: each bridge call has its own SSRC)."""
+        return {a.ssrc for a in self.arrivals}
 
     def voiced(self, since: float = 0.0, until: float = float("inf")) -> list[Arrival]:
         return [a for a in self.arrivals if since <= a.at < until and a.payload_type == 0 and not a.silent]

@@ -192,6 +192,32 @@ async def test_sipp_dtmf_reaches_the_menu_and_the_option_plays(bridge: BridgeApp
     assert 0 < len(menu_audio) < 8000 * 5, "the menu prompt was not cut when the digit arrived"
 
 
+async def test_ten_concurrent_sipp_calls_each_reach_their_option(bridge: BridgeApp, tmp_path: Path) -> None:
+    actions = (f'<pause milliseconds="1500"/>\n'
+               f'  <nop><action><exec play_pcap_audio="{DTMF_PCAP}"/></action></nop>')
+    before = set(bridge.observer.calls)
+    async with RtpPeer() as peer:  # every call's SDP names this one port: streams told apart by SSRC
+        scen = sipp_caller(tmp_path, peer.port, actions, wait_bye_ms=25_000)
+        res = await run_sipp(scen, bridge.sip_port, service="menu", calls=10, rate=20, workdir=tmp_path,
+                             timeout_s=35)
+    assert res.returncode == 0, res.errors or res.stderr  # all ten got the bridge's BYE
+    await no_calls_left(bridge)
+    views = [v for key, v in bridge.observer.calls.items() if key not in before]
+    assert len(views) == 10
+    for view in views:
+        assert [flow for _, flow, _ in view.positions][:1] == ["menu"], view.positions
+        assert "sales" in [flow for _, flow, _ in view.positions], view.positions
+    from bridge.call import prompt_voice
+
+    sales = codec.encode(prompt_voice().render(SALES_PROMPT, True), "pcmu")
+    sales = trim_silence(sales[: len(sales) // 160 * 160])
+    streams = peer.streams()
+    assert len(streams) == 10
+    for ssrc in streams:  # each call's own stream carries its prompt intact, nothing of another call in it
+        heard = trim_silence(peer.heard_ulaw(ssrc=ssrc))
+        assert heard.count(sales) == 1, ssrc
+
+
 # ---------------------------------------------------------------------------------------------------
 # 3. Barge-in: the caller talks over the agent; RTP goes silent, the engine gets the truncate
 
