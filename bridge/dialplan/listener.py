@@ -181,6 +181,7 @@ def _swallow(future: asyncio.Future[object]) -> None:
 
 
 def _default_recognizer() -> RecognizerLike:
-    from bridge.engine.asr import Recognizer
+    """pocketsphinx in the process-wide ASR worker pool (decoding never holds the call's GIL)."""
+    from bridge.engine.asr_pool import RemoteRecognizer
 
-    return Recognizer()
+    return RemoteRecognizer()

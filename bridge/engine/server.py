@@ -4,7 +4,8 @@ Each connection wraps one sans-I/O `EngineSession` (bridge/engine/protocol.py). 
 the session runs on the event loop; the blocking work runs elsewhere and comes back through
 `loop.call_soon_threadsafe`:
 
-- speech recognition on one worker thread per session (`_AsrWorker`, pocketsphinx kept warm);
+- speech recognition on one worker thread per session (`_AsrWorker`), which drives the session's
+  decoder in an ASR worker process (bridge/engine/asr_pool.py; pocketsphinx kept warm there);
 - speech synthesis on one worker thread per session (Piper, one onnxruntime thread);
 - replies as asyncio tasks (the chat-completions fallback is an httpx call).
 
@@ -121,10 +122,19 @@ class EngineServices:
         from bridge.engine.models import get_shared_models
 
         start = time.perf_counter()
-        report = get_shared_models().preload()
+        pooled_asr = self.recognizer_factory is _pocketsphinx_recognizer  # decoders live in the ASR pool
+        get_shared_models().preload(asr=not pooled_asr)
         self.synthesizer(24000)
         self.synthesizer(8000)
         report = dict(get_shared_models().load_report())
+        if pooled_asr:
+            from bridge.engine.asr import RecognizerError
+            from bridge.engine.asr_pool import get_asr_pool
+
+            try:  # start the speech workers now, so the first call does not wait for them
+                report.update({f"asr_worker_{k}": v for k, v in get_asr_pool().start().items()})
+            except RecognizerError as exc:
+                log.error("speech workers not started (sessions will retry): %s", exc)
         report["total"] = (time.perf_counter() - start) * 1000.0
         return report
 
@@ -136,6 +146,10 @@ class EngineServices:
             await self._http.aclose()
             self._http = None
             self.responder = None
+        if self.recognizer_factory is _pocketsphinx_recognizer:
+            from bridge.engine.asr_pool import shutdown_asr_pool
+
+            await asyncio.to_thread(shutdown_asr_pool)
 
 
 def _silero_detector(threshold: float, min_speech_ms: int, min_silence_ms: int) -> Detector:
@@ -150,9 +164,10 @@ def _silero_detector(threshold: float, min_speech_ms: int, min_silence_ms: int) 
 
 
 def _pocketsphinx_recognizer() -> Any:
-    from bridge.engine.asr import Recognizer
+    """pocketsphinx in the process-wide ASR worker pool: decoding never holds this process's GIL."""
+    from bridge.engine.asr_pool import RemoteRecognizer
 
-    return Recognizer()
+    return RemoteRecognizer()
 
 
 def _piper_synthesizer(rate_hz: int) -> Any:
