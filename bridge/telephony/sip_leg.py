@@ -26,11 +26,15 @@ class DialogControl(Protocol):
 class SipLeg:
     """One SIP call as a `Leg` (see `bridge.telephony.events`).
 
-    `lead_ms` is 0: the call's pacer hands frames over on time and the RTP ticker transmits them
-    on absolute 20 ms deadlines from a small queue that `clear()` empties at once.
+    `lead_ms` is 40: the call's pacer hands frames over up to two frames early and the RTP ticker
+    transmits them on absolute 20 ms deadlines from that small queue, which `clear()` empties at
+    once (barge-in still silences the very next packet). The pacer and the ticker are two 20 ms
+    grids with unrelated phases; with no lead, any pacer wake-up later than the tick starved the
+    sender for one tick, so comfort silence was inserted into the bot's speech every ~0.5 s
+    (found by tests/sip/test_sip_e2e.py, which now compares the prompt on the wire frame by frame).
     """
 
-    lead_ms = 0
+    lead_ms = 40
 
     def __init__(self, started: CallStarted, sender: RtpSender, control: DialogControl,
                  stats: RtpStats | None = None) -> None:
