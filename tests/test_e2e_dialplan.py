@@ -196,6 +196,30 @@ async def test_digit_0_transfers_via_the_connect_action(bridge: tuple[str, Any])
     await caller.close()
 
 
+async def test_agent_transfer_tool_speaks_then_dials_the_operator(bridge: tuple[str, Any]) -> None:
+    """Issue 5: an agent's `transfer` tool ends the stream after its words were heard, and the call
+    continues with <Dial> to the dialplan's target."""
+    url, app = bridge
+    ask = await asyncio.to_thread(phone_speech, "Operator, please.")
+    caller = await reach_menu(url, app)
+    pressed = await caller.press("1")
+    call = await wait_position(app, caller.call_sid, "assistant", 0)
+    await wait_until(lambda: call.agent is not None, 5, "agent started")
+    await caller.wait_quiet(pressed + 0.3, quiet_s=0.8, timeout=30)  # the assistant's greeting
+    _, said = await caller.say(ask, tail_s=0.5)
+    closed_at = await caller.wait_closed(timeout=30)
+    assert caller.twilio.close_code == 1000
+    first, last = await caller.wait_quiet(said, quiet_s=0.1, timeout=5)
+    assert last < closed_at  # "Connecting you to an operator." was played before the stream ended
+    reply = await asyncio.to_thread(recognise, trim_silence(caller.heard(first - 0.1, last + 0.1)))
+    assert overlap("Connecting you to an operator.", reply) >= 0.4, reply
+    r = await post_form(url, "/twilio/continue", {"CallSid": caller.call_sid})
+    assert r.status_code == 200
+    assert "<Dial" in r.text, r.text
+    assert "+15550100" in r.text, r.text
+    await caller.close()
+
+
 # -- 2. spoken menu words ------------------------------------------------------------------------------
 
 
