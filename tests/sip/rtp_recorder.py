@@ -2,7 +2,7 @@
 
     python -m tests.sip.rtp_recorder OUT.jsonl      # prints "port N" once bound, records until SIGTERM
 
-Each received RTP packet becomes one line `[t, ssrc, seq, ts, pt, silent]` in OUT.jsonl, `t` being
+Each received RTP packet becomes one line `[t, ssrc, seq, ts, pt, silent, marker]` in OUT.jsonl, `t` being
 CLOCK_MONOTONIC seconds (the same clock as `time.monotonic()` in any other process on the host).
 """
 
@@ -28,6 +28,7 @@ class Packet:
     timestamp: int
     payload_type: int
     silent: bool
+    marker: bool = False
 
 
 def record(out: Path) -> None:
@@ -54,7 +55,7 @@ def record(out: Path) -> None:
         if len(data) < 12:
             continue
         _, b1, seq, ts, ssrc = struct.unpack_from("!BBHII", data)
-        rows.append([at, ssrc, seq, ts, b1 & 0x7F, data[12:] in SILENT])
+        rows.append([at, ssrc, seq, ts, b1 & 0x7F, data[12:] in SILENT, bool(b1 & 0x80)])
     out.write_text("\n".join(json.dumps(r) for r in rows))
 
 
