@@ -222,6 +222,17 @@ async def test_ten_concurrent_sipp_calls_each_reach_their_option(bridge: BridgeA
         assert peer.heard_ulaw(ssrc=ssrc).count(sales) == 1, ssrc
 
 
+async def test_pbx_qualify_options_gets_200_from_the_app(bridge: BridgeApp, tmp_path: Path) -> None:
+    async with httpx.AsyncClient(base_url=bridge.base_url) as http:
+        before = (await http.get("/healthz")).json()["sip"]["options"]
+        res = await run_sipp(render("uac_options.xml", tmp_path / "options.xml"), bridge.sip_port,
+                             workdir=tmp_path, timeout_s=10)
+        assert res.returncode == 0, res.errors or res.stderr
+        health = (await http.get("/healthz")).json()
+    assert health["sip"]["options"] == before + 1
+    assert health["sip"]["mode"] == "trunk"
+
+
 # ---------------------------------------------------------------------------------------------------
 # 3. Barge-in: the caller talks over the agent; RTP goes silent, the engine gets the truncate
 
