@@ -129,6 +129,14 @@ CANDIDATES = [HOURS_ANSWER, ADDRESS_ANSWER, SALES_PROMPT, LONG_GREETING, ASSISTA
               ASSISTANT_GOODBYE, "Connecting you to an operator.", "Sorry, I didn't get that."]
 
 
+def dtmf_action(pause_ms: int) -> str:
+    """SIPp actions: after `pause_ms`, play SIPp's own RFC 2833 capture of the digit 1."""
+    if not DTMF_PCAP.exists():
+        pytest.skip(f"{DTMF_PCAP} is missing (it ships with sip-tester)")
+    return (f'<pause milliseconds="{pause_ms}"/>\n'
+            f'  <nop><action><exec play_pcap_audio="{DTMF_PCAP}"/></action></nop>')
+
+
 def voiced_span(ulaw: bytes) -> bytes:
     """Whole frames of a prompt from its first to its last non-silent frame (its leading and trailing
     digital silence cannot be told from the bridge's comfort silence on the wire)."""
@@ -142,6 +150,77 @@ async def assert_heard(pcm8k: bytes, expected: str) -> None:
     scores = {c: word_overlap(c, text) for c in CANDIDATES}
     assert scores[expected] >= 0.7, (text, scores)
     assert max(scores, key=scores.__getitem__) == expected, (text, scores)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 0. Registered with Kamailio, the shipped default dialplan: DTMF to the assistant, "goodbye" ends it
+#
+# First in the file on purpose: this test has its own app, and an app's shutdown stops the process-wide
+# speech worker pool; running it before the module's shared app starts keeps the two from overlapping.
+
+
+DEFAULT_DIALPLANS = Path(__file__).resolve().parents[2] / "dialplans"
+
+
+@pytest.fixture
+def registered_bridge(kamailio: Kamailio) -> Iterator[BridgeApp]:
+    need("sipp")
+    registrar = {"sip_port": kamailio.port, "sip_user": "acme-e2e", "sip_password": "secret"}
+    with bridge_app(DEFAULT_DIALPLANS, **registrar) as app:
+        yield app
+
+
+async def test_registered_bridge_runs_the_default_dialplan_through_kamailio(
+    registered_bridge: BridgeApp, kamailio: Kamailio, tmp_path: Path
+) -> None:
+    bridge = registered_bridge
+    async with httpx.AsyncClient(base_url=bridge.base_url) as http:
+        registered = False
+        for _ in range(50):
+            sip = (await http.get("/healthz")).json()["sip"]
+            if sip.get("registration") == "registered":
+                registered = True
+                break
+            await asyncio.sleep(0.1)
+        assert registered, sip
+    # the caller presses 1 during the menu (SIPp's RFC 2833 pcap), hears the assistant's greeting,
+    # then says goodbye: the assistant says goodbye and hangs up, its BYE routed back through Kamailio
+    actions = dtmf_action(3000)
+    async with RtpPeer() as peer:
+        scen = sipp_caller(tmp_path, peer.port, actions, wait_bye_ms=30_000)
+        sipp = asyncio.create_task(run_sipp(scen, kamailio.port, service="acme-e2e", workdir=tmp_path,
+                                            timeout_s=40))
+        await peer.wait_media()
+        observer = bridge.observer
+
+        def in_assistant() -> bool:
+            view = observer.call_for("acme-e2e")
+            return view is not None and any(flow == "assistant" for _, flow, _ in view.positions)
+
+        assert await observer.wait_for(in_assistant, 12), observer.calls
+        entered = time.monotonic()
+        # the greeting plays, then stops: the caller answers
+        greeted = await observer.wait_for(
+            lambda: bool(peer.voiced(since=entered)) and peer.silence_from(peer.voiced(since=entered)[0].at)
+            is not None, 15)
+        assert greeted, "the assistant's greeting was not heard"
+        greeting_end = peer.silence_from(peer.voiced(since=entered)[0].at)
+        assert greeting_end is not None
+        await peer.send_pcm(phone_speech("Goodbye.") + silence(1200))
+        res = await sipp
+    assert res.returncode == 0, res.errors or res.stderr
+    await no_calls_left(bridge)
+    view = observer.call_for("acme-e2e")
+    assert view is not None
+    flows = [flow for _, flow, _ in view.positions]
+    assert flows[0] == "main"
+    assert "assistant" in flows
+    assert "operator" not in flows
+    assert "HangUp" in view.actions, view.actions
+    greeting = ulaw_to_pcm(trim_silence(peer.heard_ulaw(entered, greeting_end.at)))
+    goodbye = ulaw_to_pcm(trim_silence(peer.heard_ulaw(since=greeting_end.at + 0.5)))
+    await assert_heard(greeting, ASSISTANT_GREETING)
+    await assert_heard(goodbye, ASSISTANT_GOODBYE)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -171,8 +250,7 @@ async def test_sipp_caller_asks_and_hears_the_engine_answer(bridge: BridgeApp, t
 
 
 async def test_sipp_dtmf_reaches_the_menu_and_the_option_plays(bridge: BridgeApp, tmp_path: Path) -> None:
-    actions = (f'<pause milliseconds="1500"/>\n'
-               f'  <nop><action><exec play_pcap_audio="{DTMF_PCAP}"/></action></nop>')
+    actions = dtmf_action(1500)
     async with RtpPeer() as peer:
         scen = sipp_caller(tmp_path, peer.port, actions, wait_bye_ms=20_000)
         res = await run_sipp(scen, bridge.sip_port, service="menu", workdir=tmp_path, timeout_s=30)
@@ -199,8 +277,7 @@ async def test_sipp_dtmf_reaches_the_menu_and_the_option_plays(bridge: BridgeApp
 
 
 async def test_ten_concurrent_sipp_calls_each_reach_their_option(bridge: BridgeApp, tmp_path: Path) -> None:
-    actions = (f'<pause milliseconds="1500"/>\n'
-               f'  <nop><action><exec play_pcap_audio="{DTMF_PCAP}"/></action></nop>')
+    actions = dtmf_action(1500)
     before = set(bridge.observer.calls)
     async with RtpPeer() as peer:  # every call's SDP names this one port: streams told apart by SSRC
         scen = sipp_caller(tmp_path, peer.port, actions, wait_bye_ms=25_000)
@@ -319,72 +396,3 @@ async def test_baresip_caller_completes_a_call(bridge: BridgeApp, tmp_path: Path
     heard = read_wav_pcm8k(heard_files[0])
     start_ms, end_ms = speech_span_ms(heard)  # baresip's recording of silence is not digital zero
     await assert_heard(heard[max(0, start_ms - 200) * 16:(end_ms + 200) * 16], HOURS_ANSWER)
-
-
-# ---------------------------------------------------------------------------------------------------
-# 5. Registered with Kamailio, the shipped default dialplan: DTMF to the assistant, "goodbye" ends it
-
-
-DEFAULT_DIALPLANS = Path(__file__).resolve().parents[2] / "dialplans"
-
-
-@pytest.fixture
-def registered_bridge(kamailio: Kamailio) -> Iterator[BridgeApp]:
-    need("sipp")
-    registrar = {"sip_port": kamailio.port, "sip_user": "acme-e2e", "sip_password": "secret"}
-    with bridge_app(DEFAULT_DIALPLANS, **registrar) as app:
-        yield app
-
-
-async def test_registered_bridge_runs_the_default_dialplan_through_kamailio(
-    registered_bridge: BridgeApp, kamailio: Kamailio, tmp_path: Path
-) -> None:
-    bridge = registered_bridge
-    async with httpx.AsyncClient(base_url=bridge.base_url) as http:
-        registered = False
-        for _ in range(50):
-            sip = (await http.get("/healthz")).json()["sip"]
-            if sip.get("registration") == "registered":
-                registered = True
-                break
-            await asyncio.sleep(0.1)
-        assert registered, sip
-    # the caller presses 1 during the menu (SIPp's RFC 2833 pcap), hears the assistant's greeting,
-    # then says goodbye: the assistant says goodbye and hangs up, its BYE routed back through Kamailio
-    actions = (f'<pause milliseconds="3000"/>\n'
-               f'  <nop><action><exec play_pcap_audio="{DTMF_PCAP}"/></action></nop>')
-    async with RtpPeer() as peer:
-        scen = sipp_caller(tmp_path, peer.port, actions, wait_bye_ms=30_000)
-        sipp = asyncio.create_task(run_sipp(scen, kamailio.port, service="acme-e2e", workdir=tmp_path,
-                                            timeout_s=40))
-        await peer.wait_media()
-        observer = bridge.observer
-
-        def in_assistant() -> bool:
-            view = observer.call_for("acme-e2e")
-            return view is not None and any(flow == "assistant" for _, flow, _ in view.positions)
-
-        assert await observer.wait_for(in_assistant, 12), observer.calls
-        entered = time.monotonic()
-        # the greeting plays, then stops: the caller answers
-        greeted = await observer.wait_for(
-            lambda: bool(peer.voiced(since=entered)) and peer.silence_from(peer.voiced(since=entered)[0].at)
-            is not None, 15)
-        assert greeted, "the assistant's greeting was not heard"
-        greeting_end = peer.silence_from(peer.voiced(since=entered)[0].at)
-        assert greeting_end is not None
-        await peer.send_pcm(phone_speech("Goodbye.") + silence(1200))
-        res = await sipp
-    assert res.returncode == 0, res.errors or res.stderr
-    await no_calls_left(bridge)
-    view = observer.call_for("acme-e2e")
-    assert view is not None
-    flows = [flow for _, flow, _ in view.positions]
-    assert flows[0] == "main"
-    assert "assistant" in flows
-    assert "operator" not in flows
-    assert "HangUp" in view.actions, view.actions
-    greeting = ulaw_to_pcm(trim_silence(peer.heard_ulaw(entered, greeting_end.at)))
-    goodbye = ulaw_to_pcm(trim_silence(peer.heard_ulaw(since=greeting_end.at + 0.5)))
-    await assert_heard(greeting, ASSISTANT_GREETING)
-    await assert_heard(goodbye, ASSISTANT_GOODBYE)
