@@ -64,8 +64,9 @@ class Leg(Protocol):
     """
 
     encoding: Encoding
-    # How far ahead of real time the call's pacer may send audio. Twilio buffers (100 ms);
-    # RTP must go out on time (0): the leg sends each frame as the pacer hands it over.
+    # How far ahead of real time the call's pacer may send audio. Twilio buffers (100 ms); the
+    # SIP leg keeps a small flushable queue (40 ms) in front of its own RTP clock, so a late pacer
+    # wake-up never starves the sender (barge-in still silences the very next packet).
     lead_ms: int
 
     def events(self) -> AsyncIterator[LegEvent]: ...
