@@ -17,8 +17,10 @@ a fresh interpreter, never a fork of a process with running threads and event lo
   turns of its sessions with `AsrWorkerError` (a `RecognizerError`) and is replaced at once. The next
   turn of such a session opens it again on a live worker (same mode and expected phrases; the
   cepstral mean starts again from the phone `cmninit`).
-- Parent-side cost: two threads per worker and a few microseconds per message. Worker cost: see
-  docs/asr-pool.md (about 240 MB for an idle worker, plus the decoders of its sessions).
+- Parent-side cost: two threads per worker and a few microseconds per message. Worker cost (measured,
+  docs/asr-pool.md): ~110 MB RSS idle with the LM and dictionary loaded, plus ~8 MB per session with
+  menu (domain LM) turns only and ~63 MB per session once it has had an open (general-LM) turn; a
+  closed session's decoders are handed back to the system (malloc_trim).
 
 The "spawn" start method imports the parent's `__main__` in the child unless it is a package's
 `__main__` (`python -m bridge`, `python -m bench`) or guarded by `if __name__ == "__main__"` (console
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -83,6 +86,7 @@ def _worker_main(conn: Any, niceness: int) -> None:
         return
     conn.send([("ready", os.getpid(), shared.load_report())])
     sessions: dict[int, _WorkerSession] = {}
+    trim = _malloc_trim()
     while True:
         try:
             batch = conn.recv()
@@ -104,7 +108,8 @@ def _worker_main(conn: Any, niceness: int) -> None:
                 continue
             session = sessions.get(sid := msg[1])
             if op == "close":
-                sessions.pop(sid, None)
+                if sessions.pop(sid, None) is not None:
+                    trim()  # hand the freed decoders back to the system (glibc keeps them otherwise)
             elif session is None:
                 if op in ("end", "partial"):
                     replies.append(("reply", msg[2], False, f"unknown speech session {sid}"))
@@ -117,6 +122,16 @@ def _worker_main(conn: Any, niceness: int) -> None:
                     replies = []
         if replies:
             conn.send(replies)
+
+
+def _malloc_trim() -> Any:
+    """glibc's malloc_trim(0), or a no-op where there is none."""
+    try:
+        import ctypes
+
+        return functools.partial(ctypes.CDLL("libc.so.6").malloc_trim, 0)
+    except (OSError, AttributeError):
+        return lambda: 0
 
 
 class _WorkerSession:
