@@ -24,19 +24,13 @@ import httpx
 import numpy as np
 import psutil
 
-from tests.helpers.realtime_standin import StandinRealtime, StandinSession
+from tests.helpers.realtime_standin import AGENT_ONLY, StandinRealtime, StandinSession
 from tests.helpers.servers import bind_ephemeral
 from tests.helpers.signals import onset_s, pcm, speech_8k, tone, ulaw
 from tests.helpers.twilio_emulator import TwilioEmulator
 
 RESULTS = Path(__file__).parent / "results" / "call_path.md"
-# Every call straight into an agent; the stand-in plays the cloud model (BRIDGE_REALTIME_URL).
-AGENT_ONLY = """
-numbers: {default: main}
-flows:
-  main:
-    - agent: {provider: openai, instructions: "You are a helpful phone assistant."}
-"""
+
 SILENCE = b"\xff" * 160
 # Real human speech the caller barges in with (Debian asterisk-core-sounds-en-wav).
 PROMPTS = ("hello-world", "agent-pass", "auth-thankyou", "call-waiting", "cancelled")

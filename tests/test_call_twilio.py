@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from bridge.app import create_app
 from bridge.audio import codec
 from bridge.settings import Settings
 from tests.helpers.realtime_schema import validate_client_event
-from tests.helpers.realtime_standin import StandinRealtime, StandinSession
+from tests.helpers.realtime_standin import AGENT_ONLY, StandinRealtime, StandinSession
 from tests.helpers.servers import serve
 from tests.helpers.signals import onset_s, pcm, samples, sinad_db, speech_8k, tone, ulaw
 from tests.helpers.twilio_emulator import FRAME_BYTES, Played, TwilioEmulator
@@ -28,22 +28,6 @@ from tests.helpers.twilio_emulator import FRAME_BYTES, Played, TwilioEmulator
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-async def standin() -> AsyncIterator[StandinRealtime]:
-    server = StandinRealtime()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-# The smallest valid dialplan (issue 4): every call straight into a cloud agent. The stand-in
-# plays the cloud: BRIDGE_REALTIME_URL points every session at it.
-AGENT_ONLY = """
-numbers: {default: main}
-flows:
-  main:
-    - agent: {provider: openai, instructions: "You are a helpful phone assistant."}
-"""
 
 
 @pytest.fixture

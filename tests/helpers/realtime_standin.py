@@ -21,6 +21,15 @@ from websockets.exceptions import ConnectionClosed
 
 _ids = itertools.count(1)
 
+# The smallest valid dialplan (issue 4): every call straight into a cloud agent. With
+# BRIDGE_REALTIME_URL pointing at the stand-in, the stand-in plays the cloud model.
+AGENT_ONLY = """
+numbers: {default: main}
+flows:
+  main:
+    - agent: {provider: openai, instructions: "You are a helpful phone assistant."}
+"""
+
 
 def _id(prefix: str) -> str:
     return f"{prefix}_{next(_ids):06d}"

@@ -26,7 +26,7 @@ from bridge.settings import Settings
 from bridge.telephony.call_registry import InProcessCallRegistry
 from bridge.telephony.events import CallEnded, CallStarted, Dtmf
 from bridge.telephony.twilio_routes import TwilioLeg, twilio_router
-from tests.helpers.realtime_standin import StandinRealtime
+from tests.helpers.realtime_standin import AGENT_ONLY, StandinRealtime
 from tests.helpers.servers import serve
 from tests.helpers.twilio_emulator import TwilioEmulator
 from tests.telephony.test_twilio_rest import ACCOUNT, CALL_SID, TOKEN, FakeTwilio, fake_twilio  # noqa: F401
@@ -417,21 +417,6 @@ async def _answer_with(bridge: Bridge, token: str) -> tuple[str, dict[str, str],
 # --------------------------------------------------------------------------- the real app and call
 
 
-@pytest.fixture
-async def standin() -> AsyncIterator[StandinRealtime]:
-    server = StandinRealtime()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-# Every call straight into an agent; BRIDGE_REALTIME_URL points its session at the stand-in.
-AGENT_ONLY = """
-numbers: {default: main}
-flows:
-  main:
-    - agent: {provider: openai, instructions: "You are a helpful phone assistant."}
-"""
 
 
 @pytest.mark.slow
