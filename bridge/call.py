@@ -138,7 +138,6 @@ class Call:
         self._prompt_seq = 0
         self._agent_task: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
-        self._ended = False
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -155,7 +154,6 @@ class Call:
             self.stats.ended_reason = f"error: {group.exceptions[0]}"
             log.warning("call %s ended: %s", self.call_id, group.exceptions[0])
         finally:
-            self._ended = True
             await self._stop_agent()
             if self._listener is not None:
                 await self._listener.aclose()
@@ -479,7 +477,10 @@ class Call:
                 min_silence_ms=300,
             )
         assert self._tg is not None
-        self._agent_task = self._tg.create_task(self._run_agent(link))
+        try:
+            self._agent_task = self._tg.create_task(self._run_agent(link))
+        except RuntimeError:  # the call is ending (its task group is shutting down)
+            self.agent = None
 
     async def _run_agent(self, link: AgentLink) -> None:
         error: str | None = None
