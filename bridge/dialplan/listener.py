@@ -110,6 +110,9 @@ class MenuListener:
         self.stop()
         self._closed = True
         await asyncio.to_thread(self._executor.shutdown, wait=True)
+        close = getattr(self._recognizer, "close", None)
+        if close is not None:  # RemoteRecognizer: free the session's decoders in the ASR worker now
+            close()
 
     # ------------------------------------------------------------------ internals
 

@@ -35,6 +35,7 @@ import functools
 import itertools
 import logging
 import multiprocessing
+import multiprocessing.util  # registers its atexit hook (terminate children) before ours: ours runs first
 import os
 import queue
 import threading
