@@ -355,6 +355,7 @@ class AsrPool:
         self._slots: list[_Worker | None] = [None] * workers
         self._session_worker: dict[int, _Worker] = {}
         self._sessions = itertools.count(1)
+        self._users = 0
         self.restarts = 0
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -376,6 +377,19 @@ class AsrPool:
             for name, ms in worker.load_report.items():
                 report[name] = max(report.get(name, 0.0), ms)
         return report
+
+    def acquire(self) -> None:
+        """Count one user (an app's engine services). The last `release()` closes the pool, so one
+        app shutting down never stops the workers under another app of the same process."""
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users = max(0, self._users - 1)
+            last = self._users == 0
+        if last:
+            self.close()
 
     def close(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Stop every worker (pending requests fail with AsrWorkerError)."""
@@ -582,7 +596,7 @@ def get_asr_pool() -> AsrPool:
 
 
 def shutdown_asr_pool() -> None:
-    """Stop the process-wide pool's workers, if any are running (app shutdown)."""
+    """Stop the process-wide pool's workers now, whoever still uses them (they restart on next use)."""
     if _pool is not None:
         _pool.close()
 

@@ -84,12 +84,18 @@ class EngineServices:
     _synths: dict[int, Any] = field(default_factory=dict)
     _synth_lock: threading.Lock = field(default_factory=threading.Lock)
     _http: httpx.AsyncClient | None = None
+    _holds_asr_pool: bool = False
 
     def __post_init__(self) -> None:
         if self.detector_factory is None:
             self.detector_factory = _silero_detector
         if self.recognizer_factory is None:
             self.recognizer_factory = _pocketsphinx_recognizer
+        if self.recognizer_factory is _pocketsphinx_recognizer:
+            from bridge.engine.asr_pool import get_asr_pool
+
+            get_asr_pool().acquire()  # released by close_all(): the last user stops the workers
+            self._holds_asr_pool = True
         if self.synthesizer_factory is None:
             self.synthesizer_factory = _piper_synthesizer
 
@@ -146,10 +152,11 @@ class EngineServices:
             await self._http.aclose()
             self._http = None
             self.responder = None
-        if self.recognizer_factory is _pocketsphinx_recognizer:
-            from bridge.engine.asr_pool import shutdown_asr_pool
+        if self._holds_asr_pool:
+            from bridge.engine.asr_pool import get_asr_pool
 
-            await asyncio.to_thread(shutdown_asr_pool)
+            self._holds_asr_pool = False
+            await asyncio.to_thread(get_asr_pool().release)
 
 
 def _silero_detector(threshold: float, min_speech_ms: int, min_silence_ms: int) -> Detector:

@@ -211,3 +211,22 @@ async def test_event_loop_keeps_its_deadlines_while_the_pool_decodes(pool: AsrPo
     )
     print(message)
     assert remote_ms < 30.0, message
+
+
+def test_last_user_release_stops_the_workers() -> None:
+    pool = AsrPool(1)
+    try:
+        pool.acquire()
+        pool.acquire()  # two apps in one process
+        pool.start()
+        worker = pool.workers()[0]
+        pool.release()  # one app shuts down: the other's sessions keep their worker
+        assert worker.alive
+        assert worker.process.is_alive()
+        pool.release()
+        assert not worker.process.is_alive()
+        assert pool.workers() == []
+        rec = RemoteRecognizer(pool)  # later use starts it again
+        assert rec.recognize(silence(300)).text == ""
+    finally:
+        pool.close()
