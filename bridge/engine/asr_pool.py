@@ -316,11 +316,13 @@ class _Worker:
                 self.failure = "stopped" if code == 0 else f"exited with code {code}"
             pending, self._pending = self._pending, {}
         self._queue.put(_STOP)  # let the sender thread end
-        error = AsrWorkerError(self.describe_failure())
         for future in pending.values():
-            future.set_exception(error)
-        with contextlib.suppress(OSError):
-            self._conn.close()
+            future.set_exception(AsrWorkerError(self.describe_failure()))
+        # Close the pipe only once neither thread can touch it (a closed fd number may be reused at once).
+        self._sender.join(timeout=2.0)
+        if not self._sender.is_alive():
+            with contextlib.suppress(OSError):
+                self._conn.close()
         self.pool._worker_died(self)
 
     def stop(self) -> None:
