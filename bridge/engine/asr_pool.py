@@ -353,7 +353,8 @@ class AsrPool:
         self.size = workers
         self.niceness = niceness
         self.end_timeout_s = end_timeout_s
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # slots (held while a worker process is spawned)
+        self._map_lock = threading.Lock()  # session -> worker map (held briefly: close() runs on loops)
         self._slots: list[_Worker | None] = [None] * workers
         self._session_worker: dict[int, _Worker] = {}
         self._sessions = itertools.count(1)
@@ -398,7 +399,8 @@ class AsrPool:
         with self._lock:
             workers = [w for w in self._slots if w is not None]
             self._slots = [None] * self.size
-            self._session_worker.clear()
+            with self._map_lock:
+                self._session_worker.clear()
         for worker in workers:
             worker.stop()
         deadline = time.monotonic() + timeout_s
@@ -416,10 +418,11 @@ class AsrPool:
 
     def _worker_died(self, worker: _Worker) -> None:
         """Reader thread of a dead worker: forget its sessions and replace it if it was serving."""
-        with self._lock:
+        with self._map_lock:
             for sid in worker.sessions:
                 if self._session_worker.get(sid) is worker:
                     del self._session_worker[sid]
+        with self._lock:
             if self._slots[worker.index] is not worker:
                 return  # closed, or already replaced
             if not worker.ready.is_set():
@@ -448,13 +451,15 @@ class AsrPool:
                 self._ensure(i)
             live = [w for w in self._slots if w is not None]
             worker = min(live, key=lambda w: (not w.ready.is_set(), len(w.sessions)))
-            worker.sessions.add(sid)
-            self._session_worker[sid] = worker
+            with self._map_lock:
+                worker.sessions.add(sid)
+                self._session_worker[sid] = worker
         worker.send(("open", sid, mode))
         return worker
 
     def close_session(self, sid: int) -> None:
-        with self._lock:
+        """Free a session's decoders in its worker. Never waits for a spawn (safe on an event loop)."""
+        with self._map_lock:
             worker = self._session_worker.pop(sid, None)
             if worker is not None:
                 worker.sessions.discard(sid)
