@@ -72,16 +72,14 @@ class _Metric:
         raise NotImplementedError
 
 
-class Counter(_Metric):
-    kind = "counter"
+class _Values(_Metric):
+    """A metric that is one number per label set (counters and gauges)."""
 
     def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
         super().__init__(name, help_text, labels)
         self._values: dict[tuple[str, ...], float] = {}
 
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError(f"{self.name}: counters only go up")
+    def _add(self, amount: float, labels: dict[str, str]) -> None:
         key = self._key(labels)
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
@@ -95,12 +93,17 @@ class Counter(_Metric):
         return [f"{self.name}{_labels_text(self.label_names, k)} {_format_value(v)}" for k, v in items]
 
 
-class Gauge(_Metric):
-    kind = "gauge"
+class Counter(_Values):
+    kind = "counter"
 
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labels)
-        self._values: dict[tuple[str, ...], float] = {}
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        if amount < 0:
+            raise ValueError(f"{self.name}: counters only go up")
+        self._add(amount, labels)
+
+
+class Gauge(_Values):
+    kind = "gauge"
 
     def set(self, value: float, **labels: str) -> None:
         key = self._key(labels)
@@ -108,20 +111,10 @@ class Gauge(_Metric):
             self._values[key] = float(value)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
+        self._add(amount, labels)
 
     def dec(self, amount: float = 1.0, **labels: str) -> None:
-        self.inc(-amount, **labels)
-
-    def value(self, **labels: str) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return [f"{self.name}{_labels_text(self.label_names, k)} {_format_value(v)}" for k, v in items]
+        self._add(-amount, labels)
 
 
 class Histogram(_Metric):
