@@ -242,6 +242,25 @@ class BridgeMetrics(MetricsRegistry):
         self.sip_registered = self.gauge(
             p + "sip_registration_state", "1 while the SIP leg is registered with its server, else 0."
         )
+        self.admission_rejections = self.counter(
+            p + "admission_rejections_total",
+            "Calls and engine sessions refused because a limit was reached (max_calls, max_engine_sessions,"
+            " per-source rate).",
+            ["leg", "reason"],
+        )
+        self.sip_untrusted = self.counter(
+            p + "sip_untrusted_requests_total",
+            "SIP requests from sources that are neither the registrar nor a trusted peer.",
+            ["method", "action"],
+        )
+        self.engine_auth_failures = self.counter(
+            p + "engine_auth_failures_total",
+            "Embedded-engine connections refused for a missing or wrong token.",
+        )
+        self.egress_refusals = self.counter(
+            p + "engine_egress_refusals_total",
+            "Session events that tried to choose an outbound endpoint or key (refused).",
+        )
 
 
 METRICS = BridgeMetrics()

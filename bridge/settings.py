@@ -47,7 +47,33 @@ ENV_FIELDS: dict[str, str] = {
     "SIP_PASSWORD": "sip_password",
     "SIP_LOCAL_PORT": "sip_local_port",
     "SIP_PUBLIC_IP": "sip_public_ip",
+    "SIP_TRUSTED_PEERS": "sip_trusted_peers",
+    "SIP_UNTRUSTED_ACTION": "sip_untrusted_action",
+    "BRIDGE_ENGINE_TOKEN": "engine_token",
+    "BRIDGE_ADMIN_TOKEN": "admin_token",
+    "BRIDGE_METRICS_TOKEN": "metrics_token",
+    "BRIDGE_MAX_CALLS": "max_calls",
+    "BRIDGE_MAX_ENGINE_SESSIONS": "max_engine_sessions",
+    "BRIDGE_RATE_PER_SOURCE_PER_S": "rate_per_source_per_s",
+    "BRIDGE_RATE_BURST": "rate_burst",
 }
+
+# Settings whose values are secrets: redacted from logs, error events and health output.
+SECRET_FIELDS: tuple[str, ...] = (
+    "openai_api_key",
+    "azure_api_key",
+    "twilio_auth_token",
+    "twilio_webhook_signing_secret",
+    "stream_secret",
+    "sip_password",
+    "engine_token",
+    "admin_token",
+    "metrics_token",
+)
+
+# The only settings a chat-completions backend configured in a dialplan may send as its bearer:
+# keys meant for language-model endpoints. Twilio, SIP and the bridge's own tokens never leave it.
+CHAT_KEY_ENVS: tuple[str, ...] = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY")
 
 
 class Settings(BaseModel):
@@ -93,6 +119,25 @@ class Settings(BaseModel):
     sip_password: str | None = None
     sip_local_port: int = 5070
     sip_public_ip: str | None = None
+    # Registration mode: besides the registrar, the addresses or CIDRs (comma-separated) whose SIP
+    # requests are served. Trunk mode: the peers accepted (the SIP server when unset).
+    sip_trusted_peers: str | None = None
+    # What an untrusted SIP source gets: a 403 answer ("reject") or nothing at all ("drop").
+    sip_untrusted_action: Literal["reject", "drop"] = "reject"
+    # Bearer every `WS /v1/realtime` client must present; generated at start-up when unset (the
+    # bridge's own `local` provider always knows it). docs/security.md says how SDK clients get it.
+    engine_token: str | None = None
+    # Bearer of the admin API, the console and the softphone; those routes are off when unset.
+    admin_token: str | None = None
+    # Optional bearer for GET /metrics (open on the bridge's port when unset; see docs/security.md).
+    metrics_token: str | None = None
+    # Admission: calls in progress per process (Twilio busy TwiML / SIP 503 beyond it) and
+    # embedded-engine sessions per process. Justified in docs/security.md (bench/results/).
+    max_calls: int = Field(100, ge=1, le=10_000)
+    max_engine_sessions: int = Field(100, ge=1, le=10_000)
+    # Per-source token bucket on webhooks and engine connections (requests per second, burst).
+    rate_per_source_per_s: float = Field(20.0, gt=0, le=100_000)
+    rate_burst: int = Field(60, ge=1, le=1_000_000)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -115,3 +160,8 @@ class Settings(BaseModel):
     @property
     def sip_enabled(self) -> bool:
         return bool(self.sip_server or self.sip_user)
+
+    def secret_values(self) -> tuple[str, ...]:
+        """The values of every secret setting that is set (for log and error redaction)."""
+        values = (getattr(self, name) for name in SECRET_FIELDS)
+        return tuple(v for v in values if isinstance(v, str) and v)
