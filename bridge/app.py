@@ -23,6 +23,7 @@ from bridge.call import Call, prompt_voice
 from bridge.dialplan.store import DialplanStore
 from bridge.engine.server import mount_engine
 from bridge.errors import BridgeError
+from bridge.limits import Slots
 from bridge.settings import Settings
 from bridge.telephony.events import Leg
 from bridge.telephony.twilio_routes import twilio_router
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
     settings = settings or Settings.from_env()
     store = DialplanStore(settings.dialplans)  # raises DialplanInvalid: never serve a broken plan
     calls: set[Call] = set()
+    call_slots = Slots(settings.max_calls)  # calls in progress, all legs (the SIP leg takes/gives its own)
     state: dict[str, Any] = {"sip": None, "models": {}}
 
     async def run_call(leg: Leg) -> None:
@@ -84,7 +86,8 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
             from bridge.telephony.sip_service import start_sip
 
             try:
-                state["sip"] = await start_sip(settings, run_call, bind_host=settings.host)
+                state["sip"] = await start_sip(settings, run_call, bind_host=settings.host,
+                                               admission=call_slots)
             except BridgeError as exc:
                 log.error("SIP leg not started: %s", exc)
                 state["sip_error"] = str(exc)
@@ -103,6 +106,7 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
     app = FastAPI(title="ivr-bridge", lifespan=lifespan)
     app.state.settings = settings
     app.state.calls = calls
+    app.state.call_slots = call_slots
     app.state.dialplans = store
     engine = mount_engine(app, settings)
 
