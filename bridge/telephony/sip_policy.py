@@ -161,8 +161,10 @@ class RefusalLog:
             self._window_start = now_s
         elif now_s - self._window_start >= self.window_s:
             if self._suppressed:
-                summary = (f"{self._suppressed} more SIP datagrams from {len(self._suppressed_sources)} "
-                           f"untrusted source(s) refused in the last {now_s - self._window_start:.0f} s")
+                sources = len(self._suppressed_sources)
+                more = "+" if sources >= self.max_sources else ""  # bounded: "at least"
+                summary = (f"{self._suppressed} more SIP datagrams from {sources}{more} untrusted "
+                           f"source(s) refused in the last {now_s - self._window_start:.0f} s")
             self._window_start = now_s
             self._firsts = 0
             self._suppressed = 0
