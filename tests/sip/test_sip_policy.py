@@ -80,10 +80,13 @@ def test_open_policy_only_for_a_trunk_without_server_or_peers() -> None:
     assert source_policy(Settings(sip_user="lab")).open_to_all
     assert SourcePolicy(open_to_all=True).trusts("198.51.100.77")
     closed = source_policy(Settings(sip_user="lab", sip_trusted_peers="10.0.0.0/8"))
-    assert not closed.open_to_all and not closed.trusts("198.51.100.77") and closed.trusts("10.9.9.9")
+    assert not closed.open_to_all
+    assert not closed.trusts("198.51.100.77")
+    assert closed.trusts("10.9.9.9")
     reg = source_policy(Settings(sip_server="pbx.example", sip_user="u", sip_password="p",
                                  sip_untrusted_action="drop"))
-    assert not reg.open_to_all and reg.action == "drop"
+    assert not reg.open_to_all
+    assert reg.action == "drop"
     assert not reg.trusts("10.9.9.9")
 
 
@@ -110,13 +113,15 @@ def test_refusal_log_reports_the_first_per_source_then_summarises_a_flood() -> N
     log = RefusalLog(window_s=60.0, first_per_window=3)
     assert log.record("198.51.100.1", 0.0) == (True, None)
     lines = [log.record("198.51.100.1", 0.001 * i) for i in range(1, 10_000)]  # one source flooding
-    assert not any(first for first, _ in lines) and not any(summary for _, summary in lines)
+    assert not any(first for first, _ in lines)
+    assert not any(summary for _, summary in lines)
     # a spoofed flood from many sources: only `first_per_window` new sources are logged per window
     firsts = sum(log.record(f"10.0.{i // 256}.{i % 256}", 10.0)[0] for i in range(5000))
     assert firsts == 2
     first, summary = log.record("198.51.100.1", 61.0)
     assert not first  # already reported
-    assert summary is not None and summary.startswith("14997 more SIP datagrams from")
+    assert summary is not None
+    assert summary.startswith("14997 more SIP datagrams from")
     assert "from 4096+ untrusted source(s)" in summary  # the set of sources is bounded
     assert log.record("198.51.100.1", 62.0) == (False, None)  # one summary per window
     assert log.record("203.0.113.5", 62.0) == (True, None)  # a new source in the new window
