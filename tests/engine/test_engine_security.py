@@ -279,29 +279,29 @@ async def test_operator_backend_works_end_to_end_and_survives_a_reload(tmp_path:
                         break
 
 
-def test_registry_refuses_keys_that_are_not_chat_keys(tmp_path: Path) -> None:
-    from bridge.dialplan.loader import load_dialplan
+def test_registry_refuses_keys_that_are_not_chat_keys() -> None:
+    """Built without the dialplan's own validation (which may refuse the same), so the registry's check
+    is the one tested: a backend naming a non-chat key is never registered; earlier ones stay."""
+    from bridge.dialplan.model import AgentStep, ChatCompletions, Dialplan, Step
+    from bridge.engine.backends import ChatBackends, chat_backend
     from bridge.errors import ConfigError
 
-    plan = tmp_path / "plan.yaml"
-    plan.write_text(
-        textwrap.dedent(
-            """
-            numbers: {default: main}
-            flows:
-              main:
-                - say: hello
-                - agent:
-                    chat_completions: {url: "http://127.0.0.1:9/v1", api_key_env: TWILIO_AUTH_TOKEN}
-            """
-        )
-    )
-    try:
-        loaded = load_dialplan(plan)
-    except Exception:  # dialplan validation may refuse it already (another check does the same)
-        return
+    def plan(key_env: str) -> Dialplan:
+        chat = ChatCompletions.model_construct(url="http://127.0.0.1:9/v1", model="m", api_key_env=key_env)
+        step = Step.model_construct(agent=AgentStep.model_construct(chat_completions=chat))
+        return Dialplan.model_construct(flows={"main": (Step.model_construct(say=None), step)})
+
     with pytest.raises(ConfigError, match=r"flows\.main\[1\]\.agent\.chat_completions\.api_key_env"):
-        dialplan_chat_backends(loaded)
+        dialplan_chat_backends(plan("TWILIO_AUTH_TOKEN"))
+    good = chat_backend("http://127.0.0.1:9/v1", "m", "OPENAI_API_KEY")
+    assert [b.id for b in dialplan_chat_backends(plan("OPENAI_API_KEY"))] == [good.id]
+    current = {"plan": plan("TWILIO_AUTH_TOKEN")}
+    registry = ChatBackends(source=lambda: dialplan_chat_backends(current["plan"]))
+    registry.add([good])
+    bad_id = chat_backend("http://127.0.0.1:9/v1", "m", None).id  # what the bad step would be called
+    assert registry.get(bad_id) is None
+    assert registry.get(good.id) is good
+    assert len(registry) == 1
 
 
 # -------------------------------------------------------------------------------------------------
