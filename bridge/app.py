@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,8 +20,10 @@ from typing import Any
 from fastapi import FastAPI, Response
 
 from bridge import metrics
+from bridge.agent import dialplan_chat_backends
 from bridge.call import Call, prompt_voice
 from bridge.dialplan.store import DialplanStore
+from bridge.engine.backends import ChatBackend
 from bridge.engine.server import mount_engine
 from bridge.errors import BridgeError
 from bridge.limits import Slots
@@ -33,6 +36,10 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, *, preload_models: bool = True) -> FastAPI:
     settings = settings or Settings.from_env()
+    if not settings.engine_token:
+        # One token per process, made before anything reads the settings: the engine requires it and
+        # the bridge's own `local` provider sends it. Outside clients set BRIDGE_ENGINE_TOKEN instead.
+        settings = settings.model_copy(update={"engine_token": secrets.token_urlsafe(32)})
     store = DialplanStore(settings.dialplans)  # raises DialplanInvalid: never serve a broken plan
     calls: set[Call] = set()
     call_slots = Slots(settings.max_calls)  # calls in progress, all legs (the SIP leg takes/gives its own)
@@ -109,6 +116,18 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
     app.state.call_slots = call_slots
     app.state.dialplans = store
     engine = mount_engine(app, settings)
+    # The operator's chat-completions backends (dialplan agent steps): the only places the engine may
+    # send requests. Read again after a reload; earlier entries stay for calls in progress.
+    engine.chat_backends.add(dialplan_chat_backends(store.current()))  # ConfigError: never serve it
+    backends_seen = [store.version]
+
+    def reloaded_chat_backends() -> list[ChatBackend]:
+        if store.version == backends_seen[0]:
+            return []
+        backends_seen[0] = store.version
+        return dialplan_chat_backends(store.current())
+
+    engine.chat_backends.source = reloaded_chat_backends
 
     def flow_for(called: str) -> str | None:
         plan = store.current()
