@@ -12,9 +12,9 @@ the session runs on the event loop; the blocking work runs elsewhere and comes b
 Outgoing events go through one queue and one sender task, so they leave in the order the session
 produced them. A failure inside one connection closes that connection (1011) and nothing else.
 
-Admission, before any session state exists (docs/engine.md, "Security"): a per-source rate limit
-(HTTP 429), the engine token as bearer or `api-key` (compared in constant time; HTTP 401), and at
-most `max_engine_sessions` sessions (HTTP 503). Each refusal answers the handshake and is counted in
+Admission, before any session state exists (docs/engine.md, "Security"): the engine token as bearer
+or `api-key` (compared in constant time; HTTP 401, and HTTP 429 once a source's failed attempts
+exceed the per-source rate), and at most `max_engine_sessions` sessions (HTTP 503). Each refusal answers the handshake and is counted in
 /metrics. Where the engine may send requests and with which key is the operator's registry
 (bridge/engine/backends.py), never a session's choice; error events never carry a secret.
 """
@@ -570,13 +570,16 @@ async def _refuse(ws: WebSocket, status: int, message: str, *, retry_after_s: in
 
 
 async def _serve(ws: WebSocket, services: EngineServices) -> None:
-    source = ws.client.host if ws.client is not None else "unknown"
-    if not services.limiter.allow(source, time.monotonic()):
-        METRICS.admission_rejections.inc(leg="engine", reason="rate")
-        await _refuse(ws, 429, "too many engine connections from this address; try again later",
-                      retry_after_s=1)
-        return
     if not services.authorized(ws.headers):
+        # Only failed attempts spend the source's budget: a guesser or a flood of strangers is
+        # slowed to `rate_per_source_per_s`, while the bridge's own calls (all from 127.0.0.1,
+        # with the token) are bounded by the session limit alone and never refused for a burst.
+        source = ws.client.host if ws.client is not None else "unknown"
+        if not services.limiter.allow(source, time.monotonic()):
+            METRICS.admission_rejections.inc(leg="engine", reason="rate")
+            await _refuse(ws, 429, "too many failed engine connections from this address; try again later",
+                          retry_after_s=1)
+            return
         METRICS.engine_auth_failures.inc()
         await _refuse(ws, 401, "missing or wrong engine token (Authorization: Bearer BRIDGE_ENGINE_TOKEN)")
         return

@@ -412,22 +412,25 @@ async def test_session_limit_refuses_cleanly_and_spares_the_others() -> None:
 
 
 async def test_rate_limit_per_source() -> None:
+    """Failed attempts spend the source's budget (then even the right token waits); the token
+    holder's own connections never do, so a burst of calls is bounded only by the session limit."""
     services = fast_services(settings=Settings(rate_per_source_per_s=0.01, rate_burst=3))
     with _serve_engine(services) as (base, _app):
         url = base.replace("http://", "ws://")
         limited = METRICS.admission_rejections.value(leg="engine", reason="rate")
-        for _ in range(3):
+        for _ in range(6):  # twice the burst, with the token: all admitted
             async with connect(url) as c:
                 assert (await c.recv())["type"] == "session.created"
-        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
-            async with connect(url):
-                pass
-        assert refused.value.response.status_code == 429
-        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:  # even with a wrong token
+        for _ in range(3):  # the burst of failed attempts: 401 each
+            with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+                async with connect(url, token="guess"):
+                    pass
+            assert refused.value.response.status_code == 401
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:  # budget spent: 429
             async with connect(url, token="guess"):
                 pass
         assert refused.value.response.status_code == 429
-        assert METRICS.admission_rejections.value(leg="engine", reason="rate") == limited + 2
+        assert METRICS.admission_rejections.value(leg="engine", reason="rate") == limited + 1
 
 
 # -------------------------------------------------------------------------------------------------
