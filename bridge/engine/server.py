@@ -14,7 +14,8 @@ produced them. A failure inside one connection closes that connection (1011) and
 
 Admission, before any session state exists (docs/engine.md, "Security"): the engine token as bearer
 or `api-key` (compared in constant time; HTTP 401, and HTTP 429 once a source's failed attempts
-exceed the per-source rate), and at most `max_engine_sessions` sessions (HTTP 503). Each refusal answers the handshake and is counted in
+exceed the per-source rate), and at most `max_engine_sessions` sessions (HTTP 503). Each refusal
+answers the handshake and is counted in
 /metrics. Where the engine may send requests and with which key is the operator's registry
 (bridge/engine/backends.py), never a session's choice; error events never carry a secret.
 """
