@@ -56,6 +56,9 @@ def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         app,
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn's records go to the root handler (and its secret filter)
+        # Who the client is (rate limits) and which URL was signed is decided by the bridge alone
+        # (BRIDGE_TRUST_PROXY): uvicorn must not rewrite the peer from X-Forwarded-For.
+        proxy_headers=False,
         # The embedded engine takes appends up to 15 MiB; Twilio streams are held to 64 KiB by
         # TwilioLeg itself (close 1009), per message.
         ws_max_size=16 * 1024 * 1024,
