@@ -53,10 +53,10 @@ _SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
         r"\1\2" + REDACTED,
     ),
     # `Bearer x`, `Basic x` wherever they appear.
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
+    (re.compile(r"(?i)\b(bearer|basic)\s+(?!realm=)[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
     # Query-string or form parameters named like a credential: `?token=x`, `&api_key=x`.
     (
-        re.compile(r"(?i)(?<![\w-])(" + _CREDENTIAL_PARAMS + r")=([^&\s\"'#,;)\]}]+)"),
+        re.compile(r"(?i)(?<![\w-])(" + _CREDENTIAL_PARAMS + r")=(?!\[redacted\])([^&\s\"'#,;)\]}]+)"),
         r"\1=" + REDACTED,
     ),
     # A bridge stream token `v1.<CallSid>.<expiry>.<nonce>.<mac>`: the MAC is what makes it valid.
@@ -75,7 +75,8 @@ def _variants(secret: str) -> set[str]:
 
 
 class Redactor:
-    """Replaces known secret values and credential shapes. Immutable once built."""
+    """Replaces known secret values and credential shapes. Immutable once built; idempotent
+    (a line redacted twice, by two handlers, reads the same as once)."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         values: set[str] = set()
