@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from bridge.audio import codec
 from bridge.audio.resample import Downsampler, Upsampler
-from bridge.dialplan.model import AgentStep
+from bridge.dialplan.schema import AgentStep
 from bridge.engine.extension import EXTENSION_KEY
 from bridge.errors import BridgeError, UpstreamError
 from bridge.realtime import events as rt

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bridge.dialplan.loader import DialplanInvalid, check, format_loc, load_dialplan
-from bridge.dialplan.model import Dialplan
+from bridge.dialplan.schema import AgentStep, Dialplan, PlayStep
 from tests.dialplan.conftest import REPO
 
 Problems = Callable[[str], list[str]]
@@ -39,8 +39,8 @@ def test_minimal_cloud_agent_file_is_valid(plan: Callable[[str], Dialplan]) -> N
     p = plan(MINIMAL)
     step = p.flows["main"][0]
     assert step.kind == "agent"
-    assert step.agent is not None
-    assert step.agent.provider == "openai"
+    assert isinstance(step, AgentStep)
+    assert step.provider == "openai"
     assert p.flow_for("+15550100") == "main"
 
 
@@ -53,8 +53,8 @@ def test_shipped_examples_are_valid(path: str) -> None:
 
 def test_play_paths_resolve_relative_to_the_file() -> None:
     plan = load_dialplan(REPO / "dialplans")
-    play = plan.flows["operator"][0].play
-    assert play is not None
+    play = plan.flows["operator"][0]
+    assert isinstance(play, PlayStep)
     assert play.file == (REPO / "dialplans" / "audio" / "chime.wav").resolve()
     assert play.file.is_file()
 
