@@ -28,8 +28,8 @@ FLUSH_BYTES = 5 * FRAME_BYTES  # hand audio to the worker every 100 ms
 
 
 class TranscriptLike(Protocol):
-    text: str
-    in_grammar: bool
+    @property
+    def text(self) -> str: ...
 
 
 class RecognizerLike(Protocol):

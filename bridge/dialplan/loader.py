@@ -75,8 +75,8 @@ class _Reader:
         self.problems.append((line, format_loc(loc), message))
 
     def read(self, text: str) -> Any:
-        for n, line in enumerate(text.splitlines(), 1):
-            indent = line[: len(line) - len(line.lstrip(" \t"))]
+        for n, source in enumerate(text.splitlines(), 1):
+            indent = source[: len(source) - len(source.lstrip(" \t"))]
             if "\t" in indent:
                 self.problem(n, (), "tab in the indentation; YAML needs spaces")
         if self.problems:
@@ -336,8 +336,8 @@ def load_dialplan(*paths: str | Path) -> Dialplan:
 
     def report(found: list[Problem]) -> None:
         for loc, msg in found:
-            file, line = at(loc)
-            problems.append((file, line, format_loc(loc), msg))
+            where_file, line = at(loc)
+            problems.append((where_file, line, format_loc(loc), msg))
 
     plan: Dialplan | None = None
     if not unreadable:  # a file that is not YAML at all: its flows are unknown, so checks would guess
@@ -348,8 +348,8 @@ def load_dialplan(*paths: str | Path) -> Dialplan:
                 loc, line_loc, msg = _message(err, plains)
                 if any(line_loc[: len(t)] == t for t in trap_locs):
                     continue  # already reported as a YAML trap
-                file, line = at(line_loc)
-                problems.append((file, line, format_loc(loc), msg))
+                where_file, line = at(line_loc)
+                problems.append((where_file, line, format_loc(loc), msg))
         # The whole-plan checks run even when other problems were found, on what did validate:
         # ops see every problem of a file in one run.
         view = PlanView.of(plan) if plan is not None else _salvage(merged)
