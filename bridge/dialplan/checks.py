@@ -59,12 +59,8 @@ class PlanView:
         return cls(plan.numbers, plan.flows, plan.defaults)
 
 
-def semantic_problems(plan: Dialplan) -> list[Problem]:
-    """Everything wrong with a schema-valid plan that needs the whole plan to see."""
-    return plan_problems(PlanView.of(plan))
-
-
 def plan_problems(view: PlanView) -> list[Problem]:
+    """Everything wrong with the plan that needs the whole plan to see."""
     problems: list[Problem] = []
     flows = view.flows
     known = sorted(flows)
