@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from bridge.audio import codec
 from bridge.audio.resample import Downsampler, Upsampler
-from bridge.dialplan.model import AgentStep, Dialplan
+from bridge.dialplan.schema import AgentStep, Dialplan
 from bridge.engine.backends import ChatBackend, chat_backend
 from bridge.engine.extension import EXTENSION_KEY
 from bridge.errors import BridgeError, ConfigError, UpstreamError
@@ -90,10 +90,10 @@ def dialplan_chat_backends(plan: Dialplan) -> list[ChatBackend]:
     backends: list[ChatBackend] = []
     for flow, steps in plan.flows.items():
         for index, step in enumerate(steps):
-            if step.agent is None:
+            if not isinstance(step, AgentStep):
                 continue
             try:
-                backend = step_chat_backend(step.agent)
+                backend = step_chat_backend(step)
             except ConfigError as exc:
                 raise ConfigError(f"flows.{flow}[{index}].agent.{exc}") from exc
             if backend is not None:
@@ -135,6 +135,10 @@ def agent_config(step: AgentStep, settings: Settings) -> AgentConfig:
             ],
             "faq": [{"questions": list(f.questions), "answer": f.answer} for f in step.faq],
         }
+        if step.fallback_reply:
+            extra[EXTENSION_KEY]["fallback_reply"] = step.fallback_reply
+        if step.no_input_reply:
+            extra[EXTENSION_KEY]["no_input_reply"] = step.no_input_reply
         backend = step_chat_backend(step)
         if backend is not None:  # only the id: the engine looks the URL and key up in its registry
             extra[EXTENSION_KEY]["chat_completions"] = backend.id

@@ -26,6 +26,7 @@ from openai import AsyncOpenAI
 
 from bridge.agent import agent_config, dialplan_chat_backends
 from bridge.app import create_app
+from bridge.dialplan.schema import AgentStep
 from bridge.engine.backends import ChatBackend
 from bridge.engine.redact import REDACTED, error_text, redact
 from bridge.engine.responder import Reply, Responder, Turn
@@ -221,7 +222,8 @@ async def test_operator_backend_works_end_to_end_and_survives_a_reload(tmp_path:
             base,
             app,
         ):
-            step = app.state.dialplans.current().flows["main"][0].agent
+            step = app.state.dialplans.current().flows["main"][0]
+            assert isinstance(step, AgentStep)
             extra = agent_config(step, app.state.settings).session_extra
             backend_ref = extra["local_engine"]["chat_completions"]
             assert isinstance(backend_ref, str)
@@ -256,7 +258,8 @@ async def test_operator_backend_works_end_to_end_and_survives_a_reload(tmp_path:
                 # the operator edits the dialplan: a new backend; the old one stays for this session
                 write("bigger")
                 assert app.state.dialplans.reload() == []
-                new_step = app.state.dialplans.current().flows["main"][0].agent
+                new_step = app.state.dialplans.current().flows["main"][0]
+                assert isinstance(new_step, AgentStep)
                 new_ref = agent_config(new_step, app.state.settings).session_extra["local_engine"][
                     "chat_completions"
                 ]
@@ -282,14 +285,14 @@ async def test_operator_backend_works_end_to_end_and_survives_a_reload(tmp_path:
 def test_registry_refuses_keys_that_are_not_chat_keys() -> None:
     """Built without the dialplan's own validation (which may refuse the same), so the registry's check
     is the one tested: a backend naming a non-chat key is never registered; earlier ones stay."""
-    from bridge.dialplan.model import AgentStep, ChatCompletions, Dialplan, Step
+    from bridge.dialplan.schema import ChatCompletions, Dialplan, SayStep
     from bridge.engine.backends import ChatBackends, chat_backend
     from bridge.errors import ConfigError
 
     def plan(key_env: str) -> Dialplan:
         chat = ChatCompletions.model_construct(url="http://127.0.0.1:9/v1", model="m", api_key_env=key_env)
-        step = Step.model_construct(agent=AgentStep.model_construct(chat_completions=chat))
-        return Dialplan.model_construct(flows={"main": (Step.model_construct(say=None), step)})
+        step = AgentStep.model_construct(chat_completions=chat)
+        return Dialplan.model_construct(flows={"main": (SayStep.model_construct(text="hi"), step)})
 
     with pytest.raises(ConfigError, match=r"flows\.main\[1\]\.agent\.chat_completions\.api_key_env"):
         dialplan_chat_backends(plan("TWILIO_AUTH_TOKEN"))
