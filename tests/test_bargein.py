@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bridge.bargein import PROMPT_PREFIX, BargeInCore, Cut
+from bridge.realtime.session import UpstreamFormat
 
 PCM24K_MS = 48  # bytes per ms of 24 kHz PCM16
 PCMU_MS = 8
@@ -39,9 +40,9 @@ class Leg:
         return self
 
 
-def agent(fmt: str = "pcm24k", barge_in: bool = True) -> Leg:
+def agent(fmt: UpstreamFormat = "pcm24k", barge_in: bool = True) -> Leg:
     leg = Leg()
-    leg.core.agent_started(fmt, barge_in=barge_in)  # type: ignore[arg-type]
+    leg.core.agent_started(fmt, barge_in=barge_in)
     return leg
 
 
