@@ -1,12 +1,12 @@
 """One agent step: a realtime voice session joined to a call's audio.
 
-`AgentLink` owns the upstream socket and the session state; the call owns the leg, the playout
-and the barge-in detector, and talks to the link through a few methods:
+`AgentLink` owns the upstream socket; the call owns the leg, the playout, the barge-in detector
+and the barge-in core (`bridge.bargein`), which the link feeds with the session's facts
+(responses, audio received per item). The call talks to the link through a few methods:
 
 - `send_caller_audio(pcm8k, payload)`: every inbound frame while the agent is active;
-- `heard(item_id, end_ms)`: a played mark came back;
-- `barge_in(source)`: the caller talked over the bot (local VAD); the server's `speech_started`
-  arrives here directly;
+- `cut()` then `tell_model(cut, source)`: the core decided a barge-in (on the local VAD's onset,
+  or on the server's `speech_started`, which the link hands to the call);
 - `close()`: the step ends (dialplan, tool call, hang-up). Closing never waits more than ~80 ms.
 
 What a tool call means for the call (transfer, hang up, another flow) is the dialplan runner's
@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from bridge.audio import codec
 from bridge.audio.resample import Downsampler, Upsampler
+from bridge.bargein import BargeInCore, Cut
 from bridge.dialplan.schema import AgentStep, Dialplan
 from bridge.engine.backends import ChatBackend, chat_backend
 from bridge.engine.extension import EXTENSION_KEY
@@ -34,7 +35,7 @@ from bridge.errors import BridgeError, ConfigError, UpstreamError
 from bridge.realtime import events as rt
 from bridge.realtime.client import RealtimeClient
 from bridge.realtime.providers import Endpoint, resolve_endpoint, session_config
-from bridge.realtime.session import SessionState, UpstreamFormat
+from bridge.realtime.session import UpstreamFormat
 from bridge.settings import Settings
 from bridge.telephony.events import Encoding
 
@@ -164,16 +165,15 @@ class CallAudio(Protocol):
     """What the link needs from its call."""
 
     encoding: Encoding
+    bargein: BargeInCore
 
     def play(self, item_id: str, g711: bytes) -> None: ...
 
     def finish_item(self, item_id: str) -> None: ...
 
-    def bot_audible(self) -> bool: ...
-
-    def heard_now(self) -> tuple[str, int] | None: ...
-
-    async def cut_playout(self) -> None: ...
+    async def server_speech_started(self) -> None:
+        """The session heard the caller start talking: barge in if the core says so."""
+        ...
 
 
 ToolHandler = Callable[[str, dict[str, Any]], Awaitable[None]]  # (name, arguments)
@@ -192,10 +192,10 @@ class AgentLink:
         client_factory: Callable[[], RealtimeClient] = RealtimeClient,
     ) -> None:
         self.config = config
-        self.state = SessionState(config.upstream_format)
         self.truncates: list[tuple[str, int]] = []
         self.barge_ins = 0
         self._audio = audio
+        self._barge = audio.bargein
         self._on_tool = on_tool
         self._call_id = call_id
         self._client = client_factory()
@@ -208,7 +208,7 @@ class AgentLink:
 
     @property
     def response_active(self) -> bool:
-        return self.state.response_active
+        return self._barge.response_active
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -274,7 +274,7 @@ class AgentLink:
             return
         item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
         await self._client.send(rt.ConversationItemCreate(item=item))
-        if not self.state.response_active:
+        if not self._barge.response_active:
             await self._client.send(rt.ResponseCreate())
 
     # -- model -> caller -----------------------------------------------------------------------
@@ -282,19 +282,18 @@ class AgentLink:
     async def _on_event(self, event: rt.ServerEvent) -> None:
         if isinstance(event, rt.ResponseOutputAudioDelta):
             audio = event.audio()
-            if self.state.accept_audio(event.item_id, len(audio)):
+            if self._barge.audio_received(event.item_id, len(audio)):  # False: cut by a barge-in
                 self._play(event.item_id, audio)
         elif isinstance(event, rt.ResponseOutputAudioDone):
             self._audio.finish_item(event.item_id)
         elif isinstance(event, rt.ResponseCreated):
-            self.state.response_started(event.response_id)
+            self._barge.response_started(event.response_id)
         elif isinstance(event, rt.ResponseDone):
-            self.state.response_ended(event.response_id)
+            self._barge.response_ended(event.response_id)
             for name, arguments in self._pending_tools.pop(event.response_id, []):
                 await self._on_tool(name, arguments)
         elif isinstance(event, rt.InputAudioBufferSpeechStarted):
-            if self.config.barge_in:
-                await self.barge_in("server_vad")
+            await self._audio.server_speech_started()
         elif isinstance(event, rt.ResponseFunctionCallArgumentsDone):
             self._queue_tool(event)
         elif isinstance(event, rt.Error):
@@ -310,7 +309,6 @@ class AgentLink:
             g711 = audio
         else:
             g711 = codec.transcode(audio, fmt, encoding)
-        self.state.audio_sent(item_id)
         self._audio.play(item_id, g711)
 
     def _queue_tool(self, event: rt.ResponseFunctionCallArgumentsDone) -> None:
@@ -323,37 +321,30 @@ class AgentLink:
             arguments = {}
         self._pending_tools.setdefault(event.response_id, []).append((event.name, arguments))
 
-    def heard(self, item_id: str, end_ms: int) -> None:
-        self.state.heard(item_id, end_ms)
+    # -- barge-in (decided by the call's BargeInCore) -------------------------------------------
 
-    # -- barge-in ------------------------------------------------------------------------------
-
-    async def barge_in(self, source: str) -> None:
-        """The caller talked over the bot: stop it and tell the model what was heard."""
-        if not (self._audio.bot_audible() or self.state.response_active):
-            return
-        now = self._audio.heard_now()
-        if now is not None:
-            self.state.heard(*now)
-        decision = self.state.barge_in()  # reads what was heard before the leg is cleared
+    def cut(self) -> None:
+        """The playout is being cleared for a barge-in: drop the resampler's tail of the cut item."""
         self._down.reset()
         self.barge_ins += 1
-        await self._audio.cut_playout()
+
+    async def tell_model(self, cut: Cut, source: str) -> None:
+        """After the playout was cleared: cancel the response and truncate the item as decided."""
         if not self._ready:
             return
-        if decision.cancel_response_id is not None:
+        if cut.cancel_response_id is not None:
             await self._client.send(rt.ResponseCancel())
-        if decision.truncate_item_id is not None:
-            self.truncates.append((decision.truncate_item_id, decision.audio_end_ms))
+        if cut.truncate_item_id is not None:
+            self.truncates.append((cut.truncate_item_id, cut.audio_end_ms))
             await self._client.send(
                 rt.ConversationItemTruncate(
-                    item_id=decision.truncate_item_id, content_index=0, audio_end_ms=decision.audio_end_ms
+                    item_id=cut.truncate_item_id, content_index=0, audio_end_ms=cut.audio_end_ms
                 )
             )
         log.info(
             "call %s: barge-in (%s), truncated %s at %d ms",
             self._call_id,
             source,
-            decision.truncate_item_id,
-            decision.audio_end_ms,
+            cut.truncate_item_id,
+            cut.audio_end_ms,
         )

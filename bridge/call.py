@@ -3,7 +3,7 @@
 Shape of a call (one task group; every task has one owner and signals its exit):
 
     leg events ─► _leg_loop ─► decode ─► barge-in VAD ─► menu listener / agent link (upstream)
-                             └─► DTMF, played marks, hang-up ─► control queue
+                             └─► DTMF, hang-up ─► control queue; played marks ─► BargeInCore
     control queue ─► _control ─► Runner (no I/O) ─► actions: say, play, listen, agent, transfer, hang up
     Playout ─► _pacer ─► leg.send_audio + leg.send_mark per frame (absolute deadlines, <= lead_ms ahead)
     timers ─► _timers ─► Runner.on_timer
@@ -11,9 +11,10 @@ Shape of a call (one task group; every task has one owner and signals its exit):
 Everything that moves the dialplan goes through the control queue and is handled by one task,
 in order, so the runner never sees two inputs at once. Audio never waits for the control task.
 
-Barge-in (the local VAD's onset or the server's `speech_started`, whichever comes first, and only
-while the bot is audible) is the agent link's job (`bridge.agent`); during prompts the VAD cuts a
-prompt that allows it while the caller answers a menu.
+Barge-in is decided by `bridge.bargein.BargeInCore` (no I/O): the call feeds it the frames sent and
+the marks played, the agent link the session's responses and audio; on the local VAD's onset, the
+server's `speech_started` (via the agent link), DTMF or StopPrompts it returns a `Cut`, which
+`_execute_cut` carries out (playout and leg cleared, prompts done, the link tells the model).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from bridge.agent import AgentLink, agent_config
 from bridge.audio import codec
 from bridge.audio.playout import Playout
 from bridge.audio.vad import SpeechDetector, SpeechStart
+from bridge.bargein import BargeInCore, Cut
 from bridge.dialplan import runner as dp
 from bridge.dialplan.schema import Dialplan
 from bridge.errors import BridgeError
@@ -40,7 +42,6 @@ from bridge.telephony.events import AudioIn, CallEnded, CallStarted, Dtmf, Leg, 
 
 log = logging.getLogger(__name__)
 
-PROMPT_PREFIX = "prompt:"
 DRAIN_TIMEOUT_S = 15.0
 
 
@@ -125,17 +126,14 @@ class Call:
         self._voice = voice
         self._loop = asyncio.get_running_loop()
         self._playout = Playout(lead_ms=leg.lead_ms, silence_byte=codec.silence_byte(leg.encoding))
-        self._marks: dict[str, tuple[str, int]] = {}
+        self.bargein = BargeInCore()
         self._mark_seq = 0
         self._wake = asyncio.Event()
         self._timer_wake = asyncio.Event()
         self._drained = asyncio.Event()
-        self._last_played: tuple[str, int, float] | None = None  # item, end ms, when its mark came back
         self._control: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._vad: SpeechDetector | None = None
         self._listener: Any = None  # MenuListener while a menu listens for speech
-        self._prompts: dict[str, tuple[str, int, bool]] = {}  # item id -> (prompt id, total ms, barge-in)
-        self._prompt_seq = 0
         self._agent_task: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
 
@@ -211,29 +209,18 @@ class Call:
             await agent.send_caller_audio(pcm8k, payload)
 
     async def _on_speech_onset(self) -> None:
-        agent = self.agent
-        if agent is not None and agent.config.barge_in:
-            await agent.barge_in("local_vad")
-            return
-        # A prompt that allows barge-in stops when the caller answers over it.
-        if self._listener is not None and self._cut_prompts(only_barge_in=True):
-            await self.leg.clear()
+        now = self._now_ms()
+        cut = self.bargein.speech_started(
+            now, audible=self._bot_audible(now), listening=self._listener is not None
+        )
+        if cut is not None:
+            await self._execute_cut(cut, "local_vad")
 
     def _on_mark(self, name: str) -> None:
-        entry = self._marks.pop(name, None)
-        if entry is None:
-            return
+        done = self.bargein.mark_played(name, self._now_ms())
         self._check_drained()
-        item_id, end_ms = entry
-        self._last_played = (item_id, end_ms, self._now_ms())
-        prompt = self._prompts.get(item_id)
-        if prompt is not None:
-            prompt_id, total_ms, _ = prompt
-            if end_ms >= total_ms:
-                del self._prompts[item_id]
-                self._post("prompt_done", prompt_id)
-        elif self.agent is not None:
-            self.agent.heard(item_id, end_ms)
+        if done is not None:
+            self._post("prompt_done", done)
 
     # -- audio out (CallAudio for the agent link) ------------------------------------------------
 
@@ -245,51 +232,39 @@ class Call:
         self._playout.finish_item(item_id)
         self._wake.set()
 
-    def heard_now(self) -> tuple[str, int] | None:
-        """What the caller has heard of the playing item at this instant: the last played mark,
-        plus the part of the frame playing since then (at most one frame, and only when a
-        later frame of the same item was really sent: a model that paused adds nothing)."""
-        last = self._last_played
-        if last is None:
-            return None
-        item_id, end_ms, at_ms = last
-        if not any(pending_item == item_id for pending_item, _ in self._marks.values()):
-            return item_id, end_ms
-        return item_id, end_ms + int(min(self._now_ms() - at_ms, codec.FRAME_MS))
+    async def server_speech_started(self) -> None:
+        """The session's `input_audio_buffer.speech_started` (from the agent link)."""
+        now = self._now_ms()
+        cut = self.bargein.speech_started(now, audible=self._bot_audible(now), server=True)
+        if cut is not None:
+            await self._execute_cut(cut, "server_vad")
 
-    def bot_audible(self) -> bool:
-        return self._playout.queued_ms > 0 or self._playout.busy_until_ms > self._now_ms()
+    def _bot_audible(self, now: float) -> bool:
+        return self._playout.queued_ms > 0 or self._playout.busy_until_ms > now
 
-    async def cut_playout(self) -> None:
+    async def _execute_cut(self, cut: Cut, source: str) -> None:
+        """Carry out the core's decision: playout and leg cleared, prompts done, the model told."""
+        agent = self.agent if cut.agent else None
+        if agent is not None:
+            agent.cut()
         self._playout.clear()
-        self._marks.clear()
-        self._cut_prompts(only_barge_in=False)
         self._check_drained()
-        await self.leg.clear()
-
-    def _cut_prompts(self, *, only_barge_in: bool) -> bool:
-        cut = [item for item, (_, _, barge) in self._prompts.items() if barge or not only_barge_in]
-        if not cut:
-            return False
-        if only_barge_in and len(cut) < len(self._prompts):
-            return False  # a prompt that must be heard is still queued: leave the playout alone
-        self._playout.clear()
-        self._marks.clear()
-        self._check_drained()
-        for item in cut:
-            prompt_id, _, _ = self._prompts.pop(item)
+        for prompt_id in cut.prompts:
             self._post("prompt_done", prompt_id)
-        return True
+        await self.leg.clear()
+        if agent is not None:
+            await agent.tell_model(cut, source)
 
     async def _pacer(self) -> None:
-        playout, leg = self._playout, self.leg
+        playout, leg, barge = self._playout, self.leg, self.bargein
         while True:
             # One mark per 20 ms frame: the far end's echoes then say, to the frame, what the
             # caller has heard (a mark per batch would leave barge-in ~100 ms blind).
-            for frame in playout.pop_due(self._now_ms()):
+            now = self._now_ms()
+            for frame in playout.pop_due(now):
                 self._mark_seq += 1
                 name = str(self._mark_seq)
-                self._marks[name] = (frame.item_id, frame.end_ms)  # before sending: not drained
+                barge.frame_sent(name, frame.item_id, frame.end_ms, now)  # before sending: not drained
                 await leg.send_audio(frame.payload)
                 await leg.send_mark(name)
                 self.stats.frames_out += 1
@@ -306,7 +281,7 @@ class Call:
                     timer.cancel()
 
     def _check_drained(self) -> None:
-        if not self._marks and self._playout.queued_ms == 0:
+        if not self.bargein.in_flight and self._playout.queued_ms == 0:
             self._drained.set()
 
     async def _drain(self) -> None:
@@ -350,8 +325,9 @@ class Call:
             elif runner is None:
                 continue
             elif kind == "dtmf":
-                if self._cut_prompts(only_barge_in=True):
-                    await self.leg.clear()
+                cut = self.bargein.cut_prompts(only_barge_in=True)
+                if cut is not None:
+                    await self._execute_cut(cut, "dtmf")
                 actions = runner.on_dtmf(message[1], now)
             elif kind == "speech":
                 actions = runner.on_speech(message[1], now)
@@ -399,8 +375,9 @@ class Call:
         elif isinstance(action, dp.Play):
             await self._play_file(action)
         elif isinstance(action, dp.StopPrompts):
-            if self._cut_prompts(only_barge_in=False):
-                await self.leg.clear()
+            cut = self.bargein.cut_prompts(only_barge_in=False)
+            if cut is not None:
+                await self._execute_cut(cut, "stop_prompts")
         elif isinstance(action, dp.Listen):
             self._listen(action)
         elif isinstance(action, dp.StopListening):
@@ -424,12 +401,6 @@ class Call:
         self.play(item_id, codec.encode(pcm8k, self.encoding))
         self.finish_item(item_id)
 
-    def _new_prompt_item(self, prompt_id: str, pcm8k_bytes: int, barge_in: bool) -> str:
-        self._prompt_seq += 1
-        item_id = f"{PROMPT_PREFIX}{self._prompt_seq}"
-        self._prompts[item_id] = (prompt_id, pcm8k_bytes // (2 * 8), barge_in)
-        return item_id
-
     async def _say(self, action: dp.Say) -> None:
         voice = self._voice or prompt_voice()
         try:
@@ -440,7 +411,7 @@ class Call:
         if not pcm8k:
             self._post("prompt_done", action.prompt_id)
             return
-        item_id = self._new_prompt_item(action.prompt_id, len(pcm8k), action.barge_in)
+        item_id = self.bargein.prompt(action.prompt_id, len(pcm8k) // (2 * 8), action.barge_in)
         await self._speak(item_id, pcm8k)
 
     async def _play_file(self, action: dp.Play) -> None:
@@ -451,7 +422,7 @@ class Call:
             log.warning("call %s: cannot play %s: %s", self.call_id, path, exc)
             self._post("failed", action, f"cannot play {path}: {exc}")
             return
-        item_id = self._new_prompt_item(action.prompt_id, len(pcm8k), action.barge_in)
+        item_id = self.bargein.prompt(action.prompt_id, len(pcm8k) // (2 * 8), action.barge_in)
         await self._speak(item_id, pcm8k)
 
     def _listen(self, action: dp.Listen) -> None:
@@ -473,6 +444,7 @@ class Call:
             return
         link = AgentLink(config, self, on_tool=self._on_tool, call_id=self.call_id)
         self.agent = link
+        self.bargein.agent_started(config.upstream_format, barge_in=config.barge_in)
         if self._vad is not None:
             self._vad = SpeechDetector(
                 threshold=config.barge_in_threshold,
@@ -484,6 +456,7 @@ class Call:
             self._agent_task = self._tg.create_task(self._run_agent(link))
         except RuntimeError:  # the call is ending (its task group is shutting down)
             self.agent = None
+            self.bargein.agent_stopped()
 
     async def _run_agent(self, link: AgentLink) -> None:
         error: str | None = None
@@ -500,6 +473,7 @@ class Call:
             self._post("agent_ended", error or "the realtime session closed")
 
     def _retire(self, link: AgentLink) -> None:
+        self.bargein.agent_stopped()
         self.stats.truncates += link.truncates
         self.stats.barge_ins += link.barge_ins
 

@@ -12,7 +12,8 @@ barge-in has to throw away, and a reply that pauses half-way does not get credit
 
 Accounting: every frame carries the item it belongs to and `end_ms`, how many ms of that item's
 audio the caller has heard once the frame has played (a padded last frame counts only its real
-audio). `heard_at(now_ms)` answers the same question from the schedule (for legs without marks).
+audio). What the caller has heard at an instant is `bridge.bargein`'s business (from the marks
+the leg echoes for these frames).
 
 Time is an input (milliseconds on any monotonic clock); nothing here sleeps or reads a clock.
 """
@@ -31,16 +32,6 @@ class Frame:
     payload: bytes  # one 20 ms G.711 frame (160 bytes)
     item_id: str  # the realtime assistant item it belongs to ("" for prompts)
     end_ms: int  # ms of that item's audio the caller has heard once this frame is played
-
-
-@dataclass(slots=True)
-class _Sent:
-    """A frame handed out whose playing may not be over yet."""
-
-    start_ms: float  # when the far end starts playing it
-    item_id: str
-    from_ms: int  # item position at the frame's start
-    end_ms: int  # item position at the end of its real audio
 
 
 class Playout:
@@ -63,9 +54,6 @@ class Playout:
         self._remainder = b""
         self._playhead_ms = _IDLE
         self._last_now_ms = 0.0
-        self._sent: deque[_Sent] = deque()
-        self._heard: tuple[str, int] | None = None
-        self._last_popped: tuple[str, int] = ("", -1)  # item and end_ms of the last frame handed out
 
     # ----------------------------------------------------------------------------- filling
 
@@ -109,8 +97,6 @@ class Playout:
         """Frames to send now: those whose scheduled play start is < now_ms + lead_ms (or <= now_ms)."""
         self._last_now_ms = now_ms
         queue = self._queue
-        if self._sent:
-            self._retire(now_ms)
         if not queue:
             return []
         playhead = self._playhead_ms
@@ -119,19 +105,10 @@ class Playout:
         limit = now_ms + self.lead_ms
         frame_ms = self.frame_ms
         due: list[Frame] = []
-        sent = self._sent
-        last_item, last_end = self._last_popped
         while queue and (playhead < limit or playhead <= now_ms):
-            frame = queue.popleft()
-            due.append(frame)
-            end_ms = frame.end_ms
-            # A padded last frame holds less than frame_ms of audio: it starts where the previous ended.
-            from_ms = max(end_ms - frame_ms, last_end if frame.item_id == last_item else 0)
-            sent.append(_Sent(playhead, frame.item_id, from_ms, end_ms))
-            last_item, last_end = frame.item_id, end_ms
+            due.append(queue.popleft())
             playhead += frame_ms
         self._playhead_ms = playhead
-        self._last_popped = (last_item, last_end)
         return due
 
     def next_due_ms(self) -> float | None:
@@ -145,21 +122,13 @@ class Playout:
             return self._last_now_ms
         return self._playhead_ms - self.lead_ms if self.lead_ms else self._playhead_ms
 
-    def clear(self, now_ms: float | None = None) -> int:
+    def clear(self) -> int:
         """Barge-in: drop queued frames and any remainder; returns the number of frames dropped.
 
-        The far end is told to drop what it holds, so the schedule restarts at `now` on the next
-        pop. Give `now_ms` to keep `heard_at` exact about the frame that was playing."""
-        if now_ms is not None:
-            self._heard = self.heard_at(now_ms)
-            self._last_now_ms = now_ms
-        elif self._sent:
-            self._retire(self._last_now_ms)
+        The far end is told to drop what it holds, so the schedule restarts at `now` on the next pop."""
         dropped = len(self._queue)
         self._queue.clear()
         self._remainder = b""
-        self._sent.clear()
-        self._last_popped = ("", -1)
         self._playhead_ms = _IDLE
         return dropped
 
@@ -176,24 +145,3 @@ class Playout:
         if self._playhead_ms == _IDLE:
             return self._last_now_ms
         return self._playhead_ms
-
-    def heard_at(self, now_ms: float) -> tuple[str, int] | None:
-        """(item_id, audio_end_ms) the caller has heard by `now_ms`, assuming the far end plays each
-        frame at its scheduled start; None before any frame has been played. Use it where the leg
-        echoes no marks (RTP); ask it before `clear()`."""
-        if self._sent:
-            self._retire(now_ms)
-        if self._sent:
-            first = self._sent[0]
-            if first.start_ms < now_ms:
-                heard = first.from_ms + int(now_ms - first.start_ms)
-                return first.item_id, min(heard, first.end_ms)
-        return self._heard
-
-    def _retire(self, now_ms: float) -> None:
-        """Forget frames the far end has finished playing by `now_ms`, remembering the last one."""
-        sent = self._sent
-        frame_ms = self.frame_ms
-        while sent and sent[0].start_ms + frame_ms <= now_ms:
-            done = sent.popleft()
-            self._heard = (done.item_id, done.end_ms)

@@ -1,4 +1,6 @@
-"""Playout buffer and pacer: framing, schedule, lead, pauses, barge-in, heard-audio accounting."""
+"""Playout buffer and pacer: framing, schedule, lead, pauses, barge-in, per-frame item positions.
+
+What the caller has heard at an instant (from the echoed marks) is tested in tests/test_bargein.py."""
 
 from __future__ import annotations
 
@@ -159,36 +161,6 @@ def test_item_position_survives_clear() -> None:
     # Late audio of the same item keeps counting from the item's start (160 * 4 bytes were pushed).
     p.push("a", _audio(160))
     assert [f.end_ms for f in p.pop_due(10.0)] == [100]
-
-
-def test_heard_at_follows_the_schedule() -> None:
-    p = Playout(lead_ms=100)
-    assert p.heard_at(0.0) is None
-    p.push("a", _audio(160 * 3 + 40))
-    p.finish_item("a")
-    p.pop_due(1000.0)  # frames start at 1000, 1020, 1040, 1060 (the last holds 5 ms of audio)
-    assert p.heard_at(1000.0) is None
-    assert p.heard_at(1007.0) == ("a", 7)
-    assert p.heard_at(1020.0) == ("a", 20)
-    assert p.heard_at(1051.0) == ("a", 51)
-    assert p.heard_at(1063.0) == ("a", 63)
-    assert p.heard_at(1070.0) == ("a", 65)
-    assert p.heard_at(5000.0) == ("a", 65)
-
-
-def test_heard_at_before_clear_is_kept_after_clear() -> None:
-    p = Playout(lead_ms=100)
-    p.push("item_1", _audio(160 * 20))
-    p.pop_due(0.0)
-    assert p.heard_at(33.0) == ("item_1", 33)
-    p.clear(now_ms=33.0)
-    assert p.heard_at(10_000.0) == ("item_1", 33)
-    # Without now_ms, clear keeps what had been played by the last pop.
-    p.push("item_2", _audio(160 * 20))
-    p.pop_due(100.0)
-    p.pop_due(150.0)
-    p.clear()
-    assert p.heard_at(10_000.0) == ("item_2", 40)
 
 
 def test_prompts_use_an_empty_item_id() -> None:
