@@ -137,9 +137,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     # -- carrying out the core's outputs ---------------------------------------------------------
 
-    def execute(self, outputs: list[Output]) -> list[asyncio.Task[Any]]:
-        """Carry out the core's outputs in order. Returns the tasks started for our own requests."""
-        started: list[asyncio.Task[Any]] = []
+    def execute(self, outputs: list[Output]) -> list[asyncio.Future[SipMessage | None]]:
+        """Carry out the core's outputs in order. Returns the outcomes of the requests of ours they
+        started (each a final response or None). Those transactions run in the core: cancelling an
+        outcome does not stop them."""
+        started: list[asyncio.Future[SipMessage | None]] = []
         for out in outputs:
             if isinstance(out, Send):
                 self.send(out.data, out.addr)
@@ -154,7 +156,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 if waiter is not None and not waiter.done():
                     waiter.set_result(out.response)
             elif isinstance(out, ClientRequest):
-                started.append(self._spawn(self._client_request(out), f"sip-{out.method.lower()}"))
+                started.append(self._start_request(out))
             elif isinstance(out, CallOffered):
                 self._spawn(self._start_media(out), f"sip-rtp-{out.call_id[:16]}")
             elif isinstance(out, CallAnswered):
@@ -199,28 +201,40 @@ class SipEndpoint(asyncio.DatagramProtocol):
         finally:
             self._waiters.pop(branch, None)
 
-    async def _client_request(self, req: ClientRequest) -> SipMessage | None:
+    def _start_request(self, req: ClientRequest) -> asyncio.Future[SipMessage | None]:
+        """Send one of our in-dialog requests: at once to an address, after resolving a name."""
+        waiter = self._waiters[req.branch] = asyncio.get_running_loop().create_future()
+        try:
+            ipaddress.ip_address(req.next_hop[0])
+        except ValueError:
+            self._spawn(self._resolve_and_send(req), f"sip-{req.method.lower()}-resolve")
+        else:
+            now = self._now()
+            self.execute(self.core.send_request(req.data, req.branch, req.next_hop, now, req.timeout_s))
+        return waiter
+
+    async def _resolve_and_send(self, req: ClientRequest) -> None:
         try:
             addr = await self.resolve(req.next_hop)
         except OSError as exc:
             self.execute(self.core.request_failed(req.branch, str(exc)))
-            return None
-        return await self.request(req.data, req.branch, addr, req.timeout_s)
+            return
+        self.execute(self.core.send_request(req.data, req.branch, addr, self._now(), req.timeout_s))
 
     async def hang_up(self, call_id: str, reason: str = "hangup") -> None:
         """End the call from our side (BYE when answered, 480 while ringing); returns once the BYE
         transaction is over."""
-        tasks = self.execute(self.core.hang_up(call_id, reason))
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        outcomes = self.execute(self.core.hang_up(call_id, reason))
+        if outcomes:
+            await asyncio.gather(*outcomes, return_exceptions=True)
 
     async def transfer(self, call_id: str, target: str) -> bool:
         """Blind transfer (REFER). True once the peer accepted it (2xx); the call then ends when the
         transfer completes (NOTIFY) or after 30 s. False if the peer refused or does not do REFER."""
-        tasks = self.execute(self.core.transfer(call_id, target))
-        if not tasks:
+        outcomes = self.execute(self.core.transfer(call_id, target))
+        if not outcomes:
             return False
-        [resp] = await asyncio.gather(*tasks)
+        [resp] = await asyncio.gather(*outcomes)
         return resp is not None and 200 <= resp.status < 300
 
     async def refresh_server_ips(self) -> None:
