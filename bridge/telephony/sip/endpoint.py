@@ -355,6 +355,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+        for waiter in self._waiters.values():  # requests of ours still unanswered end here
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
         if self.transport is not None:
             self.transport.close()
             self.transport = None
