@@ -26,9 +26,13 @@ import numpy as np
 
 from bridge.settings import Settings
 from bridge.telephony.events import CallStarted
-from bridge.telephony.rtp import RtpEndpoint, RtpReceiver, RtpSender, open_rtp, parse_packet, ticker_for_loop
-from bridge.telephony.sip_leg import SipLeg
-from bridge.telephony.sip_service import start_sip
+from bridge.telephony.rtp.endpoint import RtpEndpoint, open_rtp
+from bridge.telephony.rtp.jitter import RtpReceiver
+from bridge.telephony.rtp.packet import parse_packet
+from bridge.telephony.rtp.sender import RtpSender
+from bridge.telephony.rtp.ticker import ticker_for_loop
+from bridge.telephony.sip.leg import SipLeg
+from bridge.telephony.sip.service import start_sip
 
 RESULTS = Path(__file__).parent / "results" / "sip.md"
 SPEECH = Path("/usr/share/asterisk/sounds/en/demo-congrats.wav")

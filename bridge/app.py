@@ -110,7 +110,7 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
             log.info("speech models loaded in %.2f s: %s", time.perf_counter() - t0, state["models"])
             background.append(asyncio.create_task(prewarm_prompts()))
         if settings.sip_enabled:
-            from bridge.telephony.sip_service import start_sip
+            from bridge.telephony.sip.service import start_sip
 
             try:
                 state["sip"] = await start_sip(settings, run_call, bind_host=settings.host,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.settings import Settings
-from bridge.telephony.rtp import build_packet, parse_packet
+from bridge.telephony.rtp.packet import build_packet, parse_packet
 from tests.helpers.servers import serve
 from tests.sip.conftest import free_udp_port
 

@@ -11,19 +11,18 @@ import struct
 import pytest
 
 from bridge.errors import ProtocolError
-from bridge.telephony.rtp import (
+from bridge.telephony.rtp.endpoint import RtpEndpoint, open_rtp
+from bridge.telephony.rtp.jitter import RtpReceiver
+from bridge.telephony.rtp.packet import (
     FRAME_BYTES,
-    RtpEndpoint,
     RtpError,
-    RtpReceiver,
-    RtpSender,
     RtpStats,
     build_packet,
     dtmf_packets,
-    open_rtp,
     parse_packet,
-    ticker_for_loop,
 )
+from bridge.telephony.rtp.sender import RtpSender
+from bridge.telephony.rtp.ticker import ticker_for_loop
 
 
 def tone_frames(n: int, codec: str = "pcmu", amp: int = 8000) -> list[bytes]:

@@ -21,9 +21,9 @@ import pytest
 
 from bridge.settings import Settings
 from bridge.telephony.events import AudioIn, CallEnded, CallStarted, Dtmf, MarkPlayed
-from bridge.telephony.rtp import parse_packet
-from bridge.telephony.sip_leg import SipLeg
-from bridge.telephony.sip_service import SipService, start_sip
+from bridge.telephony.rtp.packet import parse_packet
+from bridge.telephony.sip.leg import SipLeg
+from bridge.telephony.sip.service import SipService, start_sip
 from tests.sip.conftest import Kamailio, free_udp_port, render, run_sipp
 
 pytestmark = pytest.mark.sip

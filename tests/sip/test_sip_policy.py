@@ -9,7 +9,7 @@ import pytest
 
 from bridge.errors import ConfigError
 from bridge.settings import Settings
-from bridge.telephony.sip_policy import (
+from bridge.telephony.sip.policy import (
     RefusalLog,
     SourcePolicy,
     Verdict,
@@ -18,7 +18,7 @@ from bridge.telephony.sip_policy import (
     parse_trusted_peers,
     peek_method,
 )
-from bridge.telephony.sip_service import source_policy
+from bridge.telephony.sip.service import source_policy
 
 
 def test_trusted_peers_parse_addresses_cidrs_and_ipv6() -> None:

@@ -24,9 +24,9 @@ import pytest
 from bridge.limits import Slots
 from bridge.metrics import METRICS
 from bridge.settings import Settings
-from bridge.telephony.rtp import parse_packet
-from bridge.telephony.sip_leg import SipLeg
-from bridge.telephony.sip_service import SipService, start_sip
+from bridge.telephony.rtp.packet import parse_packet
+from bridge.telephony.sip.leg import SipLeg
+from bridge.telephony.sip.service import SipService, start_sip
 from tests.helpers.servers import serve
 from tests.sip.conftest import Kamailio, free_udp_port, need, render, run_sipp
 

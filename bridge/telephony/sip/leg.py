@@ -1,7 +1,7 @@
 """The SIP leg as the call sees it: a `Leg` over the bridge's own RTP sender and a SIP dialog.
 
-Signalling lives in `bridge.telephony.sip` (which creates these legs); audio pacing in
-`bridge.telephony.rtp`. This module only turns them into the `Leg` protocol: events in order
+Signalling lives in `bridge.telephony.sip.uas` / `.endpoint` (which creates these legs); audio
+pacing in `bridge.telephony.rtp`. This module only turns them into the `Leg` protocol: events in order
 (`CallStarted` first, `CallEnded` last), a flushable outbound queue, marks once played.
 """
 
@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from bridge.telephony.events import AudioIn, CallEnded, CallStarted, Dtmf, Encoding, LegEvent, MarkPlayed
-from bridge.telephony.rtp import FRAME_MS, RtpSender, RtpStats
+from bridge.telephony.rtp.packet import FRAME_MS, RtpStats
+from bridge.telephony.rtp.sender import RtpSender
 
 
 class DialogControl(Protocol):

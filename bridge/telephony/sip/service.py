@@ -26,9 +26,10 @@ from typing import Any
 from bridge.errors import ConfigError
 from bridge.limits import Slots
 from bridge.settings import Settings
-from bridge.telephony.rtp import ticker_for_loop
-from bridge.telephony.sip import OnCall, Registration, SipEndpoint
-from bridge.telephony.sip_policy import SourcePolicy, parse_trusted_peers
+from bridge.telephony.rtp.ticker import ticker_for_loop
+from bridge.telephony.sip.endpoint import OnCall, SipEndpoint
+from bridge.telephony.sip.policy import SourcePolicy, parse_trusted_peers
+from bridge.telephony.sip.registration import Registration
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@
 - `RefusalLog`: what to log about refused datagrams without logging per packet in a flood: the first
   refusal from each of a few sources per window, then one summary line per window.
 
-The endpoint (`bridge.telephony.sip.SipEndpoint`) resolves host names and feeds addresses in.
+The UAS core (`bridge.telephony.sip.uas.UasCore`) applies it; the endpoint
+(`bridge.telephony.sip.endpoint.SipEndpoint`) resolves host names and feeds addresses in.
 """
 
 from __future__ import annotations
