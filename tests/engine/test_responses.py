@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 from bridge.engine.commands import (
     CancelWork,
     GenerateReply,
     Synthesize,
 )
+from bridge.engine.conversation import Conversation
+from bridge.engine.extension import EngineExtension
+from bridge.engine.outbox import Outbox
 from bridge.engine.responder import Reply, ToolCall
-from bridge.engine.responses import DELTA_MS
+from bridge.engine.responses import DELTA_MS, ReplyContext, Responses
+from bridge.realtime.dialect import BETA, GA, Dialect
+from bridge.realtime.events import ResponseOutputAudioDelta
 from tests.helpers.engine_session import Harness, pcmu_session, speak_turn, start_reply, tone
 
 
@@ -132,3 +138,137 @@ def test_out_of_band_response_with_instructions() -> None:
     done = h.of("response.done")[0]["response"]
     assert done["conversation_id"] is None
     assert done["metadata"] == {"purpose": "greeting"}
+
+
+# --------------------------------------------------------------------------------------------------
+# the Responses core alone (a conversation, an outbox and a recording host)
+
+
+class Host:
+    def __init__(self) -> None:
+        self.started = 0
+        self.completed: list[float] = []
+
+    def reply_context(self) -> ReplyContext:
+        return ReplyContext("Be brief.", ({"type": "function", "name": "transfer"},), EngineExtension(), None)
+
+    def response_started(self) -> None:
+        self.started += 1
+
+    def response_completed(self, played_until_ms: float) -> None:
+        self.completed.append(played_until_ms)
+
+
+def params(**over: Any) -> dict[str, Any]:
+    p: dict[str, Any] = {
+        "modalities": ["audio"],
+        "format": {"type": "audio/pcm", "rate": 24000},
+        "voice": "alloy",
+        "max_output_tokens": "inf",
+        "instructions": None,
+        "conversation": "auto",
+        "metadata": None,
+        "input": None,
+        "tool_choice": "auto",
+    }
+    return {**p, **over}
+
+
+def core(dialect: Dialect = GA) -> tuple[Responses, Conversation, Outbox, Host]:
+    out, host = Outbox(dialect), Host()
+    conv = Conversation(out)
+    return Responses(out, conv, host), conv, out, host
+
+
+def test_responses_core_audio_lifecycle_and_deltas() -> None:
+    resp, conv, out, host = core()
+    r = resp.create(params())
+    assert host.started == 1
+    (gen,) = out.take_commands()
+    assert isinstance(gen, GenerateReply)
+    assert gen.turn.session_instructions == "Be brief."
+    assert gen.turn.tools == ({"type": "function", "name": "transfer"},)
+    resp.reply_ready(r.id, Reply("Hello there."), 0.0)
+    (syn,) = out.take_commands()
+    assert isinstance(syn, Synthesize)
+    assert syn.rate_hz == 24000
+    out.take_events()
+    pcm = bytes(48 * 450)  # 450 ms at 24 kHz
+    resp.audio_chunk(r.id, "Hello there.", pcm, 1000.0)
+    deltas = [e for e in out.take_events() if e["type"] == "response.output_audio.delta"]
+    assert [len(base64.b64decode(d["delta"])) for d in deltas] == [9600, 9600, 2400]  # DELTA_MS each
+    assert all(d["response_id"] == r.id and d["item_id"] == syn.item_id for d in deltas)
+    assert resp.audio_produced
+    resp.synthesis_done(r.id, 1100.0)
+    assert resp.active is None
+    assert host.completed == [1450.0]  # first audio at 1000 ms + 450 ms of audio
+    done = out.take_events()[-1]
+    assert done["type"] == "response.done"
+    assert done["response"]["status"] == "completed"
+    assert done["response"]["output"][0]["content"][0]["transcript"] == "Hello there."
+    assert conv.get(syn.item_id) is not None
+    # late results for a finished response are dropped
+    resp.audio_chunk(r.id, "Late.", pcm, 2000.0)
+    resp.work_failed(r.id, "late", 2000.0)
+    assert out.take_events() == []
+
+
+def test_responses_core_cancel_and_failure() -> None:
+    resp, _conv, out, host = core()
+    r = resp.create(params())
+    resp.reply_ready(r.id, Reply("Hi."), 0.0)
+    out.take_commands()
+    resp.cancel("turn_detected")
+    assert [type(c) for c in out.take_commands()] == [CancelWork]
+    done = out.take_events()[-1]["response"]
+    assert done["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+    assert done["output"][0]["status"] == "incomplete"
+    assert host.completed == []  # no idle timer after a cancelled response
+    r2 = resp.create(params(modalities=["text"]))
+    resp.work_failed(r2.id, "responder crashed", 5.0)
+    failed = out.take_events()[-1]["response"]
+    assert failed["status"] == "failed"
+    assert failed["status_details"]["error"]["message"] == "responder crashed"
+    assert failed["output_modalities"] == ["text"]
+
+
+def test_responses_core_waits_for_transcript() -> None:
+    resp, conv, out, _host = core()
+    conv.add_user_audio("item_u", 500.0, None, transcribe=True)
+    r = resp.create(params())
+    assert r.wait_item == "item_u"
+    assert out.take_commands() == []
+    resp.transcript_settled("item_other", "x")
+    assert out.take_commands() == []
+    resp.transcript_settled("item_u", "opening hours")
+    (gen,) = out.take_commands()
+    assert isinstance(gen, GenerateReply)
+    assert gen.turn.user_text == "opening hours"
+
+
+def test_responses_core_beta_shape() -> None:
+    resp, _conv, out, _host = core(BETA)
+    r = resp.create(params(format={"type": "audio/pcmu"}))
+    resp.reply_ready(r.id, Reply("Hi.", ToolCall("hang_up", "{}")), 0.0)
+    resp.audio_chunk(r.id, "Hi.", bytes(1600), 0.0)
+    resp.synthesis_done(r.id, 0.0)
+    events = out.take_events()
+    types = [e["type"] for e in events]
+    assert "response.audio.delta" in types
+    assert not any(t.startswith("response.output_audio") for t in types)
+    (args,) = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert "name" not in args
+    done = events[-1]["response"]
+    assert done["output_audio_format"] == "g711_ulaw"
+    assert done["modalities"] == ["text", "audio"]
+
+
+def test_audio_delta_builder_matches_the_typed_event() -> None:
+    for dialect in (GA, BETA):
+        out = Outbox(dialect)
+        out.audio_delta("resp_1", "item_1", 0, 0, "AAAA")
+        out.emit(ResponseOutputAudioDelta("resp_1", "item_1", 0, 0, "AAAA"))
+        fast, typed = out.take_events()
+        assert fast.pop("event_id") != typed.pop("event_id")
+        assert fast == typed
+        assert fast["type"] == ("response.audio.delta" if dialect.beta else "response.output_audio.delta")
