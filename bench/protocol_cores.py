@@ -4,6 +4,8 @@
   json.dumps of the same object); `mark_message`.
 - Realtime: `parse_server_event` of a 20 ms and a 100 ms `response.output_audio.delta` (24 kHz
   PCM16 and G.711); `append_audio_json` vs `encode_client_event` for one 20 ms append.
+- Engine: one `response.output_audio.delta` event built by the session's `Outbox.audio_delta` (the
+  per-frame path), and the same event through the typed class (`Outbox.emit(ResponseOutputAudioDelta)`).
 - `RealtimeClient.close()`: wall time against a websockets server (answers the close) and against
   a raw TCP peer that never answers the close handshake (requirement: under 100 ms).
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.utils import accept_key
 
+from bridge.engine.outbox import Outbox
 from bridge.realtime import events as rt
 from bridge.realtime.client import RealtimeClient
 from bridge.realtime.providers import Endpoint
@@ -132,6 +135,24 @@ def realtime_rows() -> list[tuple[str, float]]:
     return rows
 
 
+def engine_rows() -> list[tuple[str, float]]:
+    out = Outbox()
+    b64 = base64.b64encode(bytes(9600)).decode()  # 200 ms of 24 kHz PCM16, the engine's delta size
+
+    def fast() -> None:
+        out.audio_delta("resp_1", "item_1", 0, 0, b64)
+        out.events.clear()
+
+    def typed() -> None:
+        out.emit(rt.ResponseOutputAudioDelta("resp_1", "item_1", 0, 0, b64))
+        out.events.clear()
+
+    return [
+        ("Engine `Outbox.audio_delta` (one audio delta event, built as a dict)", per_call_us(fast)),
+        ("  same event through `emit(ResponseOutputAudioDelta(...))` (comparison)", per_call_us(typed)),
+    ]
+
+
 async def close_times(n: int = 20) -> tuple[list[float], list[float]]:
     async def handler(ws: ServerConnection) -> None:
         async for _ in ws:
@@ -181,7 +202,7 @@ async def close_times(n: int = 20) -> tuple[list[float], list[float]]:
 
 def main() -> None:
     load = os.getloadavg()
-    rows = twilio_rows() + realtime_rows()
+    rows = twilio_rows() + realtime_rows() + engine_rows()
     cooperative, unresponsive = asyncio.run(close_times())
     coop_ms = (statistics.median(cooperative), max(cooperative))
     silent_ms = (statistics.median(unresponsive), max(unresponsive))

@@ -1,6 +1,6 @@
 """WebSocket shell of the embedded engine: `WS /v1/realtime` and `WS /realtime` on the bridge's port.
 
-Each connection wraps one sans-I/O `EngineSession` (bridge/engine/protocol.py). Everything touching
+Each connection wraps one sans-I/O `EngineSession` (bridge/engine/session.py). Everything touching
 the session runs on the event loop; the blocking work runs elsewhere and comes back through
 `loop.call_soon_threadsafe`:
 
@@ -43,7 +43,7 @@ from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from bridge.engine.backends import ChatBackend, ChatBackends, chat_key
-from bridge.engine.protocol import (
+from bridge.engine.commands import (
     AsrAudio,
     AsrBegin,
     AsrDiscard,
@@ -52,7 +52,6 @@ from bridge.engine.protocol import (
     Command,
     Detector,
     EgressRefused,
-    EngineSession,
     GenerateReply,
     Prewarm,
     SetExpected,
@@ -60,6 +59,7 @@ from bridge.engine.protocol import (
 )
 from bridge.engine.redact import error_text
 from bridge.engine.responder import Reply, Responder
+from bridge.engine.session import EngineSession
 from bridge.limits import RateLimiter, Slots
 from bridge.metrics import METRICS
 from bridge.settings import Settings
@@ -578,8 +578,12 @@ async def _serve(ws: WebSocket, services: EngineServices) -> None:
         source = ws.client.host if ws.client is not None else "unknown"
         if not services.limiter.allow(source, time.monotonic()):
             METRICS.admission_rejections.inc(leg="engine", reason="rate")
-            await _refuse(ws, 429, "too many failed engine connections from this address; try again later",
-                          retry_after_s=1)
+            await _refuse(
+                ws,
+                429,
+                "too many failed engine connections from this address; try again later",
+                retry_after_s=1,
+            )
             return
         METRICS.engine_auth_failures.inc()
         await _refuse(ws, 401, "missing or wrong engine token (Authorization: Bearer BRIDGE_ENGINE_TOKEN)")

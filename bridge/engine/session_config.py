@@ -3,8 +3,8 @@
 The engine keeps one GA-shaped session dict (what `session.created` / `session.updated` carry).
 `merge_session_update(current, patch)` validates a client's partial update and returns the new full
 config, or raises `EventError` naming the offending parameter (`session.audio.input.format.rate`).
-Beta clients (`OpenAI-Beta: realtime=v1`) send the flat beta shape: `beta_to_ga_patch` converts it
-in and `ga_to_beta_session` renders the config back out.
+`response_params` does the same for a `response.create`'s per-response overrides. The beta (flat) shapes
+are converted in bridge/realtime/dialect.py, the one place that knows them.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from typing import Any
 
 from bridge.engine.backends import EgressNotAllowed
 from bridge.engine.extension import EXTENSION_KEY, parse_extension
-from bridge.errors import ConfigError, ProtocolError
+from bridge.errors import ConfigError
+from bridge.realtime.dialect import PCM24K, ClientEventError, beta_response_params
 
-PCM24K = {"type": "audio/pcm", "rate": 24000}
-PCMU = {"type": "audio/pcmu"}
-PCMA = {"type": "audio/pcma"}
 SESSION_TTL_S = 3600
 
 _SERVER_VAD_DEFAULTS: dict[str, Any] = {
@@ -50,18 +48,10 @@ _TOP_KEYS = frozenset(
     }
 )  # fmt: skip
 _TRANSCRIPTION_KEYS = frozenset({"model", "language", "languages", "prompt", "keywords", "delay"})
-_BETA_FORMATS = {"pcm16": PCM24K, "g711_ulaw": PCMU, "g711_alaw": PCMA}
-_GA_TO_BETA_FORMAT = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
 
 
-class EventError(ProtocolError):
-    """A client event the engine cannot honour; becomes an `error` event, the session goes on."""
-
-    def __init__(self, message: str, *, code: str = "invalid_value", param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.param = param
+# A client event the engine cannot honour; becomes an `error` event, the session goes on.
+EventError = ClientEventError
 
 
 class EgressError(EventError):
@@ -336,80 +326,87 @@ def merge_session_update(current: dict[str, Any], patch: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
-# beta (flat) shape
+# response.create overrides
 
 
-def beta_to_ga_patch(patch: Any) -> dict[str, Any]:
-    """A beta `session.update` payload in GA shape (validated afterwards by merge_session_update)."""
-    obj = _object(patch, "session")
-    out: dict[str, Any] = {"type": "realtime"}
-    audio_in: dict[str, Any] = {}
-    audio_out: dict[str, Any] = {}
-    for key, value in obj.items():
-        if key in ("instructions", "tools", "tool_choice", "tracing", "model", EXTENSION_KEY, "id", "object"):
-            out[key] = value
-        elif key == "modalities":
-            if not isinstance(value, list) or not value or any(m not in ("text", "audio") for m in value):
-                raise _bad("session.modalities", f"expected a subset of ['text', 'audio'], got {value!r}")
-            out["output_modalities"] = ["audio"] if "audio" in value else ["text"]
-        elif key in ("input_audio_format", "output_audio_format"):
-            if value not in _BETA_FORMATS:
-                raise _bad(f"session.{key}", f"expected 'pcm16', 'g711_ulaw' or 'g711_alaw', got {value!r}")
-            (audio_in if key.startswith("input") else audio_out)["format"] = dict(_BETA_FORMATS[value])
-        elif key == "voice":
-            audio_out["voice"] = value
-        elif key == "speed":
-            audio_out["speed"] = value
-        elif key == "turn_detection":
-            if isinstance(value, dict) and "type" not in value:
-                value = {"type": "server_vad", **value}
-            audio_in["turn_detection"] = value
-        elif key == "input_audio_transcription":
-            audio_in["transcription"] = value
-        elif key == "input_audio_noise_reduction":
-            audio_in["noise_reduction"] = value
-        elif key == "max_response_output_tokens":
-            out["max_output_tokens"] = value
-        elif key in ("temperature", "expires_at", "client_secret"):
-            continue  # beta-only knobs the engine has no use for
-        else:
-            raise EventError(
-                f"Unknown parameter: 'session.{key}'.", code="unknown_parameter", param=f"session.{key}"
+def response_params(config: dict[str, Any], params: dict[str, Any], *, beta: bool) -> dict[str, Any]:
+    """The settings of one response: the session's, overridden by `response.create`'s `params`.
+
+    Keys: modalities, format, voice, max_output_tokens, instructions, conversation, metadata, input,
+    tool_choice. Raises EventError naming the offending `response.*` parameter.
+    """
+    out: dict[str, Any] = {
+        "modalities": config["output_modalities"],
+        "format": config["audio"]["output"]["format"],
+        "voice": config["audio"]["output"]["voice"],
+        "max_output_tokens": config["max_output_tokens"],
+        "instructions": None,
+        "conversation": "auto",
+        "metadata": params.get("metadata"),
+        "input": None,
+        "tool_choice": config["tool_choice"],
+    }
+    if beta:
+        renamed = beta_response_params(params)
+        if "output_modalities" in renamed:
+            out["modalities"] = renamed["output_modalities"][0]
+        if "format" in renamed:
+            out["format"] = audio_format(*renamed["format"])
+        if "voice" in renamed:
+            out["voice"] = renamed["voice"][0]
+        if "max_output_tokens" in renamed:
+            out["max_output_tokens"] = max_output_tokens(*renamed["max_output_tokens"])
+    else:
+        if "output_modalities" in params:
+            out["modalities"] = output_modalities(params["output_modalities"], "response.output_modalities")
+        audio = params.get("audio")
+        if audio is not None:
+            output = audio.get("output", {}) if isinstance(audio, dict) else None
+            if not isinstance(output, dict):
+                raise EventError(
+                    "Invalid type for 'response.audio'.", code="invalid_type", param="response.audio"
+                )
+            if "format" in output:
+                out["format"] = audio_format(output["format"], "response.audio.output.format")
+            if "voice" in output:
+                out["voice"] = output["voice"]
+        if "max_output_tokens" in params:
+            out["max_output_tokens"] = max_output_tokens(
+                params["max_output_tokens"], "response.max_output_tokens"
             )
-    audio: dict[str, Any] = {}
-    if audio_in:
-        audio["input"] = audio_in
-    if audio_out:
-        audio["output"] = audio_out
-    if audio:
-        out["audio"] = audio
+    if "instructions" in params:
+        if not isinstance(params["instructions"], str):
+            raise EventError(
+                "Invalid type for 'response.instructions'.",
+                code="invalid_type",
+                param="response.instructions",
+            )
+        out["instructions"] = params["instructions"]
+    if "conversation" in params:
+        if params["conversation"] not in ("auto", "none"):
+            raise EventError(
+                "Invalid value for 'response.conversation': expected 'auto' or 'none'.",
+                param="response.conversation",
+            )
+        out["conversation"] = params["conversation"]
+    if "tool_choice" in params:
+        out["tool_choice"] = tool_choice(params["tool_choice"], "response.tool_choice")
+    if "input" in params:
+        if not isinstance(params["input"], list):
+            raise EventError(
+                "Invalid type for 'response.input'.", code="invalid_type", param="response.input"
+            )
+        out["input"] = params["input"]
     return out
 
 
-def ga_to_beta_session(config: dict[str, Any]) -> dict[str, Any]:
-    """The beta (flat) rendering of a GA session config, for `session.created/updated` to beta clients."""
-    audio_in = config["audio"]["input"]
-    audio_out = config["audio"]["output"]
-    td = audio_in["turn_detection"]
-    voice = audio_out["voice"]
-    return {
-        "id": config["id"],
-        "object": "realtime.session",
-        "model": config["model"],
-        "modalities": ["text", "audio"] if config["output_modalities"] == ["audio"] else ["text"],
-        "instructions": config["instructions"],
-        "voice": voice if isinstance(voice, str) else voice.get("id"),
-        "input_audio_format": _GA_TO_BETA_FORMAT[audio_in["format"]["type"]],
-        "output_audio_format": _GA_TO_BETA_FORMAT[audio_out["format"]["type"]],
-        "input_audio_transcription": audio_in["transcription"],
-        "input_audio_noise_reduction": audio_in["noise_reduction"],
-        "turn_detection": None if td is None else {k: v for k, v in td.items() if k != "idle_timeout_ms"},
-        "tools": config["tools"],
-        "tool_choice": config["tool_choice"] if isinstance(config["tool_choice"], str) else "auto",
-        "temperature": 0.8,
-        "max_response_output_tokens": config["max_output_tokens"],
-        "speed": audio_out["speed"],
-        "tracing": config["tracing"],
-        "expires_at": config["expires_at"],
-        EXTENSION_KEY: config.get(EXTENSION_KEY),
-    }
+def require(msg: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    """`msg[key]`, which a client event must carry with this type (bool is not an int here)."""
+    if key not in msg:
+        raise EventError(
+            f"Missing required parameter: '{key}'.", code="missing_required_parameter", param=key
+        )
+    value = msg[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise EventError(f"Invalid type for '{key}'.", code="invalid_type", param=key)
+    return value

@@ -5,12 +5,15 @@ JSON text frame, and `append_audio_json()` is the string-built fast path for the
 second. Server events (what the bridge acts on) come from `parse_server_event()`; every type the
 bridge does not model becomes `UnknownServerEvent(type, data)`. Beta names that matter for audio
 (`response.audio.delta`, `response.audio.done`, `response.audio_transcript.*`) parse to their GA
-classes; `conversation.item.created` (still in the GA union) has its own class.
+classes (the names come from bridge/realtime/dialect.py); `conversation.item.created` (still in the
+GA union) has its own class.
 
-Field lists follow the openai SDK's GA types (`openai.types.realtime`); see
-reference/realtime-and-twilio.md sections 4-6. Server events also have `to_dict()` so a server
-(the embedded engine, test stand-ins) can emit them: `parse_server_event(json.dumps(ev.to_dict()))
-== ev`.
+Field lists follow the openai SDK's GA types (`openai.types.realtime`, in the `openai` package) and
+the API reference (https://platform.openai.com/docs/api-reference/realtime-server-events); docs/realtime.md
+describes what the bridge does with them. Server events also have `to_dict()` so a server (the
+embedded engine, test stand-ins) can emit them: `parse_server_event(json.dumps(ev.to_dict())) == ev`.
+A last group of server events is emitted only (by the embedded engine): the bridge does not act on
+them, so `parse_server_event` keeps them as `UnknownServerEvent`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from bridge.errors import ProtocolError
+from bridge.realtime.dialect import BETA_TO_GA_EVENT
 
 
 class RealtimeProtocolError(ProtocolError):
@@ -190,13 +194,14 @@ class _ServerEventBase:
     __slots__ = ()
     type: ClassVar[str]
     _SPEC: ClassVar[tuple[tuple[str, str], ...]]
+    _NULLABLE: ClassVar[frozenset[str]] = frozenset()  # None fields sent as null (others are left out)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type}
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
-            if value is None:
-                continue  # optional and absent (previous_item_id, usage)
+            if value is None and f.name not in self._NULLABLE:
+                continue  # optional and absent (usage)
             out[f.name] = value.to_dict() if isinstance(value, ErrorInfo) else value
         return out
 
@@ -230,6 +235,7 @@ class _ItemEvent(_ServerEventBase):
     previous_item_id: str | None = None
     event_id: str = ""
     _SPEC: ClassVar[tuple[tuple[str, str], ...]] = (("item", "dict"), ("previous_item_id", "str?"))
+    _NULLABLE: ClassVar[frozenset[str]] = frozenset({"previous_item_id"})  # null: the first item
 
     @property
     def item_id(self) -> str | None:
@@ -303,6 +309,7 @@ class InputAudioBufferCommitted(_ServerEventBase):
     event_id: str = ""
     type: ClassVar[str] = "input_audio_buffer.committed"
     _SPEC: ClassVar[tuple[tuple[str, str], ...]] = (("item_id", "str"), ("previous_item_id", "str?"))
+    _NULLABLE: ClassVar[frozenset[str]] = frozenset({"previous_item_id"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +404,18 @@ class ResponseOutputAudioDelta(_ServerEventBase):
     type: ClassVar[str] = "response.output_audio.delta"
     _SPEC: ClassVar[tuple[tuple[str, str], ...]] = (*_LOCATOR, ("delta", "str"))
 
+    def to_dict(self) -> dict[str, Any]:
+        # The hot path of a server (several events a second per session): no field loop.
+        return {
+            "type": self.type,
+            "event_id": self.event_id,
+            "response_id": self.response_id,
+            "item_id": self.item_id,
+            "output_index": self.output_index,
+            "content_index": self.content_index,
+            "delta": self.delta,
+        }
+
     def audio(self) -> bytes:
         try:
             return base64.b64decode(self.delta, validate=True)
@@ -464,6 +483,112 @@ class ResponseFunctionCallArgumentsDone(_ServerEventBase):
             return json.loads(self.arguments) if self.arguments.strip() else {}
         except ValueError as exc:
             raise RealtimeProtocolError(f"realtime {self.type}: arguments are not JSON ({exc})") from exc
+
+
+# --------------------------------------------------------------------------- emitted only
+#
+# Server events the embedded engine sends and the bridge ignores (not parsed: they stay
+# UnknownServerEvent on the bridge's side, exactly as from the real API).
+
+
+@dataclass(frozen=True, slots=True)
+class InputAudioBufferCleared(_ServerEventBase):
+    event_id: str = ""
+    type: ClassVar[str] = "input_audio_buffer.cleared"
+
+
+@dataclass(frozen=True, slots=True)
+class InputAudioBufferTimeoutTriggered(_ServerEventBase):
+    audio_start_ms: int
+    audio_end_ms: int
+    item_id: str
+    event_id: str = ""
+    type: ClassVar[str] = "input_audio_buffer.timeout_triggered"
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationItemDeleted(_ServerEventBase):
+    item_id: str
+    event_id: str = ""
+    type: ClassVar[str] = "conversation.item.deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationItemRetrieved(_ServerEventBase):
+    item: dict[str, Any]
+    event_id: str = ""
+    type: ClassVar[str] = "conversation.item.retrieved"
+
+
+@dataclass(frozen=True, slots=True)
+class InputAudioTranscriptionDelta(_ServerEventBase):
+    item_id: str
+    content_index: int
+    delta: str
+    event_id: str = ""
+    type: ClassVar[str] = "conversation.item.input_audio_transcription.delta"
+
+
+@dataclass(frozen=True, slots=True)
+class InputAudioTranscriptionFailed(_ServerEventBase):
+    item_id: str
+    content_index: int
+    error: dict[str, Any]  # {type, code, message, param}
+    event_id: str = ""
+    type: ClassVar[str] = "conversation.item.input_audio_transcription.failed"
+
+
+@dataclass(frozen=True, slots=True)
+class _ContentPartEvent(_ServerEventBase):
+    response_id: str
+    item_id: str
+    output_index: int
+    content_index: int
+    part: dict[str, Any]  # {type: audio, transcript} or {type: text, text}
+    event_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseContentPartAdded(_ContentPartEvent):
+    type: ClassVar[str] = "response.content_part.added"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseContentPartDone(_ContentPartEvent):
+    type: ClassVar[str] = "response.content_part.done"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseOutputTextDelta(_ServerEventBase):
+    response_id: str
+    item_id: str
+    output_index: int
+    content_index: int
+    delta: str
+    event_id: str = ""
+    type: ClassVar[str] = "response.output_text.delta"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseOutputTextDone(_ServerEventBase):
+    response_id: str
+    item_id: str
+    output_index: int
+    content_index: int
+    text: str
+    event_id: str = ""
+    type: ClassVar[str] = "response.output_text.done"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFunctionCallArgumentsDelta(_ServerEventBase):
+    response_id: str
+    item_id: str
+    output_index: int
+    call_id: str
+    delta: str
+    event_id: str = ""
+    type: ClassVar[str] = "response.function_call_arguments.delta"
 
 
 @dataclass(frozen=True, slots=True)
@@ -626,12 +751,11 @@ for _cls in (
     _PARSERS[_cls.type] = _spec_parser(_cls)
 del _cls
 
-# Beta names (reference 5.3) -> the GA class that means the same thing.
+# Beta names (bridge/realtime/dialect.py) -> the GA class that means the same thing: every beta name
+# whose GA event is modelled here, unless the beta name has a class of its own
+# (`conversation.item.created`). In effect: the `response.audio*` and `response.audio_transcript*` names.
 BETA_ALIASES: dict[str, str] = {
-    "response.audio.delta": "response.output_audio.delta",
-    "response.audio.done": "response.output_audio.done",
-    "response.audio_transcript.delta": "response.output_audio_transcript.delta",
-    "response.audio_transcript.done": "response.output_audio_transcript.done",
+    beta: ga for beta, ga in BETA_TO_GA_EVENT.items() if ga in _PARSERS and beta not in _PARSERS
 }
 for _beta, _ga in BETA_ALIASES.items():
     _PARSERS[_beta] = _PARSERS[_ga]

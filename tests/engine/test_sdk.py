@@ -19,8 +19,8 @@ from bridge.audio import codec
 from bridge.audio.resample import Upsampler
 from bridge.engine.server import EngineServices, mount_engine
 from bridge.settings import Settings
-from tests.engine.test_protocol import quiet, tone
 from tests.engine.test_server import INTENTS, fast_services
+from tests.helpers.engine_session import quiet, tone
 from tests.helpers.servers import serve
 
 FALLBACK = "ConversationCreatedEvent"

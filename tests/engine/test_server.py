@@ -23,7 +23,7 @@ from bridge.engine.asr import Transcript
 from bridge.engine.server import EngineServices, mount_engine
 from bridge.engine.tts import PromptCache, Synthesizer
 from bridge.settings import Settings
-from tests.engine.test_protocol import energy_detector, quiet, tone
+from tests.helpers.engine_session import energy_detector, quiet, tone
 from tests.helpers.servers import serve
 
 
