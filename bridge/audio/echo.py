@@ -55,6 +55,8 @@ _SCALE = 1.0 / 32768.0
 _ACTIVE_POW = (10 ** (-55 / 20)) ** 2  # reference frame power below -55 dBFS counts as silence
 _MIN_ERL_DB = -6.0  # the weakest echo return loss assumed before the delay is known
 _MIN_ERL = 10 ** (_MIN_ERL_DB / 10)
+_KAPPA_QUANTILE = 0.95  # the suppressor's residual coupling: this quantile of echo-only frames
+_OVER_SUPPRESS = 4.0  # ... times this (6 dB) is taken for echo
 
 
 def _db(ratio: float) -> float:
@@ -299,7 +301,8 @@ class EchoCanceller:
                 # coupling after the filter (90th percentile), on echo-only frames.
                 self._erl_db += 1.0 * (0.8 - (near_db < self._erl_db))
                 res_db = _db(max(excess, 1e-12) / far_span_pow)
-                self._kappa_db += 1.0 * (0.9 - (res_db < self._kappa_db))
+                self._kappa_db += 1.0 * (_KAPPA_QUANTILE - (res_db < self._kappa_db))
+                self.stats.kappa_db = self._kappa_db
         # Adapt (NLMS per bin) when the reference is active and the caller is not talking.
         xpow = self._xpow
         xpow *= 0.7
@@ -318,7 +321,7 @@ class EchoCanceller:
             self._constrain_next = (c + 1) % P
         if not self.suppress or not active:
             return self._apply_gain(e, 1.0)
-        echo = 2.0 * 10.0 ** (self._kappa_db / 10.0) * far_span_pow
+        echo = _OVER_SUPPRESS * 10.0 ** (self._kappa_db / 10.0) * far_span_pow
         gain = 1.0 - echo / max(excess, 1e-12)
         return self._apply_gain(e, min(1.0, max(0.0, gain)))
 
