@@ -131,7 +131,9 @@ def noise(kind: str, n: int, snr_db: float, rng: np.random.Generator, babble_src
         x = np.fft.irfft(spec, n)
     elif kind == "car":
         x = sosfilt(butter(2, 250.0, fs=RATE, output="sos"), rng.standard_normal(n))
-        x = sosfilt(butter(2, 300.0, btype="highpass", fs=RATE, output="sos"), x + 0.05 * rng.standard_normal(n))
+        x = sosfilt(
+            butter(2, 300.0, btype="highpass", fs=RATE, output="sos"), x + 0.05 * rng.standard_normal(n)
+        )
     elif kind == "babble":
         x = np.zeros(n)
         for _ in range(6):
@@ -194,7 +196,12 @@ def speex_lib() -> ctypes.CDLL:
         lib = ctypes.CDLL(ctypes.util.find_library("speexdsp") or "libspeexdsp.so.1")
         lib.speex_echo_state_init.restype = ctypes.c_void_p
         lib.speex_echo_state_init.argtypes = [ctypes.c_int, ctypes.c_int]
-        lib.speex_echo_cancellation.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p]
+        lib.speex_echo_cancellation.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+        ]
         lib.speex_echo_ctl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
         lib.speex_preprocess_state_init.restype = ctypes.c_void_p
         lib.speex_preprocess_state_init.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -248,7 +255,9 @@ class WebrtcApm(Front):
         from livekit import rtc
 
         self.rtc = rtc
-        self.apm = rtc.AudioProcessingModule(echo_cancellation=aec, noise_suppression=ns, high_pass_filter=True)
+        self.apm = rtc.AudioProcessingModule(
+            echo_cancellation=aec, noise_suppression=ns, high_pass_filter=True
+        )
         self.apm.set_stream_delay_ms(0)
         self.pending: dict[int, bytes] = {}
         self.pos = 0
@@ -330,7 +339,9 @@ def detector(upstream: bool = False):  # type: ignore[no-untyped-def]
     if upstream:
         return SpeechDetector(threshold=0.5, min_speech_ms=200, min_silence_ms=500)
     s = Settings()
-    return SpeechDetector(threshold=s.barge_in_threshold, min_speech_ms=s.barge_in_min_speech_ms, min_silence_ms=300)
+    return SpeechDetector(
+        threshold=s.barge_in_threshold, min_speech_ms=s.barge_in_min_speech_ms, min_silence_ms=300
+    )
 
 
 @dataclass
@@ -396,7 +407,9 @@ def material() -> Material:
         callers.append(trim(speech(text, voice)))
     backs = [trim(speech(t, v)) for t in BACKCHANNELS for v in ("en-gb", "en-us+f3")]
     backs = [b[: int(0.5 * RATE)] for b in backs]
-    babble = np.concatenate([trim(speech(t, v)) for t, v in zip(CALLER_LINES, ESPEAK_VOICES * 2, strict=False)])
+    babble = np.concatenate(
+        [trim(speech(t, v)) for t, v in zip(CALLER_LINES, ESPEAK_VOICES * 2, strict=False)]
+    )
     return Material(bot, callers, backs, babble)
 
 
@@ -415,18 +428,19 @@ def percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
 
-def main() -> None:  # noqa: C901
+def main() -> None:
     t_start = time.monotonic()
     load_before = os.getloadavg()
     rng = np.random.default_rng(2024)
     m = material()
     path = EchoPath()
     fronts = {k: v for k, v in FRONTS.items()}
-    try:
-        WebrtcApm()
-    except Exception as exc:  # livekit not installed
-        print(f"webrtc front unavailable: {exc}", file=sys.stderr)
-        fronts.pop("webrtc")
+    for name, make in (("speex", SpeexAec), ("webrtc", WebrtcApm)):
+        try:  # candidates only: libspeexdsp1 (Debian) and livekit (PyPI) are not project dependencies
+            make()
+        except Exception as exc:
+            print(f"{name} front unavailable: {exc}", file=sys.stderr)
+            fronts.pop(name)
     lines: list[str] = []
 
     # -- 1. echo only: false barge-ins per bot-minute -------------------------------------------------
@@ -510,19 +524,25 @@ def main() -> None:  # noqa: C901
                     st.up_lat.append(up_after[0] - onset_ms)
                 else:
                     st.up_missed += 1
-        print(f"barge {label}: " + ", ".join(f"{k}: miss {v.missed} false {v.false}" for k, v in barge[label].items()),
-              flush=True)
+        print(
+            f"barge {label}: "
+            + ", ".join(f"{k}: miss {v.missed} false {v.false}" for k, v in barge[label].items()),
+            flush=True,
+        )
 
     # -- 3. other sounds while the bot talks (echo ERL 15, 150 ms): backchannels, DTMF, music, noise ----
     from tests.helpers.speech import dtmf_tone
 
     others: dict[str, dict[str, tuple[int, int]]] = {}
     t_music = np.arange(int(4 * RATE)) / RATE
-    music = sum(np.sin(2 * np.pi * f0 * t_music) * (0.5 + 0.5 * np.sin(2 * np.pi * 2 * t_music + f0))
-                for f0 in (262, 330, 392, 523))
+    music = sum(
+        np.sin(2 * np.pi * f0 * t_music) * (0.5 + 0.5 * np.sin(2 * np.pi * 2 * t_music + f0))
+        for f0 in (262, 330, 392, 523)
+    )
     music = db_gain(np.asarray(music) * 1000, BOT_DBFS - 6)
-    dtmf = np.concatenate([np.frombuffer(dtmf_tone(dg, 120, dbfs=-16.0), dtype="<i2").astype(np.float64)
-                           for dg in "123#"] * 1)
+    dtmf = np.concatenate(
+        [np.frombuffer(dtmf_tone(dg, 120, dbfs=-16.0), dtype="<i2").astype(np.float64) for dg in "123#"] * 1
+    )
     dtmf = np.concatenate([np.concatenate([x, np.zeros(800)]) for x in np.split(dtmf, 4)])
     events: list[tuple[str, np.ndarray | None, str | None, float]] = [
         ("backchannel 200-500 ms", None, None, 0.0),
@@ -563,8 +583,13 @@ def main() -> None:  # noqa: C901
     if "webrtc" not in fronts:
         ns_fronts.pop("webrtc-ns")
     ns_cost: dict[str, list[float]] = {k: [0.0, 0.0] for k in ns_fronts}
-    for label, nkind, snr in [("clean", None, 0.0), ("pink SNR 5", "pink", 5.0), ("car SNR 0", "car", 0.0),
-                              ("babble SNR 5", "babble", 5.0), ("noise only SNR 0 (pink+car)", "both", 0.0)]:
+    for label, nkind, snr in [
+        ("clean", None, 0.0),
+        ("pink SNR 5", "pink", 5.0),
+        ("car SNR 0", "car", 0.0),
+        ("babble SNR 5", "babble", 5.0),
+        ("noise only SNR 0 (pink+car)", "both", 0.0),
+    ]:
         ns_rows[label] = {k: Stat() for k in ns_fronts}
         for t in range(len(m.callers)):
             caller = db_gain(m.callers[t], BOT_DBFS)
@@ -573,7 +598,9 @@ def main() -> None:  # noqa: C901
             if nkind != "both":
                 x[onset : onset + len(caller)] += caller
             if nkind == "both":
-                x += noise("pink", len(x), 3.0, rng, m.babble_src) + noise("car", len(x), 3.0, rng, m.babble_src)
+                x += noise("pink", len(x), 3.0, rng, m.babble_src) + noise(
+                    "car", len(x), 3.0, rng, m.babble_src
+                )
             elif nkind is not None:
                 x += noise(nkind, len(x), snr, rng, m.babble_src)
             near = ulaw(x)
@@ -594,66 +621,95 @@ def main() -> None:  # noqa: C901
                     st.lat.append(after[0] - onset_ms)
                 else:
                     st.missed += 1
-        print(f"ns {label}: " + ", ".join(f"{k}: miss {v.missed} false {v.false}" for k, v in ns_rows[label].items()),
-              flush=True)
+        print(
+            f"ns {label}: "
+            + ", ".join(f"{k}: miss {v.missed} false {v.false}" for k, v in ns_rows[label].items()),
+            flush=True,
+        )
 
     # -- report ---------------------------------------------------------------------------------------
     elapsed = time.monotonic() - t_start
     load_after = os.getloadavg()
     out = lines
     out.append("# Barge-in: echo cancellation and noise suppression in front of the local VAD\n")
-    out.append(f"Command: `.venv/bin/python -m bench bargein` ({elapsed:.0f} s wall). Machine: {os.cpu_count()} cores, "
-               f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (other helpers running).\n")
-    out.append("Local detector: bridge/audio/vad.py SpeechDetector with the default barge-in settings "
-               "(threshold 0.5, min_speech_ms 64, min_silence_ms 300), Silero at 8 kHz, fed 20 ms frames. "
-               "Upstream: the same detector with the engine's server-VAD defaults (threshold 0.5, "
-               "200 ms) on the signal the front would send upstream. Echo path: loudspeaker band-pass "
-               "350-3200 Hz + 40 ms decaying room response, delay and echo return loss (ERL) as listed, "
-               "summed with the caller's speech and noise, then G.711 µ-law. Bot at -20 dBFS active level. "
-               "CPU = thread CPU time of the front alone (far + near calls) per call-second.\n")
+    out.append(
+        f"Command: `.venv/bin/python -m bench bargein` ({elapsed:.0f} s wall). "
+        f"Machine: {os.cpu_count()} cores, "
+        f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (other helpers running).\n"
+    )
+    out.append(
+        "Local detector: bridge/audio/vad.py SpeechDetector with the default barge-in settings "
+        "(threshold 0.5, min_speech_ms 64, min_silence_ms 300), Silero at 8 kHz, fed 20 ms frames. "
+        "Upstream: the same detector with the engine's server-VAD defaults (threshold 0.5, "
+        "200 ms) on the signal the front would send upstream. Echo path: loudspeaker band-pass "
+        "350-3200 Hz + 40 ms decaying room response, delay and echo return loss (ERL) as listed, "
+        "summed with the caller's speech and noise, then G.711 µ-law. Bot at -20 dBFS active level. "
+        "CPU = thread CPU time of the front alone (far + near calls) per call-second.\n"
+    )
     out.append("## 1. Echo only: false barge-ins (10 bot-minutes at ERL 10-30 dB, delays 50-400 ms)\n")
-    out.append("| front | bot-minutes | local false barge-ins | per bot-minute | upstream false | "
-               "ERLE 2nd half (dB, mean) | CPU s per call-second |")
+    out.append(
+        "| front | bot-minutes | local false barge-ins | per bot-minute | upstream false | "
+        "ERLE 2nd half (dB, mean) | CPU s per call-second |"
+    )
     out.append("|---|---|---|---|---|---|---|")
     for name, row in echo_rows.items():
-        out.append(f"| {name} | {row['minutes']:.1f} | {row['false']:.0f} | {row['false'] / row['minutes']:.2f} | "
-                   f"{row['up_false']:.0f} | {np.mean(erle[name]):.1f} | {row['cpu'] / row['secs']:.4f} |")
+        out.append(
+            f"| {name} | {row['minutes']:.1f} | {row['false']:.0f} | {row['false'] / row['minutes']:.2f} | "
+            f"{row['up_false']:.0f} | {np.mean(erle[name]):.1f} | {row['cpu'] / row['secs']:.4f} |"
+        )
     out.append("\nPer condition (local / upstream false barge-ins):\n")
     out.append("| delay ms | ERL dB | seconds | " + " | ".join(fronts) + " |")
     out.append("|---|---|---|" + "---|" * len(fronts))
     for (delay, erl), res in per_cond.items():
         s = seg_s if erl >= 10 else 30.0
-        out.append(f"| {delay} | {erl} | {s:.1f} | " + " | ".join(f"{a} / {b}" for a, b in res.values()) + " |")
-    out.append("\n## 2. Caller barges in over the bot (6 callers: Piper joe + 4 espeak-ng voices; 4 s warm-up "
-               "of bot speech unless cold)\n")
-    out.append("Latency = speech onset -> the frame on which the detector reported SpeechStart. "
-               "False = a SpeechStart before the caller began (echo or noise).\n")
-    out.append("| condition | front | trials | missed | false | latency p50 / p95 / max ms | "
-               "upstream missed | upstream p50 ms |")
+        out.append(
+            f"| {delay} | {erl} | {s:.1f} | " + " | ".join(f"{a} / {b}" for a, b in res.values()) + " |"
+        )
+    out.append(
+        "\n## 2. Caller barges in over the bot (6 callers: Piper joe + 4 espeak-ng voices; 4 s warm-up "
+        "of bot speech unless cold)\n"
+    )
+    out.append(
+        "Latency = speech onset -> the frame on which the detector reported SpeechStart. "
+        "False = a SpeechStart before the caller began (echo or noise).\n"
+    )
+    out.append(
+        "| condition | front | trials | missed | false | latency p50 / p95 / max ms | "
+        "upstream missed | upstream p50 ms |"
+    )
     out.append("|---|---|---|---|---|---|---|---|")
     for label, per in barge.items():
         for name, st in per.items():
-            out.append(f"| {label} | {name} | {st.trials} | {st.missed} | {st.false} | "
-                       f"{percentile(st.lat, 50):.0f} / {percentile(st.lat, 95):.0f} / "
-                       f"{max(st.lat) if st.lat else float('nan'):.0f} | {st.up_missed} | "
-                       f"{percentile(st.up_lat, 50):.0f} |")
+            out.append(
+                f"| {label} | {name} | {st.trials} | {st.missed} | {st.false} | "
+                f"{percentile(st.lat, 50):.0f} / {percentile(st.lat, 95):.0f} / "
+                f"{max(st.lat) if st.lat else float('nan'):.0f} | {st.up_missed} | "
+                f"{percentile(st.up_lat, 50):.0f} |"
+            )
     out.append("\n## 3. Other sounds while the bot talks (echo 150 ms, ERL 15 dB; 8 s each)\n")
-    out.append("Backchannels: utterances detected / played (they are real speech: detecting them is correct "
-               "for the VAD; whether they should cut the bot is policy). Others: false barge-ins.\n")
+    out.append(
+        "Backchannels: utterances detected / played (they are real speech: detecting them is correct "
+        "for the VAD; whether they should cut the bot is policy). Others: false barge-ins.\n"
+    )
     out.append("| sound | " + " | ".join(fronts) + " |")
     out.append("|---|" + "---|" * len(fronts))
     for label, res in others.items():
-        out.append(f"| {label} | " + " | ".join(f"{a}/{b}" if label.startswith("backchannel") else f"{a}"
-                                                 for a, b in res.values()) + " |")
+        out.append(
+            f"| {label} | "
+            + " | ".join(f"{a}/{b}" if label.startswith("backchannel") else f"{a}" for a, b in res.values())
+            + " |"
+        )
     out.append("\n## 4. No bot audio: caller speech detection with each noise front (6 callers)\n")
     out.append("| condition | front | missed | false | latency p50 / p95 / max ms | CPU s per call-second |")
     out.append("|---|---|---|---|---|---|")
     for label, per in ns_rows.items():
         for name, st in per.items():
             c = ns_cost[name]
-            out.append(f"| {label} | {name} | {st.missed if not label.startswith('noise only') else '-'} | "
-                       f"{st.false} | {percentile(st.lat, 50):.0f} / {percentile(st.lat, 95):.0f} / "
-                       f"{max(st.lat) if st.lat else float('nan'):.0f} | {c[0] / max(c[1], 1e-9):.4f} |")
+            out.append(
+                f"| {label} | {name} | {st.missed if not label.startswith('noise only') else '-'} | "
+                f"{st.false} | {percentile(st.lat, 50):.0f} / {percentile(st.lat, 95):.0f} / "
+                f"{max(st.lat) if st.lat else float('nan'):.0f} | {c[0] / max(c[1], 1e-9):.4f} |"
+            )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(out) + "\n")
     print("\n".join(out))

@@ -18,11 +18,13 @@ network and the caller's phone (50-500 ms) and the speaker/room colouring. Three
 2. Linear canceller: a partitioned-block frequency-domain NLMS filter (MDF: 160-sample blocks, FFT 320,
    `tail_ms` of taps starting 10 ms before the estimated delay), per-bin normalised step, and
    adaptation frozen while the caller talks (the residual is far above what the echo path explains).
-3. Residual echo suppressor: a broadband gain per frame, closed when the residual is no more than
-   the echo the reference explains (its coupling `kappa` learned on echo-only frames) and open as soon
-   as the caller adds energy of their own. Before the delay is known, the same gate runs against the
-   loudest reference frame of the whole delay range with the weakest echo return loss the phone
-   network allows (6 dB).
+3. Residual echo suppressor: a broadband gain per frame (ramped across the frame), closed when the
+   residual is no more than the echo expected (the larger of: the coupling learned on echo-only
+   frames, a 95th-percentile tracker, +6 dB; and the filter's own echo estimate), open as soon as the
+   caller adds energy of their own, and held fully open while double talk is detected (the caller
+   is passed whole, not chopped, for the upstream's VAD). Before the delay is known, the same gate
+   runs against the loudest reference frame of the whole delay range with the weakest echo return
+   loss the phone network allows (6 dB).
 
 Silero VAD is nearly level-independent (a quiet echo of speech is still speech), so the suppressor
 aims for silence, not for a pleasant residual: the cleaned signal is meant for barge-in detection and
@@ -57,6 +59,7 @@ _MIN_ERL_DB = -6.0  # the weakest echo return loss assumed before the delay is k
 _MIN_ERL = 10 ** (_MIN_ERL_DB / 10)
 _KAPPA_QUANTILE = 0.95  # the suppressor's residual coupling: this quantile of echo-only frames
 _OVER_SUPPRESS = 4.0  # ... times this (6 dB) is taken for echo
+_ECHO_EST_WEIGHT = 1.0  # residual at least this share of the linear echo estimate's power
 
 
 def _db(ratio: float) -> float:
@@ -103,6 +106,7 @@ class EchoCanceller:
         P = self.partitions
         self._far = np.zeros(_RING, dtype=np.float64)
         self._near = np.zeros(_RING, dtype=np.float64)
+        self._zeros = np.zeros(_RING, dtype=np.float64)
         self._far_end = 0  # absolute index one past the last written far sample
         self._far_last_active = -(1 << 40)  # absolute index of the end of the last non-silent far write
         self._pos = 0  # near samples processed
@@ -159,10 +163,7 @@ class EchoCanceller:
         n = len(pcm16) // 2
         if n == 0:
             return
-        if at_ms is None:
-            start = max(self._far_end, self._pos)
-        else:
-            start = round(at_ms * RATE_HZ / 1000.0)
+        start = max(self._far_end, self._pos) if at_ms is None else round(at_ms * RATE_HZ / 1000.0)
         end = start + n
         oldest = self._pos - self.max_delay_samples - _EST_WINDOW - _FFT
         if end > oldest + _RING:
@@ -171,7 +172,8 @@ class EchoCanceller:
                 f"({self._pos * 1000 // RATE_HZ} ms processed)"
             )
         if start > self._far_end:  # a gap: nothing was played there
-            self._write(self._far, max(self._far_end, oldest), np.zeros(start - max(self._far_end, oldest)))
+            gap_from = max(self._far_end, oldest)
+            self._write(self._far, gap_from, self._zeros[: start - gap_from])
         x = np.frombuffer(pcm16, dtype="<i2").astype(np.float64) * _SCALE
         if start < oldest:
             x = x[oldest - start :]
@@ -210,9 +212,15 @@ class EchoCanceller:
         """One 20 ms frame of caller audio (320 bytes PCM16 8 kHz) -> the same frame with the echo removed."""
         if len(pcm16) != FRAME_BYTES:
             raise EchoCancellerError(
-                f"near audio must be one 20 ms frame of PCM16 at 8 kHz ({FRAME_BYTES} bytes), got {len(pcm16)}"
+                f"near audio must be one 20 ms frame of PCM16 at 8 kHz ({FRAME_BYTES} bytes), "
+                f"got {len(pcm16)}"
             )
         pos = self._pos
+        if self._far_end < pos + FRAME_SAMPLES:
+            # Nothing was played up to here: the ring must read as silence, not as audio of 4 s ago.
+            start = max(self._far_end, pos - self.max_delay_samples - _EST_WINDOW - _FFT)
+            self._write(self._far, start, self._zeros[: pos + FRAME_SAMPLES - start])
+            self._far_end = pos + FRAME_SAMPLES
         d = self._d
         np.multiply(np.frombuffer(pcm16, dtype="<i2"), _SCALE, out=d)
         self._write(self._near, pos, d)
@@ -242,7 +250,9 @@ class EchoCanceller:
         hi = (pos + FRAME_SAMPLES) % _RING
         seg = x[lo:hi] if lo < hi else np.concatenate((x[lo:], x[:hi]))
         m = seg.size // FRAME_SAMPLES
-        far_pow = float(np.max(np.mean(np.square(seg[: m * FRAME_SAMPLES]).reshape(m, FRAME_SAMPLES), axis=1)))
+        far_pow = float(
+            np.max(np.mean(np.square(seg[: m * FRAME_SAMPLES]).reshape(m, FRAME_SAMPLES), axis=1))
+        )
         d = self._d
         near_pow = float(np.dot(d, d)) / FRAME_SAMPLES
         self._track_noise(near_pow)
@@ -321,8 +331,12 @@ class EchoCanceller:
             self._constrain_next = (c + 1) % P
         if not self.suppress or not active:
             return self._apply_gain(e, 1.0)
-        echo = _OVER_SUPPRESS * 10.0 ** (self._kappa_db / 10.0) * far_span_pow
+        # Residual echo: the coupling learned on echo-only frames, or the filter's own echo estimate
+        # (what it predicts is there; when the caller talks, their speech is far above it).
+        echo = max(_OVER_SUPPRESS * 10.0 ** (self._kappa_db / 10.0) * far_span_pow, _ECHO_EST_WEIGHT * y_pow)
         gain = 1.0 - echo / max(excess, 1e-12)
+        if self._dt_hold and gain > 0.0:
+            gain = 1.0  # the caller is talking: pass them whole (no chopping for the upstream's VAD)
         return self._apply_gain(e, min(1.0, max(0.0, gain)))
 
     def _track_noise(self, pow_: float) -> None:
