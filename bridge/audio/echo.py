@@ -1,0 +1,420 @@
+"""Echo cancellation for 8 kHz phone audio, keyed to what the bridge itself played. No I/O.
+
+The bridge knows exactly what it played and when, so the canceller gets the reference directly:
+
+    ec = EchoCanceller()
+    ec.far(played_frame, at_ms=ec.position_ms)   # when the frame starts playing (or at_ms=None: right
+                                                 # after the previous far frame)
+    cleaned = ec.near(caller_frame)              # one 20 ms PCM16 frame in, one out (no added latency)
+
+Both streams share one clock: the near stream's, in samples from its start (`position_ms` is how much
+caller audio has been processed). What remains unknown is the echo path: the round trip through the
+network and the caller's phone (50-500 ms) and the speaker/room colouring. Three parts handle it:
+
+1. Delay estimator: GCC-PHAT between the last 512 ms of caller audio and the reference over every lag
+   up to `max_delay_ms`, smoothed over successive estimates, run every 250 ms while the reference is
+   active. A new delay is adopted when its peak is clearly above the rest and stays put for two
+   estimates (so a change of the path is tracked within about a second of bot speech).
+2. Linear canceller: a partitioned-block frequency-domain NLMS filter (MDF: 160-sample blocks, FFT 320,
+   `tail_ms` of taps starting 10 ms before the estimated delay), per-bin normalised step, and
+   adaptation frozen while the caller talks (the residual is far above what the echo path explains).
+3. Residual echo suppressor: a broadband gain per frame (ramped across the frame), closed when the
+   residual is no more than the echo expected (the larger of: the coupling learned on echo-only
+   frames, a 95th-percentile tracker, +6 dB; and the filter's own echo estimate), open as soon as the
+   caller adds energy of their own, and held fully open while double talk is detected (the caller
+   is passed whole, not chopped, for the upstream's VAD). Before the delay is known, the same gate
+   runs against the loudest reference frame of the whole delay range with the weakest echo return
+   loss the phone network allows (6 dB).
+
+Silero VAD is nearly level-independent (a quiet echo of speech is still speech), so the suppressor
+aims for silence, not for a pleasant residual: the cleaned signal is meant for barge-in detection and
+for the upstream model, which should not hear the bot either.
+
+With no reference in the filter's span (nothing played recently) the input frame is returned as is.
+Per-frame work uses preallocated buffers and about twenty numpy calls; no logging.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from bridge.errors import BridgeError
+
+RATE_HZ = 8000
+FRAME_SAMPLES = 160  # one 20 ms frame: the canceller's block
+FRAME_BYTES = FRAME_SAMPLES * 2
+_FFT = 2 * FRAME_SAMPLES
+_BINS = FRAME_SAMPLES + 1
+_RING = 1 << 15  # samples of history per stream (4.1 s): max lead of `far` + max delay + estimator window
+_EST_WINDOW = 4096  # near samples per delay estimate (512 ms)
+_EST_FFT = 8192
+_EST_EVERY = 2000  # samples between delay estimates (250 ms)
+_PRE_SAMPLES = 80  # filter taps before the estimated delay (10 ms)
+_SCALE = 1.0 / 32768.0
+_ACTIVE_POW = (10 ** (-55 / 20)) ** 2  # reference frame power below -55 dBFS counts as silence
+_MIN_ERL_DB = -6.0  # the weakest echo return loss assumed before the delay is known
+_MIN_ERL = 10 ** (_MIN_ERL_DB / 10)
+_KAPPA_QUANTILE = 0.95  # the suppressor's residual coupling: this quantile of echo-only frames
+_OVER_SUPPRESS = 4.0  # ... times this (6 dB) is taken for echo
+_ECHO_EST_WEIGHT = 1.0  # residual at least this share of the linear echo estimate's power
+
+
+def _db(ratio: float) -> float:
+    return 10.0 * math.log10(ratio)
+
+
+class EchoCancellerError(BridgeError):
+    """Audio handed to the echo canceller has the wrong size or format."""
+
+
+@dataclass(slots=True)
+class EchoStats:
+    """What the canceller has learned; for tests, benches and metrics (not updated per sample)."""
+
+    delay_ms: float | None = None  # estimated echo path delay (None until found)
+    delay_changes: int = 0
+    kappa_db: float = 0.0  # residual echo coupling the suppressor assumes, dB below the reference
+    frames: int = 0
+    frames_suppressed: int = 0  # frames whose gain ended below 0.1
+    double_talk_frames: int = 0
+
+
+class EchoCanceller:
+    """Streaming echo canceller for one call's caller audio (8 kHz PCM16, 20 ms frames)."""
+
+    def __init__(
+        self,
+        *,
+        max_delay_ms: int = 500,
+        tail_ms: int = 60,
+        suppress: bool = True,
+        initial_delay_ms: float | None = None,
+        mu: float = 0.4,
+    ) -> None:
+        if not 20 <= max_delay_ms <= 1000:
+            raise EchoCancellerError(f"max_delay_ms must be within 20..1000, got {max_delay_ms}")
+        if not 20 <= tail_ms <= 200:
+            raise EchoCancellerError(f"tail_ms must be within 20..200, got {tail_ms}")
+        self.max_delay_samples = max_delay_ms * RATE_HZ // 1000
+        self.partitions = max(1, -(-tail_ms * RATE_HZ // 1000 // FRAME_SAMPLES))
+        self.suppress = suppress
+        self.mu = mu
+        self.stats = EchoStats()
+        P = self.partitions
+        self._far = np.zeros(_RING, dtype=np.float64)
+        self._near = np.zeros(_RING, dtype=np.float64)
+        self._zeros = np.zeros(_RING, dtype=np.float64)
+        self._far_end = 0  # absolute index one past the last written far sample
+        self._far_last_active = -(1 << 40)  # absolute index of the end of the last non-silent far write
+        self._pos = 0  # near samples processed
+        self._next_estimate = _EST_WINDOW
+        # filter state
+        self._W = np.zeros((P, _BINS), dtype=np.complex128)
+        self._X = np.zeros((P, _BINS), dtype=np.complex128)
+        self._xpow = np.zeros(_BINS, dtype=np.float64)
+        self._x2 = np.zeros(_FFT, dtype=np.float64)
+        self._e2 = np.zeros(_FFT, dtype=np.float64)
+        self._d = np.zeros(FRAME_SAMPLES, dtype=np.float64)
+        self._e = np.zeros(FRAME_SAMPLES, dtype=np.float64)
+        self._ramp = np.arange(1, FRAME_SAMPLES + 1, dtype=np.float64) / FRAME_SAMPLES
+        self._out = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        self._constrain_next = 0
+        self._delay: int | None = None
+        self._x_valid = False  # _X holds the spectra for the current delay
+        self._dt_hold = 0
+        # suppressor state
+        self._erl_db = _MIN_ERL_DB
+        self._kappa_db = _MIN_ERL_DB
+        self._near_s = 0.0
+        self._err_s = 0.0
+        self._noise = 1e-9
+        self._gain = 1.0
+        # delay estimator state
+        self._acc = np.zeros(self.max_delay_samples + 1, dtype=np.float64)
+        self._acc_n = 0
+        self._candidate: int | None = None
+        self._band = np.zeros(_EST_FFT // 2 + 1, dtype=bool)
+        freqs = np.fft.rfftfreq(_EST_FFT, 1.0 / RATE_HZ)
+        self._band[(freqs >= 250.0) & (freqs <= 3500.0)] = True
+        if initial_delay_ms is not None:
+            self._set_delay(int(initial_delay_ms * RATE_HZ / 1000))
+            self.stats.delay_changes = 0
+
+    # ------------------------------------------------------------------------------------------
+    # reference
+
+    @property
+    def position_ms(self) -> float:
+        """Caller audio processed so far (ms): the clock `far(..., at_ms=...)` is expressed in."""
+        return self._pos * 1000.0 / RATE_HZ
+
+    @property
+    def delay_ms(self) -> float | None:
+        return None if self._delay is None else self._delay * 1000.0 / RATE_HZ
+
+    def far(self, pcm16: bytes, at_ms: float | None = None) -> None:
+        """What the bridge played: PCM16 8 kHz (any whole number of samples), starting at `at_ms` on
+        the near clock (None: right after the previous far audio, or now if that is in the past)."""
+        if len(pcm16) & 1:
+            raise EchoCancellerError(f"far audio must be PCM16 (an even byte count), got {len(pcm16)} bytes")
+        n = len(pcm16) // 2
+        if n == 0:
+            return
+        start = max(self._far_end, self._pos) if at_ms is None else round(at_ms * RATE_HZ / 1000.0)
+        end = start + n
+        oldest = self._pos - self.max_delay_samples - _EST_WINDOW - _FFT
+        if end > oldest + _RING:
+            raise EchoCancellerError(
+                f"far audio at {start * 1000 // RATE_HZ} ms is too far ahead of the caller audio "
+                f"({self._pos * 1000 // RATE_HZ} ms processed)"
+            )
+        if start > self._far_end:  # a gap: nothing was played there
+            gap_from = max(self._far_end, oldest)
+            self._write(self._far, gap_from, self._zeros[: start - gap_from])
+        x = np.frombuffer(pcm16, dtype="<i2").astype(np.float64) * _SCALE
+        if start < oldest:
+            x = x[oldest - start :]
+            start = oldest
+            if x.size == 0:
+                return
+        self._write(self._far, start, x)
+        self._far_end = max(self._far_end, end)
+        if float(np.dot(x, x)) > _ACTIVE_POW * x.size:
+            self._far_last_active = max(self._far_last_active, end)
+
+    @staticmethod
+    def _write(ring: np.ndarray, start: int, x: np.ndarray) -> None:
+        if x.size == 0:
+            return
+        i = start % _RING
+        first = min(x.size, _RING - i)
+        ring[i : i + first] = x[:first]
+        if first < x.size:
+            ring[: x.size - first] = x[first:]
+
+    def _read(self, ring: np.ndarray, start: int, out: np.ndarray) -> np.ndarray:
+        """out[:] = ring[start : start + len(out)] (absolute indices)."""
+        n = out.size
+        i = start % _RING
+        first = min(n, _RING - i)
+        out[:first] = ring[i : i + first]
+        if first < n:
+            out[first:] = ring[: n - first]
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # caller audio
+
+    def near(self, pcm16: bytes) -> bytes:
+        """One 20 ms frame of caller audio (320 bytes PCM16 8 kHz) -> the same frame with the echo removed."""
+        if len(pcm16) != FRAME_BYTES:
+            raise EchoCancellerError(
+                f"near audio must be one 20 ms frame of PCM16 at 8 kHz ({FRAME_BYTES} bytes), "
+                f"got {len(pcm16)}"
+            )
+        pos = self._pos
+        if self._far_end < pos + FRAME_SAMPLES:
+            # Nothing was played up to here: the ring must read as silence, not as audio of 4 s ago.
+            start = max(self._far_end, pos - self.max_delay_samples - _EST_WINDOW - _FFT)
+            self._write(self._far, start, self._zeros[: pos + FRAME_SAMPLES - start])
+            self._far_end = pos + FRAME_SAMPLES
+        d = self._d
+        np.multiply(np.frombuffer(pcm16, dtype="<i2"), _SCALE, out=d)
+        self._write(self._near, pos, d)
+        self.stats.frames += 1
+        self._pos = pos + FRAME_SAMPLES
+        if self._pos >= self._next_estimate:
+            self._next_estimate = self._pos + _EST_WINDOW // 2
+            if self._far_last_active > self._pos - self.max_delay_samples - _EST_WINDOW:
+                # Every 250 ms until a delay is found, then every 500 ms to track changes.
+                self._next_estimate = self._pos + (_EST_EVERY if self._delay is None else 2 * _EST_EVERY)
+                self._estimate_delay()
+        span_start = pos - self.max_delay_samples - self.partitions * FRAME_SAMPLES
+        if self._far_last_active <= span_start:
+            # Nothing played that could still echo: pass the audio through untouched.
+            self._gain = 1.0
+            self._x_valid = False
+            return pcm16
+        if self._delay is None:
+            return self._gate_unaligned(pcm16, pos)
+        return self._cancel(pos)
+
+    def _gate_unaligned(self, pcm16: bytes, pos: int) -> bytes:
+        """Delay unknown: suppress frames no louder than the loudest reference frame in the delay range
+        could echo back at the weakest echo return loss allowed."""
+        x = self._far
+        lo = (pos - self.max_delay_samples - FRAME_SAMPLES) % _RING
+        hi = (pos + FRAME_SAMPLES) % _RING
+        seg = x[lo:hi] if lo < hi else np.concatenate((x[lo:], x[:hi]))
+        m = seg.size // FRAME_SAMPLES
+        far_pow = float(
+            np.max(np.mean(np.square(seg[: m * FRAME_SAMPLES]).reshape(m, FRAME_SAMPLES), axis=1))
+        )
+        d = self._d
+        near_pow = float(np.dot(d, d)) / FRAME_SAMPLES
+        self._track_noise(near_pow)
+        echo = 2.0 * _MIN_ERL * far_pow
+        gain = 1.0 - echo / max(near_pow - self._noise, 1e-12)
+        return self._apply_gain(d, min(1.0, max(0.0, gain)))
+
+    def _cancel(self, pos: int) -> bytes:
+        assert self._delay is not None
+        P = self.partitions
+        B = FRAME_SAMPLES
+        base = pos - self._delay + _PRE_SAMPLES  # far index aligned with near index `pos` at tap 0
+        X = self._X
+        if not self._x_valid:
+            for p in range(P):
+                X[p] = np.fft.rfft(self._read(self._far, base - (p + 1) * B, self._x2))
+            self._x_valid = True
+        else:
+            X[1:] = X[:-1]
+            X[0] = np.fft.rfft(self._read(self._far, base - B, self._x2))
+        x2 = self._x2  # holds [previous far block | current far block]
+        far_pow = float(np.dot(x2[B:], x2[B:])) / B
+        # Reference power over the whole span the echo path can reach (tail smearing).
+        span = self._read(self._far, base - P * B, np.empty(P * B + B))
+        far_span_pow = float(np.max(np.mean(np.square(span).reshape(P + 1, B), axis=1)))
+        W = self._W
+        Y = np.einsum("pk,pk->k", W, X)
+        y = np.fft.irfft(Y)[B:]
+        d = self._d
+        e = self._e
+        np.subtract(d, y, out=e)
+        near_pow = float(np.dot(d, d)) / B
+        e_pow = float(np.dot(e, e)) / B
+        y_pow = float(np.dot(y, y)) / B
+        self._near_s += 0.1 * (near_pow - self._near_s)
+        self._err_s += 0.1 * (e_pow - self._err_s)
+        if self._err_s > 2.0 * self._near_s + 1e-10 and y_pow > 0.5 * near_pow:
+            # The filter adds more than it removes (diverged, or the path changed): start over.
+            W[:] = 0
+            e[:] = d
+            e_pow = near_pow
+            self._err_s = self._near_s
+        self._track_noise(e_pow)
+        active = far_span_pow > _ACTIVE_POW
+        excess = max(e_pow - self._noise, 0.0)
+        if active:
+            # Double talk: the caller's audio is well above what the echo path gives back.
+            near_db = _db(max(near_pow - self._noise, 1e-12) / far_span_pow)
+            if near_db > self._erl_db + 6.0:
+                self._dt_hold = 5
+                self.stats.double_talk_frames += 1
+            elif self._dt_hold:
+                self._dt_hold -= 1
+            if not self._dt_hold:
+                # Quantile trackers (dB): the echo path's gain (80th percentile) and the residual
+                # coupling after the filter (90th percentile), on echo-only frames.
+                self._erl_db += 1.0 * (0.8 - (near_db < self._erl_db))
+                res_db = _db(max(excess, 1e-12) / far_span_pow)
+                self._kappa_db += 1.0 * (_KAPPA_QUANTILE - (res_db < self._kappa_db))
+                self.stats.kappa_db = self._kappa_db
+        # Adapt (NLMS per bin) when the reference is active and the caller is not talking.
+        xpow = self._xpow
+        xpow *= 0.7
+        xpow += 0.3 * np.square(np.abs(X[0]))
+        if far_pow > _ACTIVE_POW and not self._dt_hold:
+            e2 = self._e2
+            e2[B:] = e
+            E = np.fft.rfft(e2)
+            step = self.mu / (P * xpow + P * _ACTIVE_POW * _FFT)
+            W += np.conj(X) * (E * step)
+            # Gradient constraint on one partition per frame (MDF): keep each partition causal.
+            c = self._constrain_next
+            w = np.fft.irfft(W[c])
+            w[B:] = 0.0
+            W[c] = np.fft.rfft(w)
+            self._constrain_next = (c + 1) % P
+        if not self.suppress or not active:
+            return self._apply_gain(e, 1.0)
+        # Residual echo: the coupling learned on echo-only frames, or the filter's own echo estimate
+        # (what it predicts is there; when the caller talks, their speech is far above it).
+        echo = max(_OVER_SUPPRESS * 10.0 ** (self._kappa_db / 10.0) * far_span_pow, _ECHO_EST_WEIGHT * y_pow)
+        gain = 1.0 - echo / max(excess, 1e-12)
+        if self._dt_hold and gain > 0.0:
+            gain = 1.0  # the caller is talking: pass them whole (no chopping for the upstream's VAD)
+        return self._apply_gain(e, min(1.0, max(0.0, gain)))
+
+    def _track_noise(self, pow_: float) -> None:
+        n = self._noise
+        self._noise = pow_ if pow_ < n else n * 1.0023  # rises at most ~1 dB/s (50 frames/s)
+
+    def _apply_gain(self, x: np.ndarray, gain: float) -> bytes:
+        g0 = self._gain
+        self._gain = gain
+        if gain < 0.1:
+            self.stats.frames_suppressed += 1
+        out = self._out
+        if g0 == gain:
+            np.multiply(x, 32768.0 * gain, out=x)
+        else:
+            x *= 32768.0
+            x *= g0 + (gain - g0) * self._ramp
+        np.rint(x, out=x)
+        np.clip(x, -32768, 32767, out=x)
+        out[:] = x
+        return out.tobytes()
+
+    # ------------------------------------------------------------------------------------------
+    # delay estimation
+
+    def _estimate_delay(self) -> None:
+        W = _EST_WINDOW
+        D = self.max_delay_samples
+        end = self._pos
+        n = self._read(self._near, end - W, np.empty(W))
+        x = self._read(self._far, end - W - D, np.empty(W + D))
+        n_pow = float(np.dot(n, n)) / W
+        x_pow = float(np.dot(x, x)) / x.size
+        if x_pow < _ACTIVE_POW or n_pow < 1e-10:
+            return
+        N = np.fft.rfft(n, _EST_FFT)
+        X = np.fft.rfft(x, _EST_FFT)
+        G = np.conj(N) * X
+        mag = np.abs(G)
+        G /= mag + 1e-12 * float(np.max(mag))
+        G[~self._band] = 0.0
+        c = np.fft.irfft(G)[: D + 1][::-1]  # c[d]: near vs far d samples earlier
+        acc = self._acc
+        acc *= 0.6
+        acc += c
+        self._acc_n += 1
+        if self._acc_n < 2:
+            return
+        peak = int(np.argmax(acc))
+        top = float(acc[peak])
+        lo, hi = max(0, peak - 40), min(acc.size, peak + 41)
+        rest = np.concatenate((acc[:lo], acc[hi:]))
+        floor = float(np.max(rest)) if rest.size else 0.0
+        spread = float(np.std(acc)) + 1e-12
+        self._check_candidate(peak, top, floor, spread)
+
+    def _check_candidate(self, peak: int, top: float, floor: float, spread: float) -> None:
+        confident = top > 1.5 * floor and top > 6.0 * spread
+        if not confident:
+            self._candidate = None
+            return
+        current = self._delay
+        if current is not None and abs(peak - current) <= _PRE_SAMPLES // 2:
+            self._candidate = None
+            return
+        if self._candidate is not None and abs(peak - self._candidate) <= 16:
+            self._set_delay(peak)
+            self._candidate = None
+        else:
+            self._candidate = peak
+
+    def _set_delay(self, delay_samples: int) -> None:
+        self._delay = max(_PRE_SAMPLES, delay_samples)
+        self._W[:] = 0
+        self._x_valid = False
+        self._erl_db = _MIN_ERL_DB
+        self._kappa_db = _MIN_ERL_DB
+        self._near_s = self._err_s = 0.0
+        self._dt_hold = 0
+        self.stats.delay_ms = self._delay * 1000.0 / RATE_HZ
+        self.stats.delay_changes += 1

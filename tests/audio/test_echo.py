@@ -1,0 +1,144 @@
+"""bridge/audio/echo.py: the echo canceller on real (Piper) bot speech through a synthetic echo path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.signal import butter, lfilter, sosfilt
+
+from bridge.audio.echo import FRAME_BYTES, EchoCanceller, EchoCancellerError
+from tests.helpers.speech import phone_speech, silence
+
+BOT_LINES = [
+    "Thanks for calling. I can help you with billing, orders, or technical support.",
+    "Your order number four two seven one shipped yesterday and should arrive on Friday.",
+    "I'm sorry, I didn't catch that. Could you say it again, please?",
+]
+
+
+@pytest.fixture(scope="module")
+def bot() -> np.ndarray:
+    pcm = b"".join(phone_speech(t) + silence(300) for t in BOT_LINES) * 2
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def caller() -> np.ndarray:
+    return np.frombuffer(phone_speech("Wait, I need to talk to a person.", voice="espeak"), "<i2").astype(
+        float
+    )
+
+
+def echo_path(x: np.ndarray, delay_ms: float, erl_db: float, seed: int = 3) -> np.ndarray:
+    """Speaker band-pass + a 30 ms decaying room response, then delay and echo return loss."""
+    rng = np.random.default_rng(seed)
+    ir = rng.standard_normal(240) * np.exp(-np.arange(240) / 40.0)
+    ir[0] += 2.0
+    sos = butter(2, [350.0, 3200.0], btype="bandpass", fs=8000, output="sos")
+    y = sosfilt(sos, lfilter(ir, [1.0], x))
+    y *= np.sqrt(np.mean(x**2) / np.mean(y**2)) * 10 ** (-erl_db / 20)
+    d = int(delay_ms * 8)
+    return np.concatenate([np.zeros(d), y[: len(x) - d]])
+
+
+def to_pcm(x: np.ndarray) -> bytes:
+    return np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes()
+
+
+def run(ec: EchoCanceller, near: bytes, far: bytes | None, *, skip_silent_far: bool = True) -> np.ndarray:
+    """Feed 20 ms frames as the call does: the far frame that starts playing now (only while the bot
+    speaks, unless skip_silent_far is False), then the caller's frame."""
+    out = bytearray()
+    for i in range(0, len(near) - FRAME_BYTES + 1, FRAME_BYTES):
+        if far is not None and i + FRAME_BYTES <= len(far):
+            frame = far[i : i + FRAME_BYTES]
+            if any(frame) or not skip_silent_far:
+                ec.far(frame, at_ms=ec.position_ms)
+        out += ec.near(near[i : i + FRAME_BYTES])
+    return np.frombuffer(bytes(out), dtype="<i2").astype(np.float64)
+
+
+def erle_db(echo: np.ndarray, out: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(echo**2) / max(np.sum(out**2), 1.0)))
+
+
+def test_erle_on_150ms_15db_echo(bot: np.ndarray) -> None:
+    echo = echo_path(bot, 150, 15)
+    ec = EchoCanceller()
+    out = run(ec, to_pcm(echo), to_pcm(bot))
+    half = len(out) // 2
+    assert ec.delay_ms is not None
+    assert abs(ec.delay_ms - 150) < 10
+    # Whole path (filter + suppressor) after convergence: the echo is all but gone.
+    assert erle_db(echo[half : len(out)], out[half:]) > 30
+    # The linear filter alone also removes most of it.
+    lin = EchoCanceller(suppress=False)
+    out_lin = run(lin, to_pcm(echo), to_pcm(bot), skip_silent_far=False)
+    assert erle_db(echo[half : len(out_lin)], out_lin[half:]) > 12
+
+
+def test_double_talk_preserves_the_caller(bot: np.ndarray, caller: np.ndarray) -> None:
+    echo = echo_path(bot, 150, 15)
+    onset = len(bot) // 2
+    near = echo.copy()
+    near[onset : onset + len(caller)] += caller
+    ec = EchoCanceller()
+    out = run(ec, to_pcm(near), to_pcm(bot))
+    seg = slice(onset, onset + len(caller))
+    got = out[seg]
+    corr = float(np.dot(got, caller) / np.sqrt(np.dot(got, got) * np.dot(caller, caller)))
+    assert corr > 0.9
+    # Not attenuated either: the caller's level is kept within 2 dB.
+    assert abs(10 * np.log10(np.dot(got, got) / np.dot(caller, caller))) < 2.0
+    # And the caller talking over the bot did not make the filter diverge: echo after it is still removed.
+    after = slice(onset + len(caller) + 4000, len(out))
+    assert erle_db(echo[after], out[after]) > 25
+
+
+def test_tracks_a_change_of_delay(bot: np.ndarray) -> None:
+    long_bot = np.concatenate([bot, bot])
+    first = echo_path(long_bot, 100, 15)
+    second = echo_path(long_bot, 320, 15)
+    switch = len(long_bot) // 2
+    near = np.concatenate([first[:switch], second[switch:]])
+    ec = EchoCanceller()
+    out = run(ec, to_pcm(near), to_pcm(long_bot))
+    assert ec.delay_ms is not None
+    assert abs(ec.delay_ms - 320) < 10
+    assert ec.stats.delay_changes >= 2
+    tail = slice(len(out) - len(out) // 5, len(out))  # last 20 %: converged on the new path
+    assert erle_db(near[tail], out[tail]) > 25
+
+
+def test_no_reference_passes_audio_unchanged(caller: np.ndarray) -> None:
+    near = to_pcm(np.concatenate([caller, caller * 0.3]))
+    near = near[: len(near) // FRAME_BYTES * FRAME_BYTES]
+    ec = EchoCanceller()
+    assert run(ec, near, None).astype("<i2").tobytes() == near
+    # An all-zero reference (the bot "playing" digital silence) is no reference.
+    ec = EchoCanceller()
+    assert run(ec, near, bytes(len(near)), skip_silent_far=False).astype("<i2").tobytes() == near
+
+
+def test_reference_long_ago_passes_audio_unchanged(bot: np.ndarray, caller: np.ndarray) -> None:
+    ec = EchoCanceller()
+    run(ec, to_pcm(echo_path(bot[:40000], 150, 15)), to_pcm(bot[:40000]))
+    later = to_pcm(np.concatenate([np.zeros(8000), caller]))
+    later = later[: len(later) // FRAME_BYTES * FRAME_BYTES]
+    out = run(ec, later, None)
+    # Once the last reference is older than the longest echo path (500 ms + the filter), audio is untouched.
+    assert out[4800:].astype("<i2").tobytes() == later[4800 * 2 :]
+
+
+def test_bad_frames_are_rejected_clearly() -> None:
+    ec = EchoCanceller()
+    with pytest.raises(EchoCancellerError, match="one 20 ms frame of PCM16 at 8 kHz"):
+        ec.near(bytes(160))
+    with pytest.raises(EchoCancellerError, match="320 bytes"):
+        ec.near(bytes(321))
+    with pytest.raises(EchoCancellerError, match="even byte count"):
+        ec.far(bytes(161))
+    with pytest.raises(EchoCancellerError, match="too far ahead"):
+        ec.far(bytes(320), at_ms=60_000)
+    with pytest.raises(EchoCancellerError, match="max_delay_ms"):
+        EchoCanceller(max_delay_ms=5000)
