@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bridge.settings import Settings
-from bridge.telephony.events import CallStarted
+from bridge.telephony.leg import CallStarted
 from bridge.telephony.rtp import RtpEndpoint, RtpReceiver, RtpSender, open_rtp, parse_packet, ticker_for_loop
 from bridge.telephony.sip_leg import SipLeg
 from bridge.telephony.sip_service import start_sip

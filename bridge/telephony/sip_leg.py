@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from bridge.telephony.events import AudioIn, CallEnded, CallStarted, Dtmf, Encoding, LegEvent, MarkPlayed
+from bridge.telephony.leg import LegKind
 from bridge.telephony.rtp import FRAME_MS, RtpSender, RtpStats
 
 
@@ -34,6 +35,7 @@ class SipLeg:
     (found by tests/sip/test_sip_e2e.py, which now compares the prompt on the wire frame by frame).
     """
 
+    kind: LegKind = "sip"
     lead_ms = 40
 
     def __init__(self, started: CallStarted, sender: RtpSender, control: DialogControl,
