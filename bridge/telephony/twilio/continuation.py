@@ -18,7 +18,6 @@ from bridge.telephony.twilio.call_registry import (
     CallRegistry,
     Continuation,
     ContinuationPath,
-    HangUp,
     Transfer,
     choose_continuation_path,
 )
@@ -82,5 +81,3 @@ class TwilioContinuer:
         log.info("call %s: %s via %s", call_sid, kind, path)
         return path
 
-
-__all__ = ["Continuation", "HangUp", "Transfer", "TwilioContinuer", "continuation_twiml"]

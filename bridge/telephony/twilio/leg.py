@@ -73,7 +73,6 @@ class TwilioLeg:
         self._ended = False
         self.encoding: Encoding = "pcmu"
         self.lead_ms = lead_ms
-        self.close_code: int | None = None
         self.started: CallStarted | None = None
 
     @property
@@ -133,8 +132,6 @@ class TwilioLeg:
         await self._close(code, reason[:120])
 
     async def _close(self, code: int, reason: str = "") -> None:
-        if self.close_code is None:
-            self.close_code = code
         if self._ws.application_state == WebSocketState.CONNECTED:
             with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
                 await self._ws.close(code=code, reason=reason)

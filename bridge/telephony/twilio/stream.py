@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 
-from bridge.telephony.leg import AudioIn, CallEnded, CallStarted, Dtmf, Encoding, LegEvent, MarkPlayed
+from bridge.telephony.leg import AudioIn, CallEnded, CallStarted, Dtmf, LegEvent, MarkPlayed
 from bridge.telephony.twilio.messages import (
     ENCODINGS,
     SAMPLE_RATE_HZ,
@@ -42,12 +42,11 @@ class TwilioStream:
     Only `inbound` media becomes `AudioIn` (a `<Start>` fork with both tracks also sends outbound).
     """
 
-    __slots__ = ("_media_prefix", "call_sid", "encoding", "ended", "stream_sid", "unknown_events")
+    __slots__ = ("_media_prefix", "call_sid", "ended", "stream_sid", "unknown_events")
 
     def __init__(self) -> None:
         self.stream_sid: str | None = None
         self.call_sid: str | None = None
-        self.encoding: Encoding | None = None
         self.ended = False
         self.unknown_events = 0
         self._media_prefix = ""
@@ -123,7 +122,6 @@ class TwilioStream:
         self._media_prefix = media_prefix(msg.stream_sid)  # validates the sid for the builders
         self.stream_sid = msg.stream_sid
         self.call_sid = msg.call_sid
-        self.encoding = encoding
         params = dict(msg.custom_parameters)
         return CallStarted(
             call_id=msg.call_sid,
