@@ -30,7 +30,8 @@ from bridge.engine.outbox import Outbox
 from bridge.realtime import events as rt
 from bridge.realtime.client import RealtimeClient
 from bridge.realtime.providers import Endpoint
-from bridge.telephony import twilio as tw
+from bridge.telephony.twilio.messages import mark_message, media_message
+from bridge.telephony.twilio.stream import TwilioStream
 
 RESULTS = Path(__file__).parent / "results" / "protocol_cores.md"
 SID = "MZ18ad3ab5a668481ce02b83e7395059f0"
@@ -48,7 +49,7 @@ def per_call_us(fn: Callable[[], object], n: int = 20000, repeat: int = 5) -> fl
 
 
 def twilio_rows() -> list[tuple[str, float]]:
-    stream = tw.TwilioStream()
+    stream = TwilioStream()
     start = {
         "event": "start",
         "sequenceNumber": "1",
@@ -83,14 +84,14 @@ def twilio_rows() -> list[tuple[str, float]]:
             "Twilio `TwilioStream.receive` (inbound 20 ms media frame)",
             per_call_us(lambda: stream.receive(frame)),
         ),
-        ("Twilio `media_message` (160 B payload)", per_call_us(lambda: tw.media_message(SID, payload))),
+        ("Twilio `media_message` (160 B payload)", per_call_us(lambda: media_message(SID, payload))),
         (
             "  same object with base64 + `json.dumps` (comparison)",
             per_call_us(
                 lambda: json.dumps({**obj, "media": {"payload": base64.b64encode(payload).decode()}})
             ),
         ),
-        ("Twilio `mark_message`", per_call_us(lambda: tw.mark_message(SID, "1234"))),
+        ("Twilio `mark_message`", per_call_us(lambda: mark_message(SID, "1234"))),
     ]
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bridge.settings import Settings
-from bridge.telephony.events import CallStarted
+from bridge.telephony.leg import CallStarted
 from bridge.telephony.rtp.endpoint import RtpEndpoint, open_rtp
 from bridge.telephony.rtp.jitter import RtpReceiver
 from bridge.telephony.rtp.packet import parse_packet

@@ -37,7 +37,7 @@ from bridge.realtime.client import RealtimeClient
 from bridge.realtime.providers import Endpoint, resolve_endpoint, session_config
 from bridge.realtime.session import UpstreamFormat
 from bridge.settings import Settings
-from bridge.telephony.events import Encoding
+from bridge.telephony.leg import Encoding
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from bridge.dialplan import runner as dp
 from bridge.dialplan.schema import Dialplan
 from bridge.errors import BridgeError
 from bridge.settings import Settings
-from bridge.telephony.events import AudioIn, CallEnded, CallStarted, Dtmf, Leg, MarkPlayed
+from bridge.telephony.leg import AudioIn, CallEnded, CallStarted, Dtmf, Leg, MarkPlayed
 
 log = logging.getLogger(__name__)
 

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="port (BRIDGE_PORT, default 8080)")
     serve.add_argument("--dialplans", default=None, help="dialplan directory (BRIDGE_DIALPLANS)")
     serve.set_defaults(func=_serve)
-    from bridge.telephony.twilio_rest import add_subcommand as add_twilio_subcommand
+    from bridge.telephony.twilio.rest import add_subcommand as add_twilio_subcommand
 
     add_twilio_subcommand(sub)
     from bridge.dialplan.cli import add_parser as add_dialplan_parser

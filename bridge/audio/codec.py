@@ -13,7 +13,7 @@ import warnings
 from typing import Final
 
 from bridge.errors import BridgeError
-from bridge.telephony.events import Encoding
+from bridge.telephony.leg import Encoding
 
 with warnings.catch_warnings():
     # Python 3.11/3.12 warn that the stdlib module goes away in 3.13; audioop-lts replaces it there.

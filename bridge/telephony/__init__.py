@@ -1,1 +1,1 @@
-"""Phone legs: Twilio Media Streams and SIP/RTP, both producing the events in `events.py`."""
+"""Phone legs (Twilio Media Streams, SIP/RTP), all producing the events of `leg.py` (the Leg protocol)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from bridge.telephony.events import CallEnded, CallStarted
+from bridge.telephony.leg import CallEnded, CallStarted
 from bridge.telephony.sip.endpoint import SipEndpoint
 from bridge.telephony.sip.leg import SipLeg
 from bridge.telephony.sip.message import SipMessage, header_param, parse_message

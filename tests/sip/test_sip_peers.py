@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from bridge.settings import Settings
-from bridge.telephony.events import AudioIn, CallEnded, CallStarted, Dtmf, MarkPlayed
+from bridge.telephony.leg import AudioIn, CallEnded, CallStarted, Dtmf, MarkPlayed
 from bridge.telephony.rtp.packet import parse_packet
 from bridge.telephony.sip.leg import SipLeg
 from bridge.telephony.sip.service import SipService, start_sip

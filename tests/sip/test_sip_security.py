@@ -86,7 +86,7 @@ class Calls:
         self.ended: list[str] = []
 
     async def __call__(self, leg: SipLeg) -> None:
-        from bridge.telephony.events import CallEnded, CallStarted, MarkPlayed
+        from bridge.telephony.leg import CallEnded, CallStarted, MarkPlayed
 
         async for event in leg.events():
             if isinstance(event, CallStarted):

@@ -11,7 +11,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from bridge.telephony.events import AudioIn, CallEnded, CallStarted, Dtmf, Encoding, LegEvent, MarkPlayed
+from bridge.telephony.leg import (
+    AudioIn,
+    CallEnded,
+    CallStarted,
+    Dtmf,
+    Encoding,
+    LegEvent,
+    LegKind,
+    MarkPlayed,
+)
 from bridge.telephony.rtp.packet import FRAME_MS, RtpStats
 from bridge.telephony.rtp.sender import RtpSender
 
@@ -25,7 +34,7 @@ class DialogControl(Protocol):
 
 
 class SipLeg:
-    """One SIP call as a `Leg` (see `bridge.telephony.events`).
+    """One SIP call as a `Leg` (see `bridge.telephony.leg`).
 
     `lead_ms` is 40: the call's pacer hands frames over up to two frames early and the RTP ticker
     transmits them on absolute 20 ms deadlines from that small queue, which `clear()` empties at
@@ -35,6 +44,7 @@ class SipLeg:
     (found by tests/sip/test_sip_e2e.py, which now compares the prompt on the wire frame by frame).
     """
 
+    kind: LegKind = "sip"
     lead_ms = 40
 
     def __init__(self, started: CallStarted, sender: RtpSender, control: DialogControl,

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from bridge.errors import ProtocolError
 from bridge.limits import RateLimiter, Slots
 from bridge.metrics import METRICS
-from bridge.telephony.events import CallStarted
+from bridge.telephony.leg import CallStarted
 from bridge.telephony.sip.dialog import Dialog, dialog_from_invite
 from bridge.telephony.sip.message import (
     SipMessage,

@@ -14,16 +14,15 @@ from typing import TYPE_CHECKING
 
 from bridge.metrics import METRICS, BridgeMetrics
 from bridge.settings import Settings
-from bridge.telephony.call_registry import (
+from bridge.telephony.twilio.call_registry import (
     CallRegistry,
     Continuation,
     ContinuationPath,
-    HangUp,
     Transfer,
     choose_continuation_path,
 )
-from bridge.telephony.twilio_rest import TwilioRestError, has_rest_credentials, make_client, update_call_twiml
-from bridge.telephony.twilio_twiml import dial, hangup
+from bridge.telephony.twilio.rest import TwilioRestError, has_rest_credentials, make_client, update_call_twiml
+from bridge.telephony.twilio.twiml import dial, hangup
 
 if TYPE_CHECKING:
     from twilio.rest import Client
@@ -82,5 +81,3 @@ class TwilioContinuer:
         log.info("call %s: %s via %s", call_sid, kind, path)
         return path
 
-
-__all__ = ["Continuation", "HangUp", "Transfer", "TwilioContinuer", "continuation_twiml"]

@@ -1,9 +1,9 @@
-"""Twilio Media Streams, sans I/O: typed messages, outbound builders and a per-socket state machine.
+"""Twilio Media Streams messages, sans I/O: typed inbound messages, their parser, outbound builders.
 
-Feed `TwilioStream.receive()` each text frame of one `/twilio/media` websocket and read back leg
-events (`bridge.telephony.events`). Build what goes back to Twilio with `media_message`,
-`mark_message` and `clear_message` (or the `TwilioStream` methods of the same names, which reuse the
-stream's validated `streamSid`). Nothing here touches a socket or a clock.
+`parse_message` turns one text frame into a typed message (`Connected`, `Start`, `Media`, `Mark`,
+`DtmfMessage`, `Stop`); `media_message`, `mark_message` and `clear_message` build what goes back to
+Twilio. The per-socket rules (what may come when) live in `stream.TwilioStream`. Nothing here
+touches a socket or a clock.
 
 Wire facts (reference section 10): every frame is one JSON object with an `event` discriminator;
 `sequenceNumber`, `chunk` and `timestamp` are decimal *strings*; `mediaFormat.sampleRate` and
@@ -24,7 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 from bridge.errors import ProtocolError
-from bridge.telephony.events import AudioIn, CallEnded, CallStarted, Dtmf, Encoding, LegEvent, MarkPlayed
+from bridge.telephony.leg import Encoding
 
 MAX_MESSAGE_BYTES = 65536
 
@@ -299,7 +299,8 @@ def _parse_start(obj: dict[str, Any]) -> Start:
     )
 
 
-def _decode_payload(text: str) -> bytes:
+def decode_payload(text: str) -> bytes:
+    """A media payload's G.711 bytes from its base64 text."""
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -315,7 +316,7 @@ def _parse_media(obj: dict[str, Any]) -> Media:
         track=_get_str(body, "track", ev, "media."),
         chunk=_get_uint(body, "chunk", ev, "media."),
         timestamp_ms=_get_uint(body, "timestamp", ev, "media."),
-        payload=_decode_payload(_get_str(body, "payload", ev, "media.")),
+        payload=decode_payload(_get_str(body, "payload", ev, "media.")),
         extra=_rest(obj, _MEDIA_KEYS),
         body_extra=_rest(body, _MEDIA_BODY_KEYS),
     )
@@ -379,7 +380,8 @@ def _check_size(text: str) -> None:
         raise TwilioProtocolError(f"twilio: message larger than {MAX_MESSAGE_BYTES} bytes")
 
 
-def _load(text: str) -> dict[str, Any]:
+def load_frame(text: str) -> dict[str, Any]:
+    """One text frame as a JSON object (size and JSON checked, fields not yet)."""
     _check_size(text)
     try:
         obj = json.loads(text)
@@ -390,7 +392,8 @@ def _load(text: str) -> dict[str, Any]:
     return obj
 
 
-def _dispatch(obj: dict[str, Any]) -> TwilioMessage:
+def parse_object(obj: dict[str, Any]) -> TwilioMessage:
+    """The typed message for a frame `load_frame` returned; `UnknownTwilioEvent` for other events."""
     event = obj.get("event")
     if event is None:
         raise TwilioProtocolError("twilio: message has no 'event'")
@@ -404,11 +407,7 @@ def _dispatch(obj: dict[str, Any]) -> TwilioMessage:
 
 def parse_message(text: str) -> TwilioMessage:
     """Parse one Media Streams text frame. Raises `TwilioProtocolError` naming the defect."""
-    return _dispatch(_load(text))
-
-
-def _is_uint_str(value: object) -> bool:
-    return type(value) is str and value.isascii() and value.isdigit()
+    return parse_object(load_frame(text))
 
 
 # --------------------------------------------------------------------------- outbound builders
@@ -421,14 +420,14 @@ def _check_sid(stream_sid: str) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _media_prefix(stream_sid: str) -> str:
-    # Validated once per streamSid; later calls are a cache hit.
+def media_prefix(stream_sid: str) -> str:
+    """A media message up to its payload. Validated once per streamSid; later calls are a cache hit."""
     return '{"event":"media","streamSid":"' + _check_sid(stream_sid) + '","media":{"payload":"'
 
 
 def media_message(stream_sid: str, payload: bytes) -> str:
     """`{"event":"media","streamSid":...,"media":{"payload":<base64>}}` for one chunk of G.711."""
-    return _media_prefix(stream_sid) + base64.b64encode(payload).decode("ascii") + '"}}'
+    return media_prefix(stream_sid) + base64.b64encode(payload).decode("ascii") + '"}}'
 
 
 def mark_message(stream_sid: str, name: str) -> str:
@@ -447,126 +446,3 @@ def mark_message(stream_sid: str, name: str) -> str:
 def clear_message(stream_sid: str) -> str:
     """`{"event":"clear","streamSid":...}`: Twilio drops every queued outbound frame."""
     return '{"event":"clear","streamSid":"' + _check_sid(stream_sid) + '"}'
-
-
-# --------------------------------------------------------------------------- per-socket state
-
-
-class TwilioStream:
-    """One Media Streams websocket: frames in, leg events out. No I/O.
-
-    Rules: `media`/`mark`/`dtmf`/`stop` before `start` and a second `start` are protocol errors;
-    frames naming another streamSid are errors; everything after `stop` is ignored; unknown events
-    are counted in `unknown_events` and otherwise ignored; frames over `MAX_MESSAGE_BYTES` are errors.
-    Only `inbound` media becomes `AudioIn` (a `<Start>` fork with both tracks also sends outbound).
-    """
-
-    __slots__ = ("_media_prefix", "call_sid", "encoding", "ended", "stream_sid", "unknown_events")
-
-    def __init__(self) -> None:
-        self.stream_sid: str | None = None
-        self.call_sid: str | None = None
-        self.encoding: Encoding | None = None
-        self.ended = False
-        self.unknown_events = 0
-        self._media_prefix = ""
-
-    @property
-    def started(self) -> bool:
-        return self.stream_sid is not None
-
-    def receive(self, text: str) -> list[LegEvent]:
-        if self.ended:
-            return []
-        obj = _load(text)
-        if obj.get("event") == "media":
-            # Fast path for the ~50 inbound frames a second: well-formed inbound media on this
-            # stream becomes AudioIn without building a `Media`; anything unusual takes the
-            # full parser below, which names the defect.
-            body = obj.get("media")
-            if type(body) is dict and self.stream_sid is not None and obj.get("streamSid") == self.stream_sid:
-                timestamp = body.get("timestamp")
-                payload = body.get("payload")
-                if (
-                    body.get("track") == "inbound"
-                    and _is_uint_str(timestamp)
-                    and type(payload) is str
-                    and _is_uint_str(obj.get("sequenceNumber"))
-                    and _is_uint_str(body.get("chunk"))
-                ):
-                    return [AudioIn(_decode_payload(payload), int(timestamp))]  # type: ignore[arg-type]
-        try:
-            msg = _dispatch(obj)
-        except UnknownTwilioEvent:
-            self.unknown_events += 1
-            return []
-        if isinstance(msg, Media):
-            self._check_stream(msg.stream_sid, "media")
-            if msg.track != "inbound":
-                return []
-            return [AudioIn(msg.payload, msg.timestamp_ms)]
-        if isinstance(msg, Mark):
-            self._check_stream(msg.stream_sid, "mark")
-            return [MarkPlayed(msg.name)]
-        if isinstance(msg, DtmfMessage):
-            self._check_stream(msg.stream_sid, "dtmf")
-            return [Dtmf(msg.digit)]
-        if isinstance(msg, Start):
-            return [self._start(msg)]
-        if isinstance(msg, Stop):
-            self._check_stream(msg.stream_sid, "stop")
-            self.ended = True
-            return [CallEnded("stop")]
-        return []  # Connected
-
-    def _check_stream(self, stream_sid: str, event: str) -> None:
-        if self.stream_sid is None:
-            raise TwilioProtocolError(f"twilio {event}: received before 'start'")
-        if stream_sid != self.stream_sid:
-            raise TwilioProtocolError(
-                f"twilio {event}: streamSid {stream_sid!r} does not match this stream ({self.stream_sid!r})"
-            )
-
-    def _start(self, msg: Start) -> CallStarted:
-        if self.stream_sid is not None:
-            raise TwilioProtocolError("twilio start: a second 'start' on the same stream")
-        fmt = msg.media_format
-        encoding = ENCODINGS.get(fmt.encoding)
-        if encoding is None:
-            raise TwilioProtocolError(f"twilio start: unsupported mediaFormat.encoding {fmt.encoding!r}")
-        if fmt.sample_rate != SAMPLE_RATE_HZ or fmt.channels != 1:
-            raise TwilioProtocolError(
-                f"twilio start: unsupported mediaFormat {fmt.sample_rate} Hz x {fmt.channels} channels "
-                f"(expected {SAMPLE_RATE_HZ} Hz mono)"
-            )
-        self._media_prefix = _media_prefix(msg.stream_sid)  # validates the sid for the builders
-        self.stream_sid = msg.stream_sid
-        self.call_sid = msg.call_sid
-        self.encoding = encoding
-        params = dict(msg.custom_parameters)
-        return CallStarted(
-            call_id=msg.call_sid,
-            stream_id=msg.stream_sid,
-            caller=params.get("caller", ""),
-            called=params.get("called", ""),
-            encoding=encoding,
-            params=params,
-        )
-
-    # Builders bound to this stream's sid (validated at `start`).
-
-    def _sid(self) -> str:
-        if self.stream_sid is None:
-            raise TwilioProtocolError("twilio: cannot send before 'start' (no streamSid yet)")
-        return self.stream_sid
-
-    def media_message(self, payload: bytes) -> str:
-        if not self._media_prefix:
-            self._sid()
-        return self._media_prefix + base64.b64encode(payload).decode("ascii") + '"}}'
-
-    def mark_message(self, name: str) -> str:
-        return mark_message(self._sid(), name)
-
-    def clear_message(self) -> str:
-        return clear_message(self._sid())

@@ -23,13 +23,14 @@ from websockets.exceptions import ConnectionClosed
 from bridge.app import create_app
 from bridge.metrics import METRICS, BridgeMetrics
 from bridge.settings import Settings
-from bridge.telephony.call_registry import InProcessCallRegistry
-from bridge.telephony.events import CallEnded, CallStarted, Dtmf
-from bridge.telephony.twilio_routes import TwilioLeg, twilio_router
+from bridge.telephony.leg import CallEnded, CallStarted, Dtmf
+from bridge.telephony.twilio.call_registry import InProcessCallRegistry
+from bridge.telephony.twilio.leg import TwilioLeg
+from bridge.telephony.twilio.routes import TwilioRoutes
 from tests.helpers.realtime_standin import AGENT_ONLY, StandinRealtime
 from tests.helpers.servers import serve
 from tests.helpers.twilio_emulator import TwilioEmulator
-from tests.telephony.test_twilio_rest import ACCOUNT, CALL_SID, TOKEN, FakeTwilio, fake_twilio  # noqa: F401
+from tests.telephony.twilio.test_rest import ACCOUNT, CALL_SID, TOKEN, FakeTwilio, fake_twilio  # noqa: F401
 
 AUTH = "test-auth-token"
 NUMBER = "+15550100"
@@ -131,11 +132,10 @@ def _bridge(**overrides: Any) -> Iterator[Bridge]:
         settings = holder["settings"] = Settings(**values)
         app = FastAPI()
         flows = {NUMBER: "main"}
-        app.include_router(
-            twilio_router(
-                settings, script, registry=registry, metrics=metrics, flow_for=flows.get, clock=lambda: now[0]
-            )
+        routes = TwilioRoutes(
+            settings, script, registry=registry, metrics=metrics, flow_for=flows.get, clock=lambda: now[0]
         )
+        app.include_router(routes.router())
         return app
 
     with serve(make) as (url, _app):

@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from bridge.app import create_app
 from bridge.cli import server_config
 from bridge.settings import Settings
-from bridge.telephony.twilio_auth import client_source
+from bridge.telephony.twilio.auth import client_source
 from tests.helpers.realtime_standin import AGENT_ONLY, StandinRealtime, StandinSession
 from tests.helpers.servers import serve
 from tests.helpers.signals import pcm, tone, ulaw

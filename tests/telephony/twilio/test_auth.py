@@ -10,7 +10,7 @@ import pytest
 from twilio.request_validator import RequestValidator
 
 from bridge.settings import Settings
-from bridge.telephony.twilio_auth import (
+from bridge.telephony.twilio.auth import (
     SIGNATURE_HEADER,
     SIGNATURE_SETTINGS_HEADER,
     StreamTokenError,

@@ -1,4 +1,4 @@
-"""Twilio Media Streams core: parsing, golden round-trips, builders, per-stream state rules."""
+"""Twilio Media Streams messages: parsing, golden round-trips, builders (per-socket rules: test_stream.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from bridge.errors import ProtocolError
-from bridge.telephony.events import AudioIn, CallEnded, CallStarted, Dtmf, MarkPlayed
-from bridge.telephony.twilio import (
+from bridge.telephony.twilio.messages import (
     MAX_MESSAGE_BYTES,
     Connected,
     DtmfMessage,
@@ -21,7 +20,6 @@ from bridge.telephony.twilio import (
     Start,
     Stop,
     TwilioProtocolError,
-    TwilioStream,
     UnknownTwilioEvent,
     clear_message,
     mark_message,
@@ -29,7 +27,7 @@ from bridge.telephony.twilio import (
     parse_message,
 )
 
-DATA = Path(__file__).resolve().parent.parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 SID = "MZ18ad3ab5a668481ce02b83e7395059f0"
 ACCOUNT = "AC25e16e9a716a4a1786a7c83f58e30482"
 CALL = "CA8d4d3c4bd0a7ef6b0a44acb94ad2a2c5"
@@ -122,51 +120,6 @@ def test_golden_extras_keeps_unknown_keys() -> None:
     assert stop.extra == {"tag": "x"}
 
 
-def test_golden_call_through_stream_gives_leg_events() -> None:
-    stream = TwilioStream()
-    events = [ev for line in lines("twilio_call.jsonl") for ev in stream.receive(line)]
-    started = events[0]
-    assert started == CallStarted(
-        call_id=CALL,
-        stream_id=SID,
-        caller="+15551234567",
-        called="+15550100",
-        encoding="pcmu",
-        params={
-            "caller": "+15551234567",
-            "called": "+15550100",
-            "dialplan": "main",
-            "token": "v1.1767225600.9f2c0a1b",
-        },
-    )
-    audio = [ev for ev in events if isinstance(ev, AudioIn)]
-    assert len(audio) == 7
-    assert [a.timestamp_ms for a in audio] == [0, 23, 43, 63, 83, 103, 143]
-    assert all(len(a.payload) == 160 for a in audio)
-    assert [ev for ev in events if isinstance(ev, Dtmf)] == [Dtmf("1"), Dtmf("#")]
-    assert [ev for ev in events if isinstance(ev, MarkPlayed)] == [
-        MarkPlayed("r1:0003"),
-        MarkPlayed('r1:0004 "end"'),
-    ]
-    assert events[-1] == CallEnded("stop")
-    assert stream.ended
-    assert stream.stream_sid == SID
-    assert stream.call_sid == CALL
-
-
-def test_golden_extras_through_stream_alaw_and_outbound_track_skipped() -> None:
-    stream = TwilioStream()
-    events = [ev for line in lines("twilio_extras.jsonl") for ev in stream.receive(line)]
-    assert isinstance(events[0], CallStarted)
-    assert events[0].encoding == "pcma"
-    assert events[0].caller == ""
-    assert events[0].params == {}
-    audio = [ev for ev in events if isinstance(ev, AudioIn)]
-    assert len(audio) == 1  # the outbound-track frame is not caller audio
-    assert audio[0].timestamp_ms == 1
-    assert events[-1] == CallEnded("stop")
-
-
 # ---------------------------------------------------------------- builders
 
 
@@ -182,30 +135,6 @@ def test_builders_match_outbound_golden() -> None:
         else:
             built.append(clear_message(sid))
     assert [json.loads(text) for text in built] == golden
-
-
-def test_stream_builders_match_module_builders() -> None:
-    stream = TwilioStream()
-    stream.receive(dumps(start_obj()))
-    payload = bytes(range(160))
-    assert stream.media_message(payload) == media_message(SID, payload)
-    assert stream.mark_message("a") == mark_message(SID, "a")
-    assert stream.clear_message() == clear_message(SID)
-    assert json.loads(stream.media_message(payload)) == {
-        "event": "media",
-        "streamSid": SID,
-        "media": {"payload": base64.b64encode(payload).decode()},
-    }
-
-
-def test_stream_builders_need_start() -> None:
-    stream = TwilioStream()
-    with pytest.raises(TwilioProtocolError, match="before 'start'"):
-        stream.media_message(b"\xff")
-    with pytest.raises(TwilioProtocolError, match="before 'start'"):
-        stream.mark_message("x")
-    with pytest.raises(TwilioProtocolError, match="before 'start'"):
-        stream.clear_message()
 
 
 @pytest.mark.parametrize("name", ['quote " and \\ backslash', "new\nline", "ünïcode ☎", "", "\x00\x1f"])
@@ -270,38 +199,38 @@ def test_unknown_event_is_a_distinct_error() -> None:
     assert isinstance(info.value, TwilioProtocolError)
 
 
-def _mutate(obj: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+def mutate(obj: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
     obj = json.loads(json.dumps(obj))
     target = obj
     for key in path[:-1]:
         target = target[key]
-    if value is _DELETE:
+    if value is DELETE:
         del target[path[-1]]
     else:
         target[path[-1]] = value
     return obj
 
 
-_DELETE = object()
+DELETE = object()
 
 
 @pytest.mark.parametrize(
     ("path", "value", "needle"),
     [
-        (("media",), _DELETE, "missing field 'media'"),
+        (("media",), DELETE, "missing field 'media'"),
         (("media",), "x", "'media' must be an object"),
-        (("streamSid",), _DELETE, "missing field 'streamSid'"),
+        (("streamSid",), DELETE, "missing field 'streamSid'"),
         (("streamSid",), 7, "'streamSid' must be a string"),
-        (("sequenceNumber",), _DELETE, "missing field 'sequenceNumber'"),
+        (("sequenceNumber",), DELETE, "missing field 'sequenceNumber'"),
         (("sequenceNumber",), "two", "'sequenceNumber' must be a decimal string"),
         (("sequenceNumber",), "-1", "'sequenceNumber' must be a decimal string"),
         (("sequenceNumber",), 1.5, "'sequenceNumber' must be a decimal string"),
         (("sequenceNumber",), True, "'sequenceNumber' must be a decimal string"),
-        (("media", "chunk"), _DELETE, "missing field media.'chunk'"),
+        (("media", "chunk"), DELETE, "missing field media.'chunk'"),
         (("media", "chunk"), None, "media.'chunk' must be a decimal string"),
         (("media", "timestamp"), "1e3", "media.'timestamp' must be a decimal string"),
-        (("media", "track"), _DELETE, "missing field media.'track'"),
-        (("media", "payload"), _DELETE, "missing field media.'payload'"),
+        (("media", "track"), DELETE, "missing field media.'track'"),
+        (("media", "payload"), DELETE, "missing field media.'payload'"),
         (("media", "payload"), 123, "media.'payload' must be a string"),
         (("media", "payload"), "!!!notbase64", "not valid base64"),
         (("media", "payload"), "AAA", "not valid base64"),
@@ -310,7 +239,7 @@ _DELETE = object()
 )
 def test_media_field_errors(path: tuple[str, ...], value: Any, needle: str) -> None:
     with pytest.raises(TwilioProtocolError, match=needle):
-        parse_message(dumps(_mutate(media_obj(), path, value)))
+        parse_message(dumps(mutate(media_obj(), path, value)))
 
 
 def test_numbers_from_clones_are_accepted_and_written_back_as_strings() -> None:
@@ -327,12 +256,12 @@ def test_numbers_from_clones_are_accepted_and_written_back_as_strings() -> None:
 @pytest.mark.parametrize(
     ("path", "value", "needle"),
     [
-        (("start",), _DELETE, "missing field 'start'"),
-        (("start", "callSid"), _DELETE, "missing field start.'callSid'"),
+        (("start",), DELETE, "missing field 'start'"),
+        (("start", "callSid"), DELETE, "missing field start.'callSid'"),
         (("start", "accountSid"), 1, "start.'accountSid' must be a string"),
         (("start", "streamSid"), "MZother", "differs from streamSid"),
-        (("start", "mediaFormat"), _DELETE, "missing field start.'mediaFormat'"),
-        (("start", "mediaFormat", "encoding"), _DELETE, "missing field start.mediaFormat.'encoding'"),
+        (("start", "mediaFormat"), DELETE, "missing field start.'mediaFormat'"),
+        (("start", "mediaFormat", "encoding"), DELETE, "missing field start.mediaFormat.'encoding'"),
         (("start", "mediaFormat", "sampleRate"), "8000", "'sampleRate' must be an integer"),
         (("start", "mediaFormat", "channels"), 1.0, "'channels' must be an integer"),
         (("start", "customParameters"), ["a"], "'customParameters' must be an object"),
@@ -342,7 +271,7 @@ def test_numbers_from_clones_are_accepted_and_written_back_as_strings() -> None:
 )
 def test_start_field_errors(path: tuple[str, ...], value: Any, needle: str) -> None:
     with pytest.raises(TwilioProtocolError, match=needle):
-        parse_message(dumps(_mutate(start_obj(), path, value)))
+        parse_message(dumps(mutate(start_obj(), path, value)))
 
 
 def test_dtmf_mark_stop_field_errors() -> None:
@@ -377,149 +306,3 @@ def test_oversized_message_is_rejected() -> None:
     ok = media_obj(payload=b"\x00" * 48000)
     assert len(dumps(ok)) < MAX_MESSAGE_BYTES
     assert isinstance(parse_message(dumps(ok)), Media)
-
-
-# ---------------------------------------------------------------- stream state rules
-
-
-@pytest.mark.parametrize(
-    "obj",
-    [
-        media_obj(),
-        {"event": "mark", "sequenceNumber": "2", "streamSid": SID, "mark": {"name": "m"}},
-        {
-            "event": "dtmf",
-            "sequenceNumber": "2",
-            "streamSid": SID,
-            "dtmf": {"track": "inbound_track", "digit": "5"},
-        },
-        {
-            "event": "stop",
-            "sequenceNumber": "2",
-            "streamSid": SID,
-            "stop": {"accountSid": ACCOUNT, "callSid": CALL},
-        },
-    ],
-)
-def test_messages_before_start_are_errors(obj: dict[str, Any]) -> None:
-    stream = TwilioStream()
-    assert stream.receive('{"event":"connected","protocol":"Call","version":"1.0.0"}') == []
-    with pytest.raises(TwilioProtocolError, match="before 'start'"):
-        stream.receive(dumps(obj))
-
-
-def test_second_start_is_an_error() -> None:
-    stream = TwilioStream()
-    assert isinstance(stream.receive(dumps(start_obj()))[0], CallStarted)
-    with pytest.raises(TwilioProtocolError, match="second 'start'"):
-        stream.receive(dumps(start_obj()))
-
-
-def test_media_for_another_stream_is_an_error() -> None:
-    stream = TwilioStream()
-    stream.receive(dumps(start_obj()))
-    with pytest.raises(TwilioProtocolError, match="does not match"):
-        stream.receive(dumps(media_obj(sid="MZdifferent")))
-
-
-def test_everything_after_stop_is_ignored() -> None:
-    stream = TwilioStream()
-    stream.receive(dumps(start_obj()))
-    stop = {
-        "event": "stop",
-        "sequenceNumber": "3",
-        "streamSid": SID,
-        "stop": {"accountSid": ACCOUNT, "callSid": CALL},
-    }
-    assert stream.receive(dumps(stop)) == [CallEnded("stop")]
-    assert stream.ended
-    assert stream.receive(dumps(media_obj())) == []
-    assert stream.receive(dumps(stop)) == []
-    assert stream.receive("garbage that is not json") == []
-    assert stream.receive(dumps(start_obj())) == []
-
-
-def test_unknown_events_are_counted_not_fatal() -> None:
-    stream = TwilioStream()
-    assert stream.receive('{"event":"heartbeat"}') == []
-    stream.receive(dumps(start_obj()))
-    assert stream.receive('{"event":"somethingNew","streamSid":"x","data":{}}') == []
-    assert stream.unknown_events == 2
-    assert stream.receive(dumps(media_obj(payload=b"\x7f" * 160))) == [AudioIn(b"\x7f" * 160, 20)]
-
-
-def test_stream_errors_propagate_for_malformed_frames() -> None:
-    stream = TwilioStream()
-    stream.receive(dumps(start_obj()))
-    with pytest.raises(TwilioProtocolError, match="not JSON"):
-        stream.receive("{oops")
-    with pytest.raises(TwilioProtocolError, match="larger than"):
-        stream.receive(dumps(media_obj(payload=b"\x00" * 60000)))
-
-
-def test_outbound_track_media_is_not_caller_audio() -> None:
-    stream = TwilioStream()
-    stream.receive(dumps(start_obj(tracks=["inbound", "outbound"])))
-    assert stream.receive(dumps(media_obj(track="outbound"))) == []
-    assert len(stream.receive(dumps(media_obj(track="inbound")))) == 1
-
-
-@pytest.mark.parametrize(
-    ("fmt", "needle"),
-    [
-        ({"encoding": "audio/l16", "sampleRate": 8000, "channels": 1}, "unsupported mediaFormat.encoding"),
-        ({"encoding": "audio/x-mulaw", "sampleRate": 16000, "channels": 1}, "16000 Hz"),
-        ({"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 2}, "2 channels"),
-    ],
-)
-def test_start_with_unusable_media_format(fmt: dict[str, Any], needle: str) -> None:
-    stream = TwilioStream()
-    with pytest.raises(TwilioProtocolError, match=needle):
-        stream.receive(dumps(start_obj(mediaFormat=fmt)))
-    assert not stream.started
-
-
-def test_start_with_unsafe_stream_sid_is_rejected() -> None:
-    obj = start_obj(streamSid='MZ"x')
-    obj["streamSid"] = 'MZ"x'
-    with pytest.raises(TwilioProtocolError, match="streamSid"):
-        TwilioStream().receive(dumps(obj))
-
-
-def test_start_without_custom_parameters() -> None:
-    obj = start_obj()
-    del obj["start"]["customParameters"]
-    [started] = TwilioStream().receive(dumps(obj))
-    assert isinstance(started, CallStarted)
-    assert started.params == {}
-    assert started.caller == ""
-
-
-def test_stream_fast_and_full_media_paths_agree() -> None:
-    stream = TwilioStream()
-    stream.receive(dumps(start_obj()))
-    payload = bytes(range(160))
-    plain = media_obj(payload=payload)
-    clone = _mutate(_mutate(plain, ("media", "timestamp"), 20), ("sequenceNumber",), 2)  # numbers
-    extra = _mutate(plain, ("media", "ssrc"), "1")
-    expected = [AudioIn(payload, 20)]
-    for obj in (plain, clone, extra):
-        assert stream.receive(dumps(obj)) == expected
-
-
-@pytest.mark.parametrize(
-    ("path", "value", "needle"),
-    [
-        (("media", "payload"), "@@@@", "not valid base64"),
-        (("media", "payload"), 5, "must be a string"),
-        (("media", "timestamp"), "-5", "decimal string"),
-        (("media", "chunk"), _DELETE, "missing field media.'chunk'"),
-        (("sequenceNumber",), "x", "decimal string"),
-        (("media", "track"), 1, "must be a string"),
-    ],
-)
-def test_stream_media_errors(path: tuple[str, ...], value: Any, needle: str) -> None:
-    stream = TwilioStream()
-    stream.receive(dumps(start_obj()))
-    with pytest.raises(TwilioProtocolError, match=needle):
-        stream.receive(dumps(_mutate(media_obj(), path, value)))

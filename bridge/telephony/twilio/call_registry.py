@@ -84,10 +84,6 @@ class CallRecord:
     def ended(self) -> bool:
         return self.status in TERMINAL_CALL_STATUSES
 
-    @property
-    def stream_open(self) -> bool:
-        return self.stream_status == "open"
-
     def snapshot(self) -> CallRecord:
         return replace(self, history=list(self.history))
 

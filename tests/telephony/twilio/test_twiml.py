@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from bridge.telephony.twilio_twiml import (
+from bridge.telephony.twilio.twiml import (
     TwimlError,
     connect_stream,
     dial,

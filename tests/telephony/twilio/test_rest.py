@@ -22,7 +22,7 @@ import pytest
 from bridge.cli import build_parser
 from bridge.errors import ConfigError
 from bridge.settings import Settings
-from bridge.telephony.twilio_rest import (
+from bridge.telephony.twilio.rest import (
     RebasedHttpClient,
     TwilioRestError,
     configure_number,
@@ -31,13 +31,13 @@ from bridge.telephony.twilio_rest import (
     update_call_twiml,
     webhook_urls,
 )
-from bridge.telephony.twilio_twiml import dial
+from bridge.telephony.twilio.twiml import dial
 
 ACCOUNT = "AC" + "a" * 32
 TOKEN = "rest-token"
 NUMBER_SID = "PN" + "b" * 32
 CALL_SID = "CA" + "c" * 32
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.telephony.call_registry import (
+from bridge.telephony.twilio.call_registry import (
     CallRegistry,
     HangUp,
     InProcessCallRegistry,
