@@ -27,8 +27,9 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 
 from bridge import logsafe, metrics
-from bridge.agent import dialplan_chat_backends
-from bridge.call import Call, prompt_voice
+from bridge.call import Call
+from bridge.call.agent import dialplan_chat_backends
+from bridge.call.prompts import prewarm_prompts
 from bridge.dialplan.store import DialplanStore
 from bridge.engine.backends import ChatBackend
 from bridge.engine.server import mount_engine
@@ -79,25 +80,6 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
         if result.barge_ins:
             stats.barge_ins.inc(result.barge_ins, leg=kind)
 
-    async def prewarm_prompts() -> None:
-        """Synthesize every fixed prompt of the current dialplan (again after each reload), so
-        callers never wait for speech synthesis of a greeting or a menu."""
-        loop = asyncio.get_running_loop()
-        done_version = 0
-        while True:
-            if store.version != done_version:
-                done_version = store.version
-                texts = store.current().fixed_prompts()
-                t0 = time.perf_counter()
-                for text in texts:
-                    try:
-                        await loop.run_in_executor(None, prompt_voice().render, text, True)
-                    except BridgeError as exc:
-                        log.warning("prompt %r not prepared: %s", text, exc)
-                log.info("dialplan v%d: %d prompts prepared in %.2f s", done_version, len(texts),
-                         time.perf_counter() - t0)
-            await asyncio.sleep(1.0)
-
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Again now: uvicorn (re)configures its loggers' handlers after the app was built.
@@ -108,7 +90,7 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
             t0 = time.perf_counter()
             state["models"] = await loop.run_in_executor(None, engine.preload)
             log.info("speech models loaded in %.2f s: %s", time.perf_counter() - t0, state["models"])
-            background.append(asyncio.create_task(prewarm_prompts()))
+            background.append(asyncio.create_task(prewarm_prompts(store)))
         if settings.sip_enabled:
             from bridge.telephony.sip_service import start_sip
 

@@ -1,7 +1,7 @@
 """One agent step: a realtime voice session joined to a call's audio.
 
 `AgentLink` owns the upstream socket; the call owns the leg, the playout, the barge-in detector
-and the barge-in core (`bridge.bargein`), which the link feeds with the session's facts
+and the barge-in core (`bridge.call.bargein`), which the link feeds with the session's facts
 (responses, audio received per item). The call talks to the link through a few methods:
 
 - `send_caller_audio(pcm8k, payload)`: every inbound frame while the agent is active;
@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from bridge.audio import codec
 from bridge.audio.resample import Downsampler, Upsampler
-from bridge.bargein import BargeInCore, Cut
+from bridge.call.bargein import BargeInCore, Cut
 from bridge.dialplan.schema import AgentStep, Dialplan
 from bridge.engine.backends import ChatBackend, chat_backend
 from bridge.engine.extension import EXTENSION_KEY

@@ -11,7 +11,7 @@ Shape of a call (one task group; every task has one owner and signals its exit):
 Everything that moves the dialplan goes through the control queue and is handled by one task,
 in order, so the runner never sees two inputs at once. Audio never waits for the control task.
 
-Barge-in is decided by `bridge.bargein.BargeInCore` (no I/O): the call feeds it the frames sent and
+Barge-in is decided by `bridge.call.bargein.BargeInCore` (no I/O): the call feeds it the frames sent and
 the marks played, the agent link the session's responses and audio; on the local VAD's onset, the
 server's `speech_started` (via the agent link), DTMF or StopPrompts it returns a `Cut`, which
 `_execute_cut` carries out (playout and leg cleared, prompts done, the link tells the model).
@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from bridge.agent import AgentLink, agent_config
 from bridge.audio import codec
 from bridge.audio.playout import Playout
 from bridge.audio.vad import SpeechDetector, SpeechStart
-from bridge.bargein import BargeInCore, Cut
+from bridge.call.agent import AgentLink, agent_config
+from bridge.call.bargein import BargeInCore, Cut
+from bridge.call.prompts import PromptVoice, prompt_voice, read_wav_8k
 from bridge.dialplan import runner as dp
 from bridge.dialplan.schema import Dialplan
 from bridge.errors import BridgeError
@@ -61,45 +60,6 @@ class _CallOver(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class PromptVoice:
-    """Fixed prompts spoken by the local synthesizer at 8 kHz, cached process-wide."""
-
-    def __init__(self) -> None:
-        from bridge.engine.tts import Synthesizer
-
-        self._synth = Synthesizer(out_rate=codec.RATE_8K)
-
-    def render(self, text: str, cache: bool) -> bytes:
-        audio = self._synth.cached(text) if cache else self._synth.synthesize(text)
-        return np.asarray(audio, dtype="<i2").tobytes()
-
-
-_prompt_voice: PromptVoice | None = None
-
-
-def prompt_voice() -> PromptVoice:
-    global _prompt_voice
-    if _prompt_voice is None:
-        _prompt_voice = PromptVoice()
-    return _prompt_voice
-
-
-def read_wav_8k(path: Path) -> bytes:
-    """A prompt file as PCM16 8 kHz mono (other rates are resampled)."""
-    with wave.open(str(path)) as w:
-        if w.getsampwidth() != 2:
-            raise BridgeError(f"{path}: expected 16-bit PCM, got {8 * w.getsampwidth()}-bit")
-        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-        if w.getnchannels() > 1:
-            data = data.reshape(-1, w.getnchannels()).mean(axis=1).astype(np.int16)
-        rate = w.getframerate()
-    if rate != codec.RATE_8K:
-        import soxr
-
-        data = soxr.resample(data, rate, codec.RATE_8K).astype(np.int16)
-    return data.astype("<i2").tobytes()
 
 
 class Call:
