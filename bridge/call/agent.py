@@ -176,7 +176,7 @@ class CallAudio(Protocol):
         ...
 
 
-ToolHandler = Callable[[str, dict[str, Any]], Awaitable[None]]  # (name, arguments)
+ToolHandler = Callable[[str, dict[str, object]], Awaitable[None]]  # (name, arguments)
 
 
 class AgentLink:
@@ -202,7 +202,7 @@ class AgentLink:
         self._ready = False
         self._closed = False
         self._preconnect: list[str] = []
-        self._pending_tools: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        self._pending_tools: dict[str, list[tuple[str, dict[str, object]]]] = {}
         self._up = Upsampler()
         self._down = Downsampler()
 

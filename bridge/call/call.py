@@ -25,7 +25,7 @@ import logging
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, assert_never
 
 from bridge.audio import codec
 from bridge.audio.playout import Playout
@@ -38,6 +38,9 @@ from bridge.dialplan.schema import Dialplan
 from bridge.errors import BridgeError
 from bridge.settings import Settings
 from bridge.telephony.events import AudioIn, CallEnded, CallStarted, Dtmf, Leg, MarkPlayed
+
+if TYPE_CHECKING:
+    from bridge.dialplan.listener import MenuListener
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,75 @@ class CallStats:
     truncates: list[tuple[str, int]] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     ended_reason: str = ""
+
+
+# -- control messages: everything that moves the dialplan, handled in order by `_control_loop` --
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The leg's call started (the runner is created from it)."""
+
+    event: CallStarted
+
+
+@dataclass(frozen=True, slots=True)
+class Digit:
+    """The caller pressed a key."""
+
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class HungUp:
+    """The leg ended (the caller hung up, or the far end closed the stream)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptDone:
+    """A prompt was played to its end, cut by a barge-in, or had nothing to play."""
+
+    prompt_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimerTick:
+    """The runner's next deadline has passed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActionFailed:
+    """An action the runner asked for could not be carried out."""
+
+    action: dp.Action
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """The menu listener recognised the caller's words."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEnded:
+    """The agent's realtime session ended by itself (not by the dialplan)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCalled:
+    """The agent called a tool (reported once the response that made the call is done)."""
+
+    name: str
+    arguments: dict[str, object]
+
+
+ControlMessage = (
+    Started | Digit | HungUp | PromptDone | TimerTick | ActionFailed | Heard | AgentEnded | ToolCalled
+)
 
 
 class _CallOver(Exception):
@@ -91,9 +163,9 @@ class Call:
         self._wake = asyncio.Event()
         self._timer_wake = asyncio.Event()
         self._drained = asyncio.Event()
-        self._control: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._control: asyncio.Queue[ControlMessage] = asyncio.Queue()
         self._vad: SpeechDetector | None = None
-        self._listener: Any = None  # MenuListener while a menu listens for speech
+        self._listener: MenuListener | None = None  # while a menu listens for speech
         self._agent_task: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
 
@@ -107,7 +179,8 @@ class Call:
                 tg.create_task(self._leg_loop())
                 tg.create_task(self._control_loop())
         except* _CallOver as group:
-            self.stats.ended_reason = group.exceptions[0].reason  # type: ignore[attr-defined]
+            over = group.exceptions[0]
+            self.stats.ended_reason = over.reason if isinstance(over, _CallOver) else str(over)
         except* BridgeError as group:
             self.stats.ended_reason = f"error: {group.exceptions[0]}"
             log.warning("call %s ended: %s", self.call_id, group.exceptions[0])
@@ -127,7 +200,7 @@ class Call:
     def _now_ms(self) -> float:
         return self._loop.time() * 1000.0
 
-    def _post(self, *message: Any) -> None:
+    def _post(self, message: ControlMessage) -> None:
         self._control.put_nowait(message)
 
     # -- phone leg -----------------------------------------------------------------------------
@@ -146,11 +219,11 @@ class Call:
                 assert self._tg is not None
                 self._tg.create_task(self._pacer())
                 self._tg.create_task(self._timers())
-                self._post("start", event)
+                self._post(Started(event))
             elif isinstance(event, Dtmf):
-                self._post("dtmf", event.digit)
+                self._post(Digit(event.digit))
             elif isinstance(event, CallEnded):
-                self._post("hangup", event.reason)
+                self._post(HungUp())
                 raise _CallOver(event.reason)
         raise _CallOver("closed")
 
@@ -180,7 +253,7 @@ class Call:
         done = self.bargein.mark_played(name, self._now_ms())
         self._check_drained()
         if done is not None:
-            self._post("prompt_done", done)
+            self._post(PromptDone(done))
 
     # -- audio out (CallAudio for the agent link) ------------------------------------------------
 
@@ -210,7 +283,7 @@ class Call:
         self._playout.clear()
         self._check_drained()
         for prompt_id in cut.prompts:
-            self._post("prompt_done", prompt_id)
+            self._post(PromptDone(prompt_id))
         await self.leg.clear()
         if agent is not None:
             await agent.tell_model(cut, source)
@@ -262,7 +335,7 @@ class Call:
             runner = self.runner
             due = runner.next_timer_ms if runner is not None else None
             if due is not None and due <= self._now_ms():
-                self._post("timer")
+                self._post(TimerTick())
             elif due is not None:
                 timer = self._loop.call_at(due / 1000.0, self._timer_wake.set)
                 try:
@@ -277,37 +350,40 @@ class Call:
     async def _control_loop(self) -> None:
         while True:
             message = await self._control.get()
-            kind = message[0]
-            now = self._now_ms()
-            runner = self.runner
-            if kind == "start":
-                actions = self._start(message[1], now)
-            elif runner is None:
-                continue
-            elif kind == "dtmf":
-                cut = self.bargein.cut_prompts(only_barge_in=True)
-                if cut is not None:
-                    await self._execute_cut(cut, "dtmf")
-                actions = runner.on_dtmf(message[1], now)
-            elif kind == "speech":
-                actions = runner.on_speech(message[1], now)
-            elif kind == "prompt_done":
-                actions = runner.on_prompt_done(message[1], now)
-            elif kind == "timer":
-                actions = runner.on_timer(now)
-            elif kind == "tool":
-                actions = runner.on_agent_tool(message[1], message[2], now)
-            elif kind == "agent_ended":
-                actions = runner.on_agent_ended(message[1], now)
-            elif kind == "failed":
-                actions = runner.on_action_failed(message[1], message[2], now)
-            elif kind == "hangup":
-                actions = runner.on_hangup(now)
-            else:
-                continue
+            actions = await self._handle(message, self._now_ms())
             for action in actions:
                 await self._execute(action)
             self._timer_wake.set()
+
+    async def _handle(self, message: ControlMessage, now: float) -> list[dp.Action]:
+        """The runner's answer to one control message (nothing before the call has started)."""
+        if isinstance(message, Started):
+            return self._start(message.event, now)
+        runner = self.runner
+        if runner is None:
+            return []
+        match message:
+            case Digit(digit):
+                cut = self.bargein.cut_prompts(only_barge_in=True)
+                if cut is not None:
+                    await self._execute_cut(cut, "dtmf")
+                return runner.on_dtmf(digit, now)
+            case Heard(text):
+                return runner.on_speech(text, now)
+            case PromptDone(prompt_id):
+                return runner.on_prompt_done(prompt_id, now)
+            case TimerTick():
+                return runner.on_timer(now)
+            case ToolCalled(name, arguments):
+                return runner.on_agent_tool(name, arguments, now)
+            case AgentEnded(reason):
+                return runner.on_agent_ended(reason, now)
+            case ActionFailed(action, reason):
+                return runner.on_action_failed(action, reason, now)
+            case HungUp():
+                return runner.on_hangup(now)
+            case _:
+                assert_never(message)
 
     def _start(self, started: CallStarted, now: float) -> list[dp.Action]:
         flow = started.params.get("flow") or None
@@ -366,10 +442,10 @@ class Call:
         try:
             pcm8k = await self._loop.run_in_executor(None, voice.render, action.text, action.cache)
         except BridgeError as exc:
-            self._post("failed", action, f"speech synthesis failed: {exc}")
+            self._post(ActionFailed(action, f"speech synthesis failed: {exc}"))
             return
         if not pcm8k:
-            self._post("prompt_done", action.prompt_id)
+            self._post(PromptDone(action.prompt_id))
             return
         item_id = self.bargein.prompt(action.prompt_id, len(pcm8k) // (2 * 8), action.barge_in)
         await self._speak(item_id, pcm8k)
@@ -380,7 +456,7 @@ class Call:
             pcm8k = await self._loop.run_in_executor(None, read_wav_8k, path)
         except (OSError, EOFError, wave.Error, BridgeError) as exc:
             log.warning("call %s: cannot play %s: %s", self.call_id, path, exc)
-            self._post("failed", action, f"cannot play {path}: {exc}")
+            self._post(ActionFailed(action, f"cannot play {path}: {exc}"))
             return
         item_id = self.bargein.prompt(action.prompt_id, len(pcm8k) // (2 * 8), action.barge_in)
         await self._speak(item_id, pcm8k)
@@ -391,7 +467,7 @@ class Call:
             from bridge.engine.asr_pool import RemoteRecognizer  # decoding in the ASR worker pool
 
             self._listener = MenuListener(
-                lambda text: self._post("speech", text), recognizer_factory=RemoteRecognizer, loop=self._loop
+                lambda text: self._post(Heard(text)), recognizer_factory=RemoteRecognizer, loop=self._loop
             )
         self._listener.listen(action.phrases, digits=action.digits)
 
@@ -400,7 +476,7 @@ class Call:
         try:
             config = agent_config(action.agent, self.settings)
         except BridgeError as exc:
-            self._post("failed", action, str(exc))
+            self._post(ActionFailed(action, str(exc)))
             return
         link = AgentLink(config, self, on_tool=self._on_tool, call_id=self.call_id)
         self.agent = link
@@ -430,7 +506,7 @@ class Call:
         if self.agent is link:  # ended by the upstream, not by the dialplan
             self.agent = None
             self._retire(link)
-            self._post("agent_ended", error or "the realtime session closed")
+            self._post(AgentEnded(error or "the realtime session closed"))
 
     def _retire(self, link: AgentLink) -> None:
         self.bargein.agent_stopped()
@@ -447,8 +523,8 @@ class Call:
         if task is not None:
             task.cancel()
 
-    async def _on_tool(self, name: str, arguments: dict[str, Any]) -> None:
-        self._post("tool", name, arguments)
+    async def _on_tool(self, name: str, arguments: dict[str, object]) -> None:
+        self._post(ToolCalled(name, arguments))
 
     async def _transfer(self, action: dp.Transfer) -> None:
         if action.announce:
@@ -457,4 +533,4 @@ class Call:
         ok = await self.leg.transfer(action.target)
         if ok:
             raise _CallOver(f"transferred to {action.target}")
-        self._post("failed", action, "this leg cannot transfer")
+        self._post(ActionFailed(action, "this leg cannot transfer"))
