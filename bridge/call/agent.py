@@ -160,7 +160,6 @@ def agent_config(step: AgentStep, settings: Settings) -> AgentConfig:
     )
 
 
-
 class CallAudio(Protocol):
     """What the link needs from its call."""
 
@@ -189,7 +188,6 @@ class AgentLink:
         *,
         on_tool: ToolHandler,
         call_id: str = "?",
-        client_factory: Callable[[], RealtimeClient] = RealtimeClient,
     ) -> None:
         self.config = config
         self.truncates: list[tuple[str, int]] = []
@@ -198,17 +196,13 @@ class AgentLink:
         self._barge = audio.bargein
         self._on_tool = on_tool
         self._call_id = call_id
-        self._client = client_factory()
+        self._client = RealtimeClient()
         self._ready = False
         self._closed = False
         self._preconnect: list[str] = []
         self._pending_tools: dict[str, list[tuple[str, dict[str, object]]]] = {}
         self._up = Upsampler()
         self._down = Downsampler()
-
-    @property
-    def response_active(self) -> bool:
-        return self._barge.response_active
 
     # -- life cycle ----------------------------------------------------------------------------
 

@@ -51,8 +51,6 @@ DRAIN_TIMEOUT_S = 15.0
 class CallStats:
     """Counters a call keeps for metrics and benchmarks (no per-frame logging)."""
 
-    frames_in: int = 0
-    frames_out: int = 0
     barge_ins: int = 0
     truncates: list[tuple[str, int]] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
@@ -228,7 +226,6 @@ class Call:
         raise _CallOver("closed")
 
     async def _on_caller_audio(self, payload: bytes) -> None:
-        self.stats.frames_in += 1
         pcm8k = codec.decode(payload, self.encoding)
         agent = self.agent
         vad = self._vad
@@ -300,7 +297,6 @@ class Call:
                 barge.frame_sent(name, frame.item_id, frame.end_ms, now)  # before sending: not drained
                 await leg.send_audio(frame.payload)
                 await leg.send_mark(name)
-                self.stats.frames_out += 1
             due = playout.next_due_ms()
             self._wake.clear()
             if due is None:
