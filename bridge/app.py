@@ -25,8 +25,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from bridge import logsafe, metrics
-from bridge.agent import dialplan_chat_backends
-from bridge.call import Call, prompt_voice
+from bridge.call import Call
+from bridge.call.agent import dialplan_chat_backends
+from bridge.call.prompts import prewarm_prompts
 from bridge.dialplan.store import DialplanStore
 from bridge.engine.backends import ChatBackend
 from bridge.engine.server import mount_engine
@@ -38,26 +39,6 @@ from bridge.telephony.leg import Leg
 from bridge.telephony.twilio.routes import TwilioRoutes
 
 log = logging.getLogger(__name__)
-
-
-async def prewarm_prompts(store: DialplanStore) -> None:
-    """Synthesize every fixed prompt of the current dialplan (again after each reload), so
-    callers never wait for speech synthesis of a greeting or a menu."""
-    loop = asyncio.get_running_loop()
-    done_version = 0
-    while True:
-        if store.version != done_version:
-            done_version = store.version
-            texts = store.current().fixed_prompts()
-            t0 = time.perf_counter()
-            for text in texts:
-                try:
-                    await loop.run_in_executor(None, prompt_voice().render, text, True)
-                except BridgeError as exc:
-                    log.warning("prompt %r not prepared: %s", text, exc)
-            log.info("dialplan v%d: %d prompts prepared in %.2f s", done_version, len(texts),
-                     time.perf_counter() - t0)
-        await asyncio.sleep(1.0)
 
 
 def create_app(settings: Settings | None = None, *, preload_models: bool = True) -> FastAPI:

@@ -22,7 +22,7 @@ import pytest
 
 from bridge.app import create_app
 from bridge.audio import codec
-from bridge.call import prompt_voice, read_wav_8k
+from bridge.call.prompts import prompt_voice, read_wav_8k
 from bridge.dialplan.runner import GOODBYE
 from bridge.settings import Settings
 from tests.helpers.e2e import (

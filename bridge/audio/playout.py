@@ -12,7 +12,7 @@ barge-in has to throw away, and a reply that pauses half-way does not get credit
 
 Accounting: every frame carries the item it belongs to and `end_ms`, how many ms of that item's
 audio the caller has heard once the frame has played (a padded last frame counts only its real
-audio). What the caller has heard at an instant is `bridge.bargein`'s business (from the marks
+audio). What the caller has heard at an instant is `bridge.call.bargein`'s business (from the marks
 the leg echoes for these frames).
 
 Time is an input (milliseconds on any monotonic clock); nothing here sleeps or reads a clock.

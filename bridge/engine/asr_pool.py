@@ -41,13 +41,36 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
 
 from bridge.engine.asr import RecognizerError, Transcript
+from bridge.engine.asr_messages import (
+    Answer,
+    Begin,
+    Close,
+    End,
+    Expect,
+    Fatal,
+    Feed,
+    Log,
+    Open,
+    Partial,
+    PartialText,
+    Ready,
+    Reply,
+    Request,
+    RequestFailed,
+    Stop,
+    TurnEnded,
+)
 from bridge.engine.models import PHONE_CMNINIT
+
+if TYPE_CHECKING:
+    from bridge.engine.asr import Recognizer
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +82,6 @@ STOP_TIMEOUT_S = 3.0
 WORKER_NICENESS = 5  # decoding yields the CPU to the bridge's audio path when both want it
 MAX_BATCH = 64  # messages per pipe write
 
-_STOP = object()
-
 
 class AsrWorkerError(RecognizerError):
     """The speech worker process hosting this session died, was restarted, or did not answer in time."""
@@ -70,7 +91,7 @@ class AsrWorkerError(RecognizerError):
 # worker process side
 
 
-def _worker_main(conn: Any, niceness: int) -> None:
+def _worker_main(conn: Connection, niceness: int) -> None:
     """Entry point of a worker process: host many sessions' recognizers, one message at a time."""
     with contextlib.suppress(OSError):
         os.nice(niceness)
@@ -83,54 +104,54 @@ def _worker_main(conn: Any, niceness: int) -> None:
         shared.pronunciations()
     except BaseException as exc:  # report why, then exit: the parent fails the sessions
         with contextlib.suppress(OSError):
-            conn.send([("fatal", f"{type(exc).__name__}: {exc}")])
+            conn.send([Fatal(f"{type(exc).__name__}: {exc}")])
         return
-    conn.send([("ready", os.getpid(), shared.load_report())])
+    conn.send([Ready(os.getpid(), shared.load_report())])
     sessions: dict[int, _WorkerSession] = {}
     trim = _malloc_trim()
     while True:
         try:
-            batch = conn.recv()
+            batch: list[Request] = conn.recv()
         except (EOFError, OSError):
             return  # the parent is gone
-        replies: list[tuple[Any, ...]] = []
+        replies: list[Reply] = []
         for msg in batch:
-            op = msg[0]
-            if op == "stop":
-                with contextlib.suppress(OSError):
-                    conn.send(replies)
-                return
-            if op == "open":
-                _, sid, mode = msg
-                try:
-                    sessions[sid] = _WorkerSession(Recognizer(shared, mode=mode))
-                except Exception as exc:
-                    sessions[sid] = _WorkerSession(None, f"recognizer unavailable: {exc}")
-                continue
-            session = sessions.get(sid := msg[1])
-            if op == "close":
-                if sessions.pop(sid, None) is not None:
-                    trim()  # hand the freed decoders back to the system (glibc keeps them otherwise)
-            elif session is None:
-                if op in ("end", "partial"):
-                    replies.append(("reply", msg[2], False, f"unknown speech session {sid}"))
-            else:
-                reply = session.handle(msg, replies)
-                if reply is not None:
-                    replies.append(reply)
-                    # answer at once: a waiting end() must not sit behind the rest of the batch
-                    conn.send(replies)
-                    replies = []
+            match msg:
+                case Stop():
+                    with contextlib.suppress(OSError):
+                        conn.send(replies)
+                    return
+                case Open(sid, mode):
+                    try:
+                        sessions[sid] = _WorkerSession(Recognizer(shared, mode=mode))
+                    except Exception as exc:
+                        sessions[sid] = _WorkerSession(None, f"recognizer unavailable: {exc}")
+                case Close(sid):
+                    if sessions.pop(sid, None) is not None:
+                        trim()  # hand the freed decoders back to the system (glibc keeps them otherwise)
+                case _:
+                    session = sessions.get(msg.sid)
+                    if session is None:
+                        if isinstance(msg, (End, Partial)):
+                            replies.append(RequestFailed(msg.req, f"unknown speech session {msg.sid}"))
+                        continue
+                    answer = session.handle(msg, replies)
+                    if answer is not None:
+                        replies.append(answer)
+                        # answer at once: a waiting end() must not sit behind the rest of the batch
+                        conn.send(replies)
+                        replies = []
         if replies:
             conn.send(replies)
 
 
-def _malloc_trim() -> Any:
+def _malloc_trim() -> Callable[[], int]:
     """glibc's malloc_trim(0), or a no-op where there is none."""
     try:
         import ctypes
 
-        return functools.partial(ctypes.CDLL("libc.so.6").malloc_trim, 0)
+        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+        return functools.partial(trim, 0)
     except (OSError, AttributeError):
         return lambda: 0
 
@@ -140,53 +161,58 @@ class _WorkerSession:
 
     __slots__ = ("error", "rec")
 
-    def __init__(self, rec: Any, error: str | None = None) -> None:
+    def __init__(self, rec: Recognizer | None, error: str | None = None) -> None:
         self.rec = rec
-        self.error = error  # sticky when rec is None; otherwise cleared by "begin"
+        self.error = error  # sticky when rec is None; otherwise cleared by Begin
 
-    def handle(self, msg: tuple[Any, ...], logs: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
-        op, rec = msg[0], self.rec
-        if op == "feed":
-            if self.error is None:
-                try:
-                    rec.feed(msg[2])
-                except Exception as exc:
-                    self.error = f"feed failed: {exc}"
-            return None
-        if op == "partial":
-            text = ""
-            if self.error is None:
-                with contextlib.suppress(Exception):
-                    text = rec.partial()
-            return ("reply", msg[2], True, text)
-        if op == "end":
-            if self.error is not None:
-                error, self.error = self.error, (self.error if rec is None else None)
-                if rec is not None:
+    def handle(self, msg: Expect | Begin | Feed | Partial | End, logs: list[Reply]) -> Answer | None:
+        rec = self.rec
+        match msg:
+            case Feed(_, pcm):
+                if self.error is None and rec is not None:
+                    try:
+                        rec.feed(pcm)
+                    except Exception as exc:
+                        self.error = f"feed failed: {exc}"
+            case Partial(_, req):
+                text = ""
+                if self.error is None and rec is not None:
                     with contextlib.suppress(Exception):
-                        rec.end()
-                return ("reply", msg[2], False, error)
-            try:
-                t = rec.end()
-            except Exception as exc:
+                        text = rec.partial()
+                return PartialText(req, text)
+            case End(_, req):
+                return self._end(req)
+            case Begin():
+                if rec is not None:
+                    self.error = None
+                    try:
+                        rec.begin()
+                    except Exception as exc:
+                        self.error = f"begin failed: {exc}"
+            case Expect(sid, phrases):
+                if rec is not None:
+                    try:
+                        rec.set_expected(phrases)
+                    except Exception as exc:  # the turn goes on with the previous search, as in process
+                        logs.append(Log(logging.WARNING, f"speech session {sid}: set_expected failed: {exc}"))
+        return None
+
+    def _end(self, req: int) -> Answer:
+        rec = self.rec
+        if rec is None or self.error is not None:
+            error = self.error or "recognizer unavailable"
+            if rec is not None:
+                self.error = None
                 with contextlib.suppress(Exception):
                     rec.end()
-                return ("reply", msg[2], False, f"{type(exc).__name__}: {exc}")
-            return ("reply", msg[2], True, (t.text, t.search, t.in_grammar, t.audio_ms, rec.cmn()))
-        if rec is None:
-            return None
-        if op == "begin":
-            self.error = None
-            try:
-                rec.begin()
-            except Exception as exc:
-                self.error = f"begin failed: {exc}"
-        elif op == "expect":
-            try:
-                rec.set_expected(msg[2])
-            except Exception as exc:  # the turn goes on with the previous search, as in process
-                logs.append(("log", logging.WARNING, f"speech session {msg[1]}: set_expected failed: {exc}"))
-        return None
+            return RequestFailed(req, error)
+        try:
+            t = rec.end()
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                rec.end()
+            return RequestFailed(req, f"{type(exc).__name__}: {exc}")
+        return TurnEnded(req, t.text, t.search, t.in_grammar, t.audio_ms, rec.cmn())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -207,10 +233,10 @@ class _Worker:
         self.failure = ""  # why it died (or failed to start)
         self.load_report: dict[str, float] = {}
         self.started_at = time.monotonic()
-        self._pending: dict[int, Future[Any]] = {}
+        self._pending: dict[int, Future[Answer]] = {}
         self._pending_lock = threading.Lock()
         self._requests = itertools.count(1)
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Request] = queue.SimpleQueue()
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         self._conn = parent_conn
         self.process = ctx.Process(
@@ -225,31 +251,32 @@ class _Worker:
         self._reader.start()
 
     # -- messages ---------------------------------------------------------------------------------
-    def send(self, msg: tuple[Any, ...]) -> None:
+    def send(self, msg: Request) -> None:
         """Queue one message for the worker; never blocks."""
         self._queue.put(msg)
 
-    def request(self, op: str, sid: int, timeout_s: float) -> Any:
+    def request(self, make: type[Partial] | type[End], sid: int, timeout_s: float) -> PartialText | TurnEnded:
         """Send a request and wait for its answer. Raises AsrWorkerError (dead, or timed out: then
         `TimeoutError` is the cause) or RecognizerError (the worker reported a failure)."""
         req = next(self._requests)
-        future: Future[Any] = Future()
+        future: Future[Answer] = Future()
         with self._pending_lock:
             if not self.alive:
                 raise AsrWorkerError(self.describe_failure())
             self._pending[req] = future
-        self._queue.put((op, sid, req))
+        self._queue.put(make(sid, req))
         try:
-            ok, value = future.result(timeout_s)
+            answer = future.result(timeout_s)
         except FutureTimeout as exc:
             with self._pending_lock:
                 self._pending.pop(req, None)
             raise AsrWorkerError(
-                f"speech worker {self.index} (pid {self.pid}) gave no {op} answer within {timeout_s:.1f} s"
+                f"speech worker {self.index} (pid {self.pid}) gave no {make.__name__.lower()} answer "
+                f"within {timeout_s:.1f} s"
             ) from exc
-        if not ok:
-            raise RecognizerError(value)
-        return value
+        if isinstance(answer, RequestFailed):
+            raise RecognizerError(answer.reason)
+        return answer
 
     def describe_failure(self) -> str:
         return f"speech worker {self.index} (pid {self.pid}) is gone: {self.failure or 'stopped'}"
@@ -258,53 +285,49 @@ class _Worker:
         get, get_nowait, conn = self._queue.get, self._queue.get_nowait, self._conn
         while True:
             item = get()
-            stop = item is _STOP
-            batch: list[tuple[Any, ...]] = [] if stop else [item]
-            while not stop and len(batch) < MAX_BATCH:
+            batch: list[Request] = [item]
+            while not isinstance(item, Stop) and len(batch) < MAX_BATCH:
                 try:
                     item = get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
-                    stop = True
-                elif item[0] == "feed" and batch[-1][0] == "feed" and batch[-1][1] == item[1]:
-                    batch[-1] = ("feed", item[1], batch[-1][2] + item[2])  # one session's audio, joined
+                last = batch[-1]
+                if isinstance(item, Feed) and isinstance(last, Feed) and last.sid == item.sid:
+                    batch[-1] = Feed(item.sid, last.pcm + item.pcm)  # one session's audio, joined
                 else:
                     batch.append(item)
-            if stop:
-                batch.append(("stop",))
             try:
                 conn.send(batch)
             except (OSError, ValueError):
                 return  # the worker is gone; the reader reports it
-            if stop:
+            if isinstance(item, Stop):
                 return
 
     def _read_loop(self) -> None:
         conn = self._conn
         while True:
             try:
-                batch = conn.recv()
+                batch: list[Reply] = conn.recv()
             except (EOFError, OSError):
                 break
             for msg in batch:
-                kind = msg[0]
-                if kind == "reply":
-                    with self._pending_lock:
-                        future = self._pending.pop(msg[1], None)
-                    if future is not None:
-                        future.set_result((msg[2], msg[3]))
-                elif kind == "ready":
-                    self.load_report = msg[2]
-                    self.ready.set()
-                    log.info(
-                        "speech worker %d ready (pid %d) in %.2f s",
-                        self.index, msg[1], time.monotonic() - self.started_at,
-                    )  # fmt: skip
-                elif kind == "fatal":
-                    self.failure = "could not start: " + msg[1]
-                elif kind == "log":
-                    log.log(msg[1], "speech worker %d: %s", self.index, msg[2])
+                match msg:
+                    case PartialText(req) | TurnEnded(req) | RequestFailed(req):
+                        with self._pending_lock:
+                            future = self._pending.pop(req, None)
+                        if future is not None:
+                            future.set_result(msg)
+                    case Ready(pid, load_report):
+                        self.load_report = load_report
+                        self.ready.set()
+                        log.info(
+                            "speech worker %d ready (pid %d) in %.2f s",
+                            self.index, pid, time.monotonic() - self.started_at,
+                        )  # fmt: skip
+                    case Fatal(reason):
+                        self.failure = "could not start: " + reason
+                    case Log(level, text):
+                        log.log(level, "speech worker %d: %s", self.index, text)
         self.process.join(timeout=1.0)
         self._died()
 
@@ -315,7 +338,7 @@ class _Worker:
                 code = self.process.exitcode
                 self.failure = "stopped" if code == 0 else f"exited with code {code}"
             pending, self._pending = self._pending, {}
-        self._queue.put(_STOP)  # let the sender thread end
+        self._queue.put(Stop())  # let the sender thread end
         for future in pending.values():
             future.set_exception(AsrWorkerError(self.describe_failure()))
         # Close the pipe only once neither thread can touch it (a closed fd number may be reused at once).
@@ -327,7 +350,7 @@ class _Worker:
 
     def stop(self) -> None:
         """Ask the worker to exit after what is queued; the reader thread notices the exit."""
-        self._queue.put(_STOP)
+        self._queue.put(Stop())
 
     def kill(self) -> None:
         with contextlib.suppress(Exception):
@@ -454,7 +477,7 @@ class AsrPool:
             with self._map_lock:
                 worker.sessions.add(sid)
                 self._session_worker[sid] = worker
-        worker.send(("open", sid, mode))
+        worker.send(Open(sid, mode))
         return worker
 
     def close_session(self, sid: int) -> None:
@@ -464,7 +487,7 @@ class AsrPool:
             if worker is not None:
                 worker.sessions.discard(sid)
         if worker is not None and worker.alive:
-            worker.send(("close", sid))
+            worker.send(Close(sid))
 
     # -- introspection ----------------------------------------------------------------------------
     def workers(self) -> list[_Worker]:
@@ -506,7 +529,7 @@ class RemoteRecognizer:
         if not self._worker.alive:  # the worker died between turns: open the session again
             self._worker = self._pool.reopen_session(self._sid, self.mode)
             if self._expected:
-                self._worker.send(("expect", self._sid, self._expected))
+                self._worker.send(Expect(self._sid, self._expected))
         return self._worker
 
     def set_expected(self, phrases: Sequence[str] | None) -> None:
@@ -514,13 +537,13 @@ class RemoteRecognizer:
         if self._turn_worker is not None:
             raise RecognizerError("set_expected() during a turn: call end() first")
         self._expected = tuple(phrases) if phrases else None
-        self._live_worker().send(("expect", self._sid, self._expected))
+        self._live_worker().send(Expect(self._sid, self._expected))
 
     def begin(self) -> None:
         if self._turn_worker is not None:
             raise RecognizerError("begin() twice without end()")
         worker = self._live_worker()
-        worker.send(("begin", self._sid))
+        worker.send(Begin(self._sid))
         self._turn_worker = worker
 
     def feed(self, pcm16_8k: bytes) -> None:
@@ -529,7 +552,7 @@ class RemoteRecognizer:
         if worker is None:
             raise RecognizerError("feed() outside a turn: call begin() first")
         if worker.alive and pcm16_8k:
-            worker.send(("feed", self._sid, pcm16_8k))
+            worker.send(Feed(self._sid, pcm16_8k))
 
     def partial(self) -> str:
         """The best hypothesis so far ("" outside a turn, or when the worker is slow or gone)."""
@@ -537,9 +560,10 @@ class RemoteRecognizer:
         if worker is None:
             return ""
         try:
-            return str(worker.request("partial", self._sid, PARTIAL_TIMEOUT_S))
+            answer = worker.request(Partial, self._sid, PARTIAL_TIMEOUT_S)
         except RecognizerError:
             return ""
+        return answer.text
 
     def end(self) -> Transcript:
         """Finish the turn and wait for its transcript. Raises AsrWorkerError when the worker died
@@ -550,20 +574,20 @@ class RemoteRecognizer:
         self._turn_worker = None
         start = time.perf_counter()
         try:
-            text, search, in_grammar, audio_ms, cmn = worker.request(
-                "end", self._sid, self._pool.end_timeout_s
-            )
+            answer = worker.request(End, self._sid, self._pool.end_timeout_s)
         except AsrWorkerError as exc:
             if isinstance(exc.__cause__, FutureTimeout) and worker.alive:
                 self._pool.restart_worker(worker, str(exc))
             raise
-        self._cmn = cmn
+        if not isinstance(answer, TurnEnded):
+            raise RecognizerError(f"speech worker {worker.index} answered end() with {type(answer).__name__}")
+        self._cmn = answer.cmn
         return Transcript(
-            text=text,
-            search=search,
+            text=answer.text,
+            search=answer.search,
             elapsed_ms=(time.perf_counter() - start) * 1000.0,
-            in_grammar=in_grammar,
-            audio_ms=audio_ms,
+            in_grammar=answer.in_grammar,
+            audio_ms=answer.audio_ms,
         )
 
     def recognize(self, pcm16_8k: bytes, chunk_bytes: int = 320) -> Transcript:
@@ -602,17 +626,10 @@ def get_asr_pool() -> AsrPool:
     return _pool
 
 
-def shutdown_asr_pool() -> None:
-    """Stop the process-wide pool's workers now, whoever still uses them (they restart on next use)."""
-    if _pool is not None:
-        _pool.close()
-
-
 __all__ = [
     "DEFAULT_WORKERS",
     "AsrPool",
     "AsrWorkerError",
     "RemoteRecognizer",
     "get_asr_pool",
-    "shutdown_asr_pool",
 ]

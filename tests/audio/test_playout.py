@@ -1,6 +1,6 @@
 """Playout buffer and pacer: framing, schedule, lead, pauses, barge-in, per-frame item positions.
 
-What the caller has heard at an instant (from the echoed marks) is tested in tests/test_bargein.py."""
+What the caller has heard at an instant (from the echoed marks) is tested in tests/call/test_bargein.py."""
 
 from __future__ import annotations
 

@@ -24,8 +24,8 @@ import websockets
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
-from bridge.agent import agent_config, dialplan_chat_backends
 from bridge.app import create_app
+from bridge.call.agent import agent_config, dialplan_chat_backends
 from bridge.dialplan.schema import AgentStep
 from bridge.engine.backends import ChatBackend
 from bridge.engine.redact import REDACTED, error_text, redact

@@ -11,7 +11,7 @@ Shape of a call (one task group; every task has one owner and signals its exit):
 Everything that moves the dialplan goes through the control queue and is handled by one task,
 in order, so the runner never sees two inputs at once. Audio never waits for the control task.
 
-Barge-in is decided by `bridge.bargein.BargeInCore` (no I/O): the call feeds it the frames sent and
+Barge-in is decided by `bridge.call.bargein.BargeInCore` (no I/O): the call feeds it the frames sent and
 the marks played, the agent link the session's responses and audio; on the local VAD's onset, the
 server's `speech_started` (via the agent link), DTMF or StopPrompts it returns a `Cut`, which
 `_execute_cut` carries out (playout and leg cleared, prompts done, the link tells the model).
@@ -25,20 +25,22 @@ import logging
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, assert_never
 
-import numpy as np
-
-from bridge.agent import AgentLink, agent_config
 from bridge.audio import codec
 from bridge.audio.playout import Playout
 from bridge.audio.vad import SpeechDetector, SpeechStart
-from bridge.bargein import BargeInCore, Cut
+from bridge.call.agent import AgentLink, agent_config
+from bridge.call.bargein import BargeInCore, Cut
+from bridge.call.prompts import PromptVoice, prompt_voice, read_wav_8k
 from bridge.dialplan import runner as dp
 from bridge.dialplan.schema import Dialplan
 from bridge.errors import BridgeError
 from bridge.settings import Settings
 from bridge.telephony.leg import AudioIn, CallEnded, CallStarted, Dtmf, Leg, MarkPlayed
+
+if TYPE_CHECKING:
+    from bridge.dialplan.listener import MenuListener
 
 log = logging.getLogger(__name__)
 
@@ -49,57 +51,85 @@ DRAIN_TIMEOUT_S = 15.0
 class CallStats:
     """Counters a call keeps for metrics and benchmarks (no per-frame logging)."""
 
-    frames_in: int = 0
-    frames_out: int = 0
     barge_ins: int = 0
     truncates: list[tuple[str, int]] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     ended_reason: str = ""
 
 
+# -- control messages: everything that moves the dialplan, handled in order by `_control_loop` --
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The leg's call started (the runner is created from it)."""
+
+    event: CallStarted
+
+
+@dataclass(frozen=True, slots=True)
+class Digit:
+    """The caller pressed a key."""
+
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class HungUp:
+    """The leg ended (the caller hung up, or the far end closed the stream)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptDone:
+    """A prompt was played to its end, cut by a barge-in, or had nothing to play."""
+
+    prompt_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimerTick:
+    """The runner's next deadline has passed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActionFailed:
+    """An action the runner asked for could not be carried out."""
+
+    action: dp.Action
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """The menu listener recognised the caller's words."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEnded:
+    """The agent's realtime session ended by itself (not by the dialplan)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCalled:
+    """The agent called a tool (reported once the response that made the call is done)."""
+
+    name: str
+    arguments: dict[str, object]
+
+
+ControlMessage = (
+    Started | Digit | HungUp | PromptDone | TimerTick | ActionFailed | Heard | AgentEnded | ToolCalled
+)
+
+
 class _CallOver(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class PromptVoice:
-    """Fixed prompts spoken by the local synthesizer at 8 kHz, cached process-wide."""
-
-    def __init__(self) -> None:
-        from bridge.engine.tts import Synthesizer
-
-        self._synth = Synthesizer(out_rate=codec.RATE_8K)
-
-    def render(self, text: str, cache: bool) -> bytes:
-        audio = self._synth.cached(text) if cache else self._synth.synthesize(text)
-        return np.asarray(audio, dtype="<i2").tobytes()
-
-
-_prompt_voice: PromptVoice | None = None
-
-
-def prompt_voice() -> PromptVoice:
-    global _prompt_voice
-    if _prompt_voice is None:
-        _prompt_voice = PromptVoice()
-    return _prompt_voice
-
-
-def read_wav_8k(path: Path) -> bytes:
-    """A prompt file as PCM16 8 kHz mono (other rates are resampled)."""
-    with wave.open(str(path)) as w:
-        if w.getsampwidth() != 2:
-            raise BridgeError(f"{path}: expected 16-bit PCM, got {8 * w.getsampwidth()}-bit")
-        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-        if w.getnchannels() > 1:
-            data = data.reshape(-1, w.getnchannels()).mean(axis=1).astype(np.int16)
-        rate = w.getframerate()
-    if rate != codec.RATE_8K:
-        import soxr
-
-        data = soxr.resample(data, rate, codec.RATE_8K).astype(np.int16)
-    return data.astype("<i2").tobytes()
 
 
 class Call:
@@ -131,9 +161,9 @@ class Call:
         self._wake = asyncio.Event()
         self._timer_wake = asyncio.Event()
         self._drained = asyncio.Event()
-        self._control: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._control: asyncio.Queue[ControlMessage] = asyncio.Queue()
         self._vad: SpeechDetector | None = None
-        self._listener: Any = None  # MenuListener while a menu listens for speech
+        self._listener: MenuListener | None = None  # while a menu listens for speech
         self._agent_task: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
 
@@ -147,7 +177,8 @@ class Call:
                 tg.create_task(self._leg_loop())
                 tg.create_task(self._control_loop())
         except* _CallOver as group:
-            self.stats.ended_reason = group.exceptions[0].reason  # type: ignore[attr-defined]
+            over = group.exceptions[0]
+            self.stats.ended_reason = over.reason if isinstance(over, _CallOver) else str(over)
         except* BridgeError as group:
             self.stats.ended_reason = f"error: {group.exceptions[0]}"
             log.warning("call %s ended: %s", self.call_id, group.exceptions[0])
@@ -167,7 +198,7 @@ class Call:
     def _now_ms(self) -> float:
         return self._loop.time() * 1000.0
 
-    def _post(self, *message: Any) -> None:
+    def _post(self, message: ControlMessage) -> None:
         self._control.put_nowait(message)
 
     # -- phone leg -----------------------------------------------------------------------------
@@ -186,16 +217,15 @@ class Call:
                 assert self._tg is not None
                 self._tg.create_task(self._pacer())
                 self._tg.create_task(self._timers())
-                self._post("start", event)
+                self._post(Started(event))
             elif isinstance(event, Dtmf):
-                self._post("dtmf", event.digit)
+                self._post(Digit(event.digit))
             elif isinstance(event, CallEnded):
-                self._post("hangup", event.reason)
+                self._post(HungUp())
                 raise _CallOver(event.reason)
         raise _CallOver("closed")
 
     async def _on_caller_audio(self, payload: bytes) -> None:
-        self.stats.frames_in += 1
         pcm8k = codec.decode(payload, self.encoding)
         agent = self.agent
         vad = self._vad
@@ -220,7 +250,7 @@ class Call:
         done = self.bargein.mark_played(name, self._now_ms())
         self._check_drained()
         if done is not None:
-            self._post("prompt_done", done)
+            self._post(PromptDone(done))
 
     # -- audio out (CallAudio for the agent link) ------------------------------------------------
 
@@ -250,7 +280,7 @@ class Call:
         self._playout.clear()
         self._check_drained()
         for prompt_id in cut.prompts:
-            self._post("prompt_done", prompt_id)
+            self._post(PromptDone(prompt_id))
         await self.leg.clear()
         if agent is not None:
             await agent.tell_model(cut, source)
@@ -267,7 +297,6 @@ class Call:
                 barge.frame_sent(name, frame.item_id, frame.end_ms, now)  # before sending: not drained
                 await leg.send_audio(frame.payload)
                 await leg.send_mark(name)
-                self.stats.frames_out += 1
             due = playout.next_due_ms()
             self._wake.clear()
             if due is None:
@@ -302,7 +331,7 @@ class Call:
             runner = self.runner
             due = runner.next_timer_ms if runner is not None else None
             if due is not None and due <= self._now_ms():
-                self._post("timer")
+                self._post(TimerTick())
             elif due is not None:
                 timer = self._loop.call_at(due / 1000.0, self._timer_wake.set)
                 try:
@@ -317,37 +346,40 @@ class Call:
     async def _control_loop(self) -> None:
         while True:
             message = await self._control.get()
-            kind = message[0]
-            now = self._now_ms()
-            runner = self.runner
-            if kind == "start":
-                actions = self._start(message[1], now)
-            elif runner is None:
-                continue
-            elif kind == "dtmf":
-                cut = self.bargein.cut_prompts(only_barge_in=True)
-                if cut is not None:
-                    await self._execute_cut(cut, "dtmf")
-                actions = runner.on_dtmf(message[1], now)
-            elif kind == "speech":
-                actions = runner.on_speech(message[1], now)
-            elif kind == "prompt_done":
-                actions = runner.on_prompt_done(message[1], now)
-            elif kind == "timer":
-                actions = runner.on_timer(now)
-            elif kind == "tool":
-                actions = runner.on_agent_tool(message[1], message[2], now)
-            elif kind == "agent_ended":
-                actions = runner.on_agent_ended(message[1], now)
-            elif kind == "failed":
-                actions = runner.on_action_failed(message[1], message[2], now)
-            elif kind == "hangup":
-                actions = runner.on_hangup(now)
-            else:
-                continue
+            actions = await self._handle(message, self._now_ms())
             for action in actions:
                 await self._execute(action)
             self._timer_wake.set()
+
+    async def _handle(self, message: ControlMessage, now: float) -> list[dp.Action]:
+        """The runner's answer to one control message (nothing before the call has started)."""
+        if isinstance(message, Started):
+            return self._start(message.event, now)
+        runner = self.runner
+        if runner is None:
+            return []
+        match message:
+            case Digit(digit):
+                cut = self.bargein.cut_prompts(only_barge_in=True)
+                if cut is not None:
+                    await self._execute_cut(cut, "dtmf")
+                return runner.on_dtmf(digit, now)
+            case Heard(text):
+                return runner.on_speech(text, now)
+            case PromptDone(prompt_id):
+                return runner.on_prompt_done(prompt_id, now)
+            case TimerTick():
+                return runner.on_timer(now)
+            case ToolCalled(name, arguments):
+                return runner.on_agent_tool(name, arguments, now)
+            case AgentEnded(reason):
+                return runner.on_agent_ended(reason, now)
+            case ActionFailed(action, reason):
+                return runner.on_action_failed(action, reason, now)
+            case HungUp():
+                return runner.on_hangup(now)
+            case _:
+                assert_never(message)
 
     def _start(self, started: CallStarted, now: float) -> list[dp.Action]:
         flow = started.params.get("flow") or None
@@ -406,10 +438,10 @@ class Call:
         try:
             pcm8k = await self._loop.run_in_executor(None, voice.render, action.text, action.cache)
         except BridgeError as exc:
-            self._post("failed", action, f"speech synthesis failed: {exc}")
+            self._post(ActionFailed(action, f"speech synthesis failed: {exc}"))
             return
         if not pcm8k:
-            self._post("prompt_done", action.prompt_id)
+            self._post(PromptDone(action.prompt_id))
             return
         item_id = self.bargein.prompt(action.prompt_id, len(pcm8k) // (2 * 8), action.barge_in)
         await self._speak(item_id, pcm8k)
@@ -420,7 +452,7 @@ class Call:
             pcm8k = await self._loop.run_in_executor(None, read_wav_8k, path)
         except (OSError, EOFError, wave.Error, BridgeError) as exc:
             log.warning("call %s: cannot play %s: %s", self.call_id, path, exc)
-            self._post("failed", action, f"cannot play {path}: {exc}")
+            self._post(ActionFailed(action, f"cannot play {path}: {exc}"))
             return
         item_id = self.bargein.prompt(action.prompt_id, len(pcm8k) // (2 * 8), action.barge_in)
         await self._speak(item_id, pcm8k)
@@ -431,7 +463,7 @@ class Call:
             from bridge.engine.asr_pool import RemoteRecognizer  # decoding in the ASR worker pool
 
             self._listener = MenuListener(
-                lambda text: self._post("speech", text), recognizer_factory=RemoteRecognizer, loop=self._loop
+                lambda text: self._post(Heard(text)), recognizer_factory=RemoteRecognizer, loop=self._loop
             )
         self._listener.listen(action.phrases, digits=action.digits)
 
@@ -440,7 +472,7 @@ class Call:
         try:
             config = agent_config(action.agent, self.settings)
         except BridgeError as exc:
-            self._post("failed", action, str(exc))
+            self._post(ActionFailed(action, str(exc)))
             return
         link = AgentLink(config, self, on_tool=self._on_tool, call_id=self.call_id)
         self.agent = link
@@ -470,7 +502,7 @@ class Call:
         if self.agent is link:  # ended by the upstream, not by the dialplan
             self.agent = None
             self._retire(link)
-            self._post("agent_ended", error or "the realtime session closed")
+            self._post(AgentEnded(error or "the realtime session closed"))
 
     def _retire(self, link: AgentLink) -> None:
         self.bargein.agent_stopped()
@@ -487,8 +519,8 @@ class Call:
         if task is not None:
             task.cancel()
 
-    async def _on_tool(self, name: str, arguments: dict[str, Any]) -> None:
-        self._post("tool", name, arguments)
+    async def _on_tool(self, name: str, arguments: dict[str, object]) -> None:
+        self._post(ToolCalled(name, arguments))
 
     async def _transfer(self, action: dp.Transfer) -> None:
         if action.announce:
@@ -497,4 +529,4 @@ class Call:
         ok = await self.leg.transfer(action.target)
         if ok:
             raise _CallOver(f"transferred to {action.target}")
-        self._post("failed", action, "this leg cannot transfer")
+        self._post(ActionFailed(action, "this leg cannot transfer"))

@@ -1,7 +1,7 @@
 """One agent step: a realtime voice session joined to a call's audio.
 
 `AgentLink` owns the upstream socket; the call owns the leg, the playout, the barge-in detector
-and the barge-in core (`bridge.bargein`), which the link feeds with the session's facts
+and the barge-in core (`bridge.call.bargein`), which the link feeds with the session's facts
 (responses, audio received per item). The call talks to the link through a few methods:
 
 - `send_caller_audio(pcm8k, payload)`: every inbound frame while the agent is active;
@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from bridge.audio import codec
 from bridge.audio.resample import Downsampler, Upsampler
-from bridge.bargein import BargeInCore, Cut
+from bridge.call.bargein import BargeInCore, Cut
 from bridge.dialplan.schema import AgentStep, Dialplan
 from bridge.engine.backends import ChatBackend, chat_backend
 from bridge.engine.extension import EXTENSION_KEY
@@ -160,7 +160,6 @@ def agent_config(step: AgentStep, settings: Settings) -> AgentConfig:
     )
 
 
-
 class CallAudio(Protocol):
     """What the link needs from its call."""
 
@@ -176,7 +175,7 @@ class CallAudio(Protocol):
         ...
 
 
-ToolHandler = Callable[[str, dict[str, Any]], Awaitable[None]]  # (name, arguments)
+ToolHandler = Callable[[str, dict[str, object]], Awaitable[None]]  # (name, arguments)
 
 
 class AgentLink:
@@ -189,7 +188,6 @@ class AgentLink:
         *,
         on_tool: ToolHandler,
         call_id: str = "?",
-        client_factory: Callable[[], RealtimeClient] = RealtimeClient,
     ) -> None:
         self.config = config
         self.truncates: list[tuple[str, int]] = []
@@ -198,17 +196,13 @@ class AgentLink:
         self._barge = audio.bargein
         self._on_tool = on_tool
         self._call_id = call_id
-        self._client = client_factory()
+        self._client = RealtimeClient()
         self._ready = False
         self._closed = False
         self._preconnect: list[str] = []
-        self._pending_tools: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        self._pending_tools: dict[str, list[tuple[str, dict[str, object]]]] = {}
         self._up = Upsampler()
         self._down = Downsampler()
-
-    @property
-    def response_active(self) -> bool:
-        return self._barge.response_active
 
     # -- life cycle ----------------------------------------------------------------------------
 
