@@ -29,9 +29,10 @@ from bridge.telephony.events import CallStarted
 from bridge.telephony.rtp import RtpEndpoint, RtpReceiver, RtpSender, open_rtp, parse_packet, ticker_for_loop
 from bridge.telephony.sip_leg import SipLeg
 from bridge.telephony.sip_service import start_sip
+from tests.helpers.sysdeps import ASTERISK_SOUNDS
 
 RESULTS = Path(__file__).parent / "results" / "sip.md"
-SPEECH = Path("/usr/share/asterisk/sounds/en/demo-congrats.wav")
+SPEECH = ASTERISK_SOUNDS / "demo-congrats.wav"  # asterisk-core-sounds-en-wav (scripts/sysdeps.txt)
 TIMING_S = 20.0
 
 

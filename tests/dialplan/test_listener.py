@@ -12,8 +12,7 @@ from bridge.dialplan.listener import FRAME_BYTES, MenuListener
 from bridge.dialplan.loader import load_dialplan
 from bridge.dialplan.runner import match_option, spoken_phrases
 from tests.dialplan.conftest import REPO
-
-speech = pytest.importorskip("tests.helpers.speech")
+from tests.helpers import speech
 
 
 def frames(pcm: bytes) -> list[bytes]:
