@@ -9,7 +9,8 @@
 #      afterwards; delete it (or set FRESH_REBUILD=1) to rebuild it from the mirror.
 #   2. Copies the base to a throw-away root $ROOT (default /work/chroot-bookworm), so every run starts
 #      without the packages an earlier run apt-installed.
-#   3. Bind-mounts /proc, /sys, /dev (with /dev/pts and /dev/shm) into it; copies resolv.conf and
+#   3. Bind-mounts /proc, /sys, /dev (with /dev/pts and /dev/shm) into it; copies resolv.conf (and a
+#      policy-rc.d so installed packages start no services in the chroot) and
 #      this machine's pip configuration (/etc/pip.conf, /etc/xdg/pip/, /root/.config/pip/) and
 #      bind-mounts the local wheel indexes it points at (/opt/wheels, /opt/pypi, /opt/pypi-more),
 #      read-only, when they exist. Without them pip reaches PyPI.
@@ -67,6 +68,8 @@ mount -t proc proc "$ROOT/proc"
 mount --rbind /sys "$ROOT/sys" && mount --make-rslave "$ROOT/sys"
 mount --rbind /dev "$ROOT/dev" && mount --make-rslave "$ROOT/dev"
 cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# as in any chroot: packages apt installs must not start their services (kamailio) here
+printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d" && chmod +x "$ROOT/usr/sbin/policy-rc.d"
 [ -f /etc/pip.conf ] && cp /etc/pip.conf "$ROOT/etc/pip.conf"
 [ -d /etc/xdg/pip ] && mkdir -p "$ROOT/etc/xdg" && cp -r /etc/xdg/pip "$ROOT/etc/xdg/"
 [ -d /root/.config/pip ] && mkdir -p "$ROOT/root/.config" && cp -r /root/.config/pip "$ROOT/root/.config/"
