@@ -10,7 +10,8 @@
 #   2. Copies the base to a throw-away root $ROOT (default /work/chroot-bookworm), so every run starts
 #      without the packages an earlier run apt-installed.
 #   3. Bind-mounts /proc, /sys, /dev (with /dev/pts and /dev/shm) into it; copies resolv.conf (and a
-#      policy-rc.d so installed packages start no services in the chroot) and
+#      policy-rc.d so installed packages start no services in the chroot), this machine's local CA
+#      certificates (/usr/local/share/ca-certificates, e.g. an egress proxy's) and
 #      this machine's pip configuration (/etc/pip.conf, /etc/xdg/pip/, /root/.config/pip/) and
 #      bind-mounts the local wheel indexes it points at (/opt/wheels, /opt/pypi, /opt/pypi-more),
 #      read-only, when they exist. Without them pip reaches PyPI.
@@ -68,6 +69,11 @@ mount -t proc proc "$ROOT/proc"
 mount --rbind /sys "$ROOT/sys" && mount --make-rslave "$ROOT/sys"
 mount --rbind /dev "$ROOT/dev" && mount --make-rslave "$ROOT/dev"
 cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# this machine's own CA certificates (e.g. an egress proxy's), so pip's https works as it does here
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+  chroot "$ROOT" update-ca-certificates >/dev/null 2>&1
+fi
 # as in any chroot: packages apt installs must not start their services (kamailio) here
 printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d" && chmod +x "$ROOT/usr/sbin/policy-rc.d"
 [ -f /etc/pip.conf ] && cp /etc/pip.conf "$ROOT/etc/pip.conf"
