@@ -53,6 +53,9 @@ class BridgeProcess:
             BRIDGE_REALTIME_URL=realtime_url,
             BRIDGE_UPSTREAM_FORMAT=fmt,
             BRIDGE_LOG_LEVEL="WARNING",
+            # Every emulated call comes from 127.0.0.1: lift the per-source limit, not under test here.
+            BRIDGE_RATE_PER_SOURCE_PER_S="100000",
+            BRIDGE_RATE_BURST="100000",
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bridge", "serve", "--port", str(self.port)],

@@ -175,13 +175,14 @@ def bench_recognition() -> tuple[list[str], list[str]]:
 
     sys.path.insert(0, str(REPO))
     from bridge.dialplan.loader import load_dialplan
-    from bridge.dialplan.runner import match_option, spoken_phrases
+    from bridge.dialplan.matching import match_option, spoken_phrases
+    from bridge.dialplan.schema import MenuStep
     from bridge.engine.asr import Recognizer
     from tests.helpers.speech import phone_speech, silence
 
     plan = load_dialplan(REPO / "dialplans")
-    menu = plan.flows["main"][1].menu
-    assert menu is not None
+    menu = plan.flows["main"][1]
+    assert isinstance(menu, MenuStep)
     rec = Recognizer()
     rec.set_expected(spoken_phrases(menu))
     rows: list[str] = []

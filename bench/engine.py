@@ -119,6 +119,7 @@ LATENCY_TURNS = [
     "Yes.",
 ]
 OOG_TIMEOUT_S = 30.0
+BENCH_TOKEN = "bench-engine-token"  # the engine token the bench's server requires and its clients send
 
 SERVER = """
 import json, sys, time
@@ -128,7 +129,8 @@ from fastapi import FastAPI
 from bridge.engine.server import mount_engine
 from bridge.settings import Settings
 app = FastAPI()
-services = mount_engine(app, Settings())
+# its own token; no per-source rate limit in the way of many sessions from this one client address
+services = mount_engine(app, Settings.from_env(rate_burst=1_000_000))  # BRIDGE_ENGINE_TOKEN from the env
 services.cache_replies = sys.argv[2] != "nocache"
 t1 = time.perf_counter()
 report = services.preload()
@@ -147,7 +149,8 @@ class EngineProcess:
         sock = bind_ephemeral()
         self.port = sock.getsockname()[1]
         sock.close()
-        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ, PYTHONPATH=root, BRIDGE_ENGINE_TOKEN=BENCH_TOKEN)
         started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SERVER, str(self.port), "cache" if cache_replies else "nocache"],
@@ -184,7 +187,7 @@ async def run_session(
 ) -> None:
     """One caller: configure, then each utterance in real time (20 ms µ-law frames), awaiting each answer."""
     async with websockets.connect(
-        url, additional_headers={"Authorization": "Bearer bench"}, max_size=None
+        url, additional_headers={"Authorization": "Bearer " + BENCH_TOKEN}, max_size=None
     ) as ws:
         events: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue()
 

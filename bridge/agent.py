@@ -27,9 +27,10 @@ from typing import Any, Protocol
 
 from bridge.audio import codec
 from bridge.audio.resample import Downsampler, Upsampler
-from bridge.dialplan.model import AgentStep
+from bridge.dialplan.schema import AgentStep, Dialplan
+from bridge.engine.backends import ChatBackend, chat_backend
 from bridge.engine.extension import EXTENSION_KEY
-from bridge.errors import BridgeError, UpstreamError
+from bridge.errors import BridgeError, ConfigError, UpstreamError
 from bridge.realtime import events as rt
 from bridge.realtime.client import RealtimeClient
 from bridge.realtime.providers import Endpoint, resolve_endpoint, session_config
@@ -73,6 +74,33 @@ class AgentConfig:
     barge_in_threshold: float = 0.6
 
 
+def step_chat_backend(step: AgentStep) -> ChatBackend | None:
+    """The chat-completions backend an agent step configures (ConfigError: its key is not allowed)."""
+    conf = step.chat_completions
+    if conf is None:
+        return None
+    return chat_backend(conf.url, conf.model, conf.api_key_env)
+
+
+def dialplan_chat_backends(plan: Dialplan) -> list[ChatBackend]:
+    """Every chat-completions backend the plan's agent steps configure, for the engine's registry.
+
+    The operator's dialplan is the only place a backend's URL and key come from; the session only
+    carries the backend's id. ConfigError names the step of a backend that is not allowed."""
+    backends: list[ChatBackend] = []
+    for flow, steps in plan.flows.items():
+        for index, step in enumerate(steps):
+            if not isinstance(step, AgentStep):
+                continue
+            try:
+                backend = step_chat_backend(step)
+            except ConfigError as exc:
+                raise ConfigError(f"flows.{flow}[{index}].agent.{exc}") from exc
+            if backend is not None:
+                backends.append(backend)
+    return backends
+
+
 def agent_config(step: AgentStep, settings: Settings) -> AgentConfig:
     """An agent step (defaults and variables already resolved by the runner) as a session config."""
     provider = step.provider or "local"
@@ -107,6 +135,13 @@ def agent_config(step: AgentStep, settings: Settings) -> AgentConfig:
             ],
             "faq": [{"questions": list(f.questions), "answer": f.answer} for f in step.faq],
         }
+        if step.fallback_reply:
+            extra[EXTENSION_KEY]["fallback_reply"] = step.fallback_reply
+        if step.no_input_reply:
+            extra[EXTENSION_KEY]["no_input_reply"] = step.no_input_reply
+        backend = step_chat_backend(step)
+        if backend is not None:  # only the id: the engine looks the URL and key up in its registry
+            extra[EXTENSION_KEY]["chat_completions"] = backend.id
     barge = step.barge_in
     return AgentConfig(
         endpoint=endpoint,

@@ -33,7 +33,7 @@ from bridge.audio import codec
 from bridge.audio.playout import Playout
 from bridge.audio.vad import SpeechDetector, SpeechStart
 from bridge.dialplan import runner as dp
-from bridge.dialplan.model import Dialplan
+from bridge.dialplan.schema import Dialplan
 from bridge.errors import BridgeError
 from bridge.settings import Settings
 from bridge.telephony.events import AudioIn, CallEnded, CallStarted, Dtmf, Leg, MarkPlayed
@@ -457,8 +457,11 @@ class Call:
     def _listen(self, action: dp.Listen) -> None:
         if self._listener is None:
             from bridge.dialplan.listener import MenuListener
+            from bridge.engine.asr_pool import RemoteRecognizer  # decoding in the ASR worker pool
 
-            self._listener = MenuListener(lambda text: self._post("speech", text), loop=self._loop)
+            self._listener = MenuListener(
+                lambda text: self._post("speech", text), recognizer_factory=RemoteRecognizer, loop=self._loop
+            )
         self._listener.listen(action.phrases, digits=action.digits)
 
     async def _start_agent(self, action: dp.StartAgent) -> None:

@@ -7,9 +7,14 @@ import logging
 import socket
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from bridge.errors import ConfigError
 from bridge.settings import Settings
+
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -27,9 +32,45 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(settings: Settings) -> None:
+    """One handler, on the root logger, with the secret filter (bridge.logsafe) on it.
+
+    uvicorn's loggers (errors and the access log, which prints request paths with their query
+    strings) get no handlers of their own (`server_config` passes `log_config=None`): they
+    propagate here, so every line the process prints passes the filter.
+    """
+    from bridge import logsafe
+
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    logsafe.install(settings.secret_values())
+
+
+def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """The uvicorn configuration `ivr-bridge serve` runs the app with."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's records go to the root handler (and its secret filter)
+        # Who the client is (rate limits) and which URL was signed is decided by the bridge alone
+        # (BRIDGE_TRUST_PROXY): uvicorn must not rewrite the peer from X-Forwarded-For.
+        proxy_headers=False,
+        # The embedded engine takes appends up to 15 MiB; Twilio streams are held to 64 KiB by
+        # TwilioLeg itself (close 1009), per message.
+        ws_max_size=16 * 1024 * 1024,
+        ws_ping_interval=20,
+        ws_ping_timeout=20,
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from bridge import logsafe
     from bridge.app import create_app
 
     try:
@@ -37,18 +78,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ivr-bridge: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    config = uvicorn.Config(
-        create_app(settings),
-        log_level=settings.log_level.lower(),
-        # The embedded engine takes appends up to 15 MiB; Twilio streams are held to 64 KiB by
-        # TwilioLeg itself (close 1009), per message.
-        ws_max_size=16 * 1024 * 1024,
-        ws_ping_interval=20,
-        ws_ping_timeout=20,
-    )
+    configure_logging(settings)
+    config = server_config(create_app(settings), settings)
+    logsafe.install(settings.secret_values())  # idempotent; covers any handler added meanwhile
     uvicorn.Server(config).run(sockets=[listening_socket(settings.host, settings.port)])
     return 0
 

@@ -4,7 +4,8 @@ The call feeds every inbound PCM16 8 kHz frame to `MenuListener.feed()` (cheap: 
 bytearray append). While listening, a speech turn (VAD onset with 300 ms of pre-roll, to VAD offset
 or `max_turn_ms`) is decoded by the embedded recognizer with a grammar built from the menu's phrases,
 in one worker thread; the recognised text reaches the event loop and `on_text(text)` is called there.
-Matching text to options is the runner's job (`Runner.on_speech`), not this shell's.
+Matching text to options is the runner's job (`Runner.on_speech`), not this shell's. The recognizer
+comes from the caller (`recognizer_factory`): the dialplan package does not depend on the engine.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from bridge.audio.vad import SpeechDetector, SpeechStart, SpeechStop
+from bridge.dialplan.matching import DIGIT_WORDS
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +28,13 @@ FLUSH_BYTES = 5 * FRAME_BYTES  # hand audio to the worker every 100 ms
 
 
 class TranscriptLike(Protocol):
-    text: str
-    in_grammar: bool
+    @property
+    def text(self) -> str: ...
 
 
 class RecognizerLike(Protocol):
-    """`bridge.engine.asr.Recognizer`, blocking; used from one worker thread only."""
+    """A blocking recognizer (`bridge.engine.asr_pool.RemoteRecognizer` in calls); used from one worker
+    thread only. It may also have `close()`, called when the listener closes."""
 
     def set_expected(self, phrases: Sequence[str] | None) -> None: ...
     def begin(self) -> None: ...
@@ -39,16 +42,13 @@ class RecognizerLike(Protocol):
     def end(self) -> TranscriptLike: ...
 
 
-DIGIT_PHRASES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
 class MenuListener:
     def __init__(
         self,
         on_text: Callable[[str], None],
         *,
+        recognizer_factory: Callable[[], RecognizerLike],
         loop: asyncio.AbstractEventLoop | None = None,
-        recognizer_factory: Callable[[], RecognizerLike] | None = None,
         detector: SpeechDetector | None = None,
         preroll_ms: int = 300,
         max_turn_ms: int = 8000,
@@ -56,7 +56,7 @@ class MenuListener:
     ) -> None:
         self._on_text = on_text
         self._loop = loop or asyncio.get_running_loop()
-        self._factory = recognizer_factory or _default_recognizer
+        self._factory = recognizer_factory  # called in the worker thread, on first use
         self._detector = detector or SpeechDetector(min_speech_ms=120, min_silence_ms=min_silence_ms)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="menu-asr")
         self._recognizer: RecognizerLike | None = None
@@ -77,7 +77,7 @@ class MenuListener:
         """Start (or switch) listening for these phrases; `digits` adds spoken digit strings."""
         self._end_turn(deliver=False)
         self._generation += 1
-        expected = tuple(phrases) + (DIGIT_PHRASES if digits else ())
+        expected = tuple(phrases) + (DIGIT_WORDS if digits else ())
         self._submit(self._set_expected, expected)
         self._listening = True
         self._detector.reset()
@@ -181,10 +181,3 @@ class MenuListener:
 def _swallow(future: asyncio.Future[object]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-def _default_recognizer() -> RecognizerLike:
-    """pocketsphinx in the process-wide ASR worker pool (decoding never holds the call's GIL)."""
-    from bridge.engine.asr_pool import RemoteRecognizer
-
-    return RemoteRecognizer()

@@ -1,7 +1,8 @@
 """Read dialplan YAML with line numbers, catch YAML's traps, validate, and check the whole plan.
 
 Every problem reads `dialplans/main.yaml:14 flows.main[2].menu.options: what was expected`.
-The loader never stops at the first problem: it reports all it can find. Traps caught:
+The loader never stops at the first problem: it reports all it can find, of every kind at once
+(YAML traps, schema errors, and the whole-plan checks on the steps that did validate). Traps caught:
 keys that YAML turns into numbers or booleans (`1:`, `no:`), `yes`/`no`/`on`/`off` values,
 leading zeros (`0123` is octal), `17:30` (base-60 number), `+1555...` read as a number,
 duplicate keys, tabs in indentation.
@@ -9,7 +10,6 @@ duplicate keys, tabs in indentation.
 
 from __future__ import annotations
 
-import logging
 import re
 import wave
 from collections.abc import Iterable, Sequence
@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from bridge.dialplan.model import Dialplan, Loc, semantic_problems
+from bridge.dialplan.checks import PlanView, Problem, Unparsed, plan_problems
+from bridge.dialplan.schema import STEP_TYPES, Defaults, Dialplan, Loc, PlayStep, Step, StepBase
 from bridge.errors import DialplanError
-
-log = logging.getLogger(__name__)
 
 TOP_LEVEL_KEYS = ("numbers", "flows", "defaults")
 _STR = "tag:yaml.org,2002:str"
@@ -62,12 +62,12 @@ def format_loc(loc: Iterable[str | int]) -> str:
 class _Reader:
     """Turns one YAML file into plain Python data plus a map of path -> line, collecting traps."""
 
-    def __init__(self, filename: str) -> None:
-        self.filename = filename
+    def __init__(self) -> None:
         self.lines: dict[Loc, int] = {}
         self.plain: dict[Loc, tuple[str, str]] = {}  # path -> (resolved tag, source text) of plain scalars
         self.problems: list[tuple[int, str, str]] = []  # (line, path, message)
         self.trap_locs: set[Loc] = set()  # where a trap was reported (validation errors there are noise)
+        self.dropped = False  # a duplicate key was left out: the data is not all the file says
         self._constructor = SafeConstructor()
 
     def problem(self, line: int, loc: Loc, message: str) -> None:
@@ -75,8 +75,8 @@ class _Reader:
         self.problems.append((line, format_loc(loc), message))
 
     def read(self, text: str) -> Any:
-        for n, line in enumerate(text.splitlines(), 1):
-            indent = line[: len(line) - len(line.lstrip(" \t"))]
+        for n, source in enumerate(text.splitlines(), 1):
+            indent = source[: len(source) - len(source.lstrip(" \t"))]
             if "\t" in indent:
                 self.problem(n, (), "tab in the indentation; YAML needs spaces")
         if self.problems:
@@ -112,6 +112,7 @@ class _Reader:
                 if key_node.style is None and key_node.tag != _STR:
                     self.problem(key_line, (*loc, key), _key_trap(key, key_node.tag))
                 if key in first_line:
+                    self.dropped = True
                     self.problem(
                         key_line, (*loc, key), f"duplicate key {key!r} (first at line {first_line[key]})"
                     )
@@ -170,7 +171,11 @@ def _value_trap(text: str, tag: str) -> str | None:
 
 
 def _unwrap(tp: Any) -> Any:
-    """Annotated / Optional / containers -> the type one level down (for walking models by path)."""
+    """Annotated / Optional / containers -> the type one level down (for walking models by path).
+
+    The step union comes back as itself (the step's key picks the model)."""
+    if tp is Step:
+        return tp
     while True:
         origin = get_origin(tp)
         if origin is None:
@@ -189,6 +194,11 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
     tp: Any = Dialplan
     for part in loc:
         tp = _unwrap(tp)
+        if tp is Step:
+            if not isinstance(part, str) or part not in STEP_TYPES:
+                return None
+            tp = STEP_TYPES[part]
+            continue
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             field = None
             for name, info in tp.model_fields.items():
@@ -215,7 +225,7 @@ def _keys_of(model: type[BaseModel]) -> str:
     return ", ".join(info.alias or name for name, info in model.model_fields.items())
 
 
-def _message(err: Any, reader_plain: dict[Loc, tuple[str, str]]) -> tuple[Loc, Loc, str]:
+def _message(err: ErrorDetails, reader_plain: dict[Loc, tuple[str, str]]) -> tuple[Loc, Loc, str]:
     """(path to print, path whose line to show, message) for one pydantic error."""
     loc: Loc = tuple(err["loc"])
     kind = err["type"]
@@ -266,6 +276,7 @@ def load_dialplan(*paths: str | Path) -> Dialplan:
     plains: dict[Loc, tuple[str, str]] = {}
     trap_locs: set[Loc] = set()
     unreadable = False
+    dropped = False  # something read was left out (a duplicate): the merged data is not all of it
     for file in files:
         name = str(file)
         if not file.exists():
@@ -276,10 +287,11 @@ def load_dialplan(*paths: str | Path) -> Dialplan:
         except (OSError, UnicodeDecodeError) as exc:
             problems.append((name, 1, "", f"cannot read the file: {exc}"))
             continue
-        reader = _Reader(name)
+        reader = _Reader()
         data = reader.read(text)
         problems += [(name, line, path, msg) for line, path, msg in reader.problems]
         trap_locs |= reader.trap_locs
+        dropped = dropped or reader.dropped
         if data is None:
             unreadable = True
             continue
@@ -298,11 +310,13 @@ def load_dialplan(*paths: str | Path) -> Dialplan:
                 merged[key] = value if key == "defaults" or not isinstance(value, dict) else dict(value)
                 continue
             if key == "defaults" or not isinstance(value, dict) or not isinstance(merged[key], dict):
+                dropped = True
                 first = where.get((key,), ("?", 0))
                 problems.append((name, line, key, f"`{key}` is already given in {first[0]}:{first[1]}"))
                 continue
             for sub, v in value.items():
                 if sub in merged[key]:
+                    dropped = True
                     first = where.get((key, sub), ("?", 0))
                     problems.append((name, reader.lines.get((key, sub), line), format_loc((key, sub)),
                                      f"{sub!r} is already defined in {first[0]}:{first[1]}"))
@@ -320,8 +334,13 @@ def load_dialplan(*paths: str | Path) -> Dialplan:
                 return where[loc[:n]]
         return (default_file, 1)
 
+    def report(found: list[Problem]) -> None:
+        for loc, msg in found:
+            where_file, line = at(loc)
+            problems.append((where_file, line, format_loc(loc), msg))
+
     plan: Dialplan | None = None
-    if not unreadable:
+    if not unreadable:  # a file that is not YAML at all: its flows are unknown, so checks would guess
         try:
             plan = Dialplan.model_validate(merged)
         except ValidationError as exc:
@@ -329,12 +348,15 @@ def load_dialplan(*paths: str | Path) -> Dialplan:
                 loc, line_loc, msg = _message(err, plains)
                 if any(line_loc[: len(t)] == t for t in trap_locs):
                     continue  # already reported as a YAML trap
-                file, line = at(line_loc)
-                problems.append((file, line, format_loc(loc), msg))
-    if plan is not None and not problems:
-        for loc, msg in [*semantic_problems(plan), *_audio_problems(plan)]:
-            file, line = at(loc)
-            problems.append((file, line, format_loc(loc), msg))
+                where_file, line = at(line_loc)
+                problems.append((where_file, line, format_loc(loc), msg))
+        # The whole-plan checks run even when other problems were found, on what did validate:
+        # ops see every problem of a file in one run.
+        view = PlanView.of(plan) if plan is not None else _salvage(merged)
+        if dropped:
+            view = PlanView(view.numbers, view.flows, view.defaults, complete=False)
+        report(plan_problems(view))
+        report(_audio_problems(view))
     if problems:
         problems.sort(key=lambda p: (p[0], p[1]))
         raise DialplanInvalid([f"{f}:{line} {path}: {msg}" if path else f"{f}:{line} {msg}"
@@ -342,6 +364,39 @@ def load_dialplan(*paths: str | Path) -> Dialplan:
     assert plan is not None
     plan._sources = tuple(files)
     return plan
+
+
+_STEP_ADAPTER: TypeAdapter[StepBase] = TypeAdapter(Step)
+
+
+def _salvage(merged: dict[str, Any]) -> PlanView:
+    """What validates of a plan that does not (its errors are already reported): for the whole-plan checks."""
+    raw_numbers = merged.get("numbers")
+    numbers = (
+        {k: v for k, v in raw_numbers.items() if isinstance(k, str) and isinstance(v, str)}
+        if isinstance(raw_numbers, dict) else {}
+    )
+    flows: dict[str, list[StepBase | Unparsed]] = {}
+    raw_flows = merged.get("flows")
+    for name, raw_steps in (raw_flows.items() if isinstance(raw_flows, dict) else ()):
+        if not isinstance(name, str):
+            continue
+        if not isinstance(raw_steps, list):
+            flows[name] = [Unparsed(raw_steps)]
+            continue
+        steps: list[StepBase | Unparsed] = []
+        for raw in raw_steps:
+            try:
+                steps.append(_STEP_ADAPTER.validate_python(raw))
+            except ValidationError:
+                steps.append(Unparsed(raw))
+        flows[name] = steps
+    try:
+        defaults: Defaults | None = Defaults.model_validate(merged.get("defaults", {}))
+    except ValidationError:
+        defaults = None
+    complete = isinstance(raw_numbers, dict) and isinstance(raw_flows, dict)
+    return PlanView(numbers, flows, defaults, complete=complete)
 
 
 def check(*paths: str | Path) -> list[str]:
@@ -370,15 +425,14 @@ def _resolve_play_paths(data: dict[str, Any], base: Path) -> None:
                 step["play"] = {**arg, "file": str((base / arg["file"]).resolve())}
 
 
-def _audio_problems(plan: Dialplan) -> list[tuple[Loc, str]]:
-    out: list[tuple[Loc, str]] = []
-    for name, steps in plan.flows.items():
+def _audio_problems(view: PlanView) -> list[Problem]:
+    out: list[Problem] = []
+    for name, steps in view.flows.items():
         for i, step in enumerate(steps):
-            if step.play is None:
-                continue
-            problem = wav_problem(step.play.file)
-            if problem:
-                out.append((("flows", name, i, "play"), problem))
+            if isinstance(step, PlayStep):
+                problem = wav_problem(step.file)
+                if problem:
+                    out.append((("flows", name, i, "play"), problem))
     return out
 
 

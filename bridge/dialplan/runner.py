@@ -1,8 +1,12 @@
 """The dialplan runner: call events in, call actions out. No I/O, no clock of its own.
 
 One `Runner` per call, pinned to the `Dialplan` snapshot the call started with. The call shell
-(Twilio today, SIP later) feeds it events with the current time and carries out the actions it
-returns, in order; it calls `on_timer` at or after `next_timer_ms`.
+(Twilio, SIP) feeds it events with the current time and carries out the actions it returns, in
+order; it calls `on_timer` at or after `next_timer_ms`.
+
+States: the runner is in one `State` at a time; every change goes through `TRANSITIONS`, one table
+(state -> trigger -> next state), and a change the table does not allow raises `RunnerStateError`.
+Which events a state reacts to is in the event methods (`on_dtmf`, `on_speech`, ...).
 
 Prompts: every `Say` is spoken by the LOCAL synthesizer (cached when `cache` is true), even when
 agents use a cloud provider. The shell reports the end of each `Say`/`Play` with `on_prompt_done`;
@@ -12,29 +16,37 @@ a prompt cut short by `StopPrompts` needs no report. Spoken menu options are rec
 
 from __future__ import annotations
 
+import enum
 import logging
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
-from zoneinfo import ZoneInfo
+from types import MappingProxyType
+from typing import TypeVar, assert_never
 
-from bridge.dialplan.model import (
-    DTMF_KEYS,
+from bridge.dialplan.hours import hours_open
+from bridge.dialplan.matching import match_option, spoken_digits, spoken_phrases
+from bridge.dialplan.schema import (
     HANG_UP,
     NEXT,
     AgentStep,
     BargeIn,
     CollectStep,
     Dialplan,
+    GotoStep,
+    HangUpStep,
     HoursStep,
     MenuStep,
+    PlayStep,
+    SayStep,
     Step,
+    StepBase,
     Tool,
+    TransferStep,
 )
-from bridge.errors import DialplanError
+from bridge.errors import BridgeError, DialplanError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +94,6 @@ class StartAgent:
     """Join the caller to a realtime session. `agent` has defaults and variables resolved."""
 
     agent: AgentStep
-    dtmf_shortcuts: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,89 +122,70 @@ Action = (
     | Transfer | HangUp
 )
 
-# ------------------------------------------------------------------------------------ matching
-
-_NUMBER_WORDS = {
-    "zero": "0", "oh": "0", "o": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-    "six": "6", "seven": "7", "eight": "8", "nine": "9",
-}
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-_PUNCT = re.compile(r"[^\w\s]+")
+# ------------------------------------------------------------------------------------ states
 
 
-def normalise(text: str) -> tuple[str, ...]:
-    """Lower case, no punctuation, number words as digits, digit strings split: "One-Two!" -> ("1", "2")."""
-    tokens: list[str] = []
-    for word in _PUNCT.sub(" ", text.lower().replace("'", "")).split():
-        if word in _NUMBER_WORDS:
-            tokens.append(_NUMBER_WORDS[word])
-        elif word.isdigit():
-            tokens.extend(word)
-        else:
-            tokens.append(word)
-    return tuple(tokens)
+class State(enum.Enum):
+    NEW = "new"  # start() not called yet
+    PROMPT = "prompt"  # a say or play step is playing
+    MENU = "menu"  # a menu waits for a key or words
+    COLLECT = "collect"  # digits are being collected
+    AGENT = "agent"  # the caller talks with an agent
+    TRANSFER = "transfer"  # handed off; a transfer the leg reports as failed brings the call back
+    CLOSING = "closing"  # a last line plays, then the runner hangs up
+    DONE = "done"  # hung up (by the runner or the caller)
 
 
-def option_phrases(menu: MenuStep) -> dict[str, tuple[tuple[str, ...], ...]]:
-    """Option key -> the normalised phrases that choose it (key itself + its words)."""
-    out: dict[str, tuple[tuple[str, ...], ...]] = {}
-    for key, opt in menu.options.items():
-        phrases = [normalise(key), *(normalise(w) for w in opt.words)]
-        out[key] = tuple(p for p in phrases if p)
-    return out
+class Trigger(enum.Enum):
+    PROMPT = "prompt"  # a say or play step starts
+    MENU = "menu"  # a menu step starts
+    COLLECT = "collect"  # a collect step starts
+    AGENT = "agent"  # an agent step starts
+    TRANSFER = "transfer"  # a transfer step, or an agent's transfer (tool or key)
+    CLOSE = "close"  # say a last line, then hang up
+    HANG_UP = "hang_up"  # the runner ends the call
+    CALLER_HUNG_UP = "caller_hung_up"  # the leg ended the call (`on_hangup`)
 
 
-def spoken_phrases(menu: MenuStep) -> tuple[str, ...]:
-    """What the recogniser should expect: option words, and digit keys as words ("1" -> "one")."""
-    seen: dict[str, None] = {}
-    for key, opt in menu.options.items():
-        if key.isdigit():
-            seen[DIGIT_WORDS[int(key)]] = None
-        elif key not in DTMF_KEYS:
-            seen[" ".join(_PUNCT.sub(" ", key.lower()).split())] = None
-        for w in opt.words:
-            seen[" ".join(_PUNCT.sub(" ", w.lower()).split())] = None
-    return tuple(p for p in seen if p)
+# From every state that walks the flow, the next step can be of any kind.
+_WALK: Mapping[Trigger, State] = MappingProxyType({
+    Trigger.PROMPT: State.PROMPT,
+    Trigger.MENU: State.MENU,
+    Trigger.COLLECT: State.COLLECT,
+    Trigger.AGENT: State.AGENT,
+    Trigger.TRANSFER: State.TRANSFER,
+    Trigger.CLOSE: State.CLOSING,
+    Trigger.HANG_UP: State.DONE,
+    Trigger.CALLER_HUNG_UP: State.DONE,
+})
+
+TRANSITIONS: Mapping[State, Mapping[Trigger, State]] = MappingProxyType({
+    State.NEW: _WALK,  # start() runs the first steps
+    State.PROMPT: _WALK,  # the prompt ended, failed, or a key skipped it
+    State.MENU: _WALK,  # an option, or no input / no match
+    State.COLLECT: _WALK,  # digits done, or no input
+    State.AGENT: _WALK,  # the agent ended, failed, a tool or a key shortcut
+    State.TRANSFER: _WALK,  # the transfer failed: on_error
+    State.CLOSING: MappingProxyType({
+        Trigger.HANG_UP: State.DONE,  # the last line has played
+        Trigger.CALLER_HUNG_UP: State.DONE,
+    }),
+    State.DONE: MappingProxyType({
+        Trigger.CALLER_HUNG_UP: State.DONE,  # the leg reports the end of a call the runner ended
+    }),
+})
 
 
-def _contains(haystack: tuple[str, ...], needle: tuple[str, ...]) -> bool:
-    n = len(needle)
-    return any(haystack[i : i + n] == needle for i in range(len(haystack) - n + 1))
+class RunnerStateError(BridgeError):
+    """The runner was asked for a state change its transition table does not allow (a bug)."""
 
 
-def match_option(menu: MenuStep, text: str) -> str | None:
-    """The option key the caller's words pick, or None (no option, or two options equally well)."""
-    heard = normalise(text)
-    if not heard:
-        return None
-    best: list[tuple[int, str]] = []
-    for key, phrases in option_phrases(menu).items():
-        length = max((len(p) for p in phrases if _contains(heard, p)), default=0)
-        if length:
-            best.append((length, key))
-    if not best:
-        return None
-    best.sort(reverse=True)
-    top = [k for n, k in best if n == best[0][0]]
-    targets = {menu.options[k].goto for k in top}
-    return top[0] if len(targets) == 1 else None
-
-
-def spoken_digits(text: str) -> str:
-    """The digits in recognised speech ("four five six" -> "456"); other words are dropped."""
-    return "".join(t for t in normalise(text) if t.isdigit())
-
-
-# ------------------------------------------------------------------------------------ hours
-
-
-def hours_open(hours: HoursStep, now_ms: float) -> bool:
-    local = datetime.fromtimestamp(now_ms / 1000.0, ZoneInfo(hours.timezone))
-    if local.date() in hours.holidays:
-        return False
-    minute = local.hour * 60 + local.minute
-    weekday = local.weekday()
-    return any(weekday in w.days and w.start_min <= minute < w.end_min for w in hours.windows)
+def next_state(state: State, trigger: Trigger) -> State:
+    """The state after `trigger` in `state`, from `TRANSITIONS`; raises RunnerStateError if not allowed."""
+    try:
+        return TRANSITIONS[state][trigger]
+    except KeyError:
+        raise RunnerStateError(f"dialplan runner: {trigger.name} is not allowed in {state.name}") from None
 
 
 # ------------------------------------------------------------------------------------ runner
@@ -211,6 +203,7 @@ PROMPT_MS_PER_CHAR = 120.0
 PLAY_WATCHDOG_MS = 600_000.0
 GOODBYE = "Please call again later. Goodbye."
 TOOL_TRANSFER, TOOL_HANG_UP = "transfer", "hang_up"
+_S = TypeVar("_S", bound=StepBase)
 
 
 class Runner:
@@ -230,10 +223,10 @@ class Runner:
         self.flow = flow if flow is not None else plan.flow_for(called)
         if self.flow not in plan.flows:
             raise DialplanError(f"no flow named {self.flow!r}; flows: {', '.join(sorted(plan.flows))}")
+        self.started_ms = now_ms  # when the call started (`start()` sets it again)
         self._vars = _Vars(caller=caller, called=called, digits="", call_id=call_id)
         self._index = 0
-        self._started_ms = now_ms
-        self._state = "new"  # new|prompt|menu|collect|agent|transfer|closing|done
+        self._state = State.NEW
         self._waiting: str | None = None  # prompt id whose end we wait for
         self._prompt_playing = False
         self._deadline: float | None = None  # menu/collect input timeout
@@ -243,12 +236,15 @@ class Runner:
         self._buffer = ""  # collect digits so far
         self._typeahead = ""  # digits pressed during a prompt, for the next menu/collect
         self._listening = False
-        self._agent: AgentStep | None = None
-        self._error_source: Step | None = None  # the step whose on_error applies to a failed action
+        self._agent: AgentStep | None = None  # the running agent, defaults and variables resolved
+        self._error_source: TransferStep | AgentStep | None = None  # whose on_error a failed transfer takes
         self._prompt_seq = 0
-        self._closing_pid: str | None = None
 
     # ------------------------------------------------------------------ read-only view
+
+    @property
+    def state(self) -> State:
+        return self._state
 
     @property
     def next_timer_ms(self) -> float | None:
@@ -264,7 +260,7 @@ class Runner:
         """True once the runner has handed the call off (hang-up or transfer) and waits for nothing.
 
         A failed transfer reported by `on_action_failed` brings it back to life."""
-        return self._state in ("done", "transfer")
+        return self._state in (State.DONE, State.TRANSFER)
 
     @property
     def position(self) -> tuple[str, int]:
@@ -279,54 +275,55 @@ class Runner:
     # ------------------------------------------------------------------ events
 
     def start(self, now_ms: float) -> list[Action]:
-        if self._state != "new":
+        if self._state is not State.NEW:
             return []
-        self._started_ms = now_ms
+        self.started_ms = now_ms
         return self._run(now_ms)
 
     def on_dtmf(self, digit: str, now_ms: float) -> list[Action]:
-        state = self._state
-        if state == "menu":
-            menu = self._menu()
-            if digit in menu.options:
-                return self._choose(menu, digit, now_ms)
-            return self._menu_retry(menu, "no_match", now_ms)
-        if state == "collect":
-            return self._collect_digits(digit, now_ms)
-        if state == "agent":
-            return self._agent_dtmf(digit, now_ms)
-        if state == "prompt":
-            step = self.step
-            if step is not None and step.body.barge_in and len(self._typeahead) < 32:
-                self._typeahead += digit
-                self._waiting = None
-                self._watchdog = None
-                self._index += 1
-                return [StopPrompts(), *self._run(now_ms)]
+        match self._state:
+            case State.MENU:
+                menu = self._current(MenuStep)
+                if digit in menu.options:
+                    return self._choose(menu, digit, now_ms)
+                return self._menu_retry(menu, "no_match", now_ms)
+            case State.COLLECT:
+                return self._collect_digits(digit, now_ms)
+            case State.AGENT:
+                return self._agent_dtmf(digit, now_ms)
+            case State.PROMPT:
+                step = self.step
+                if isinstance(step, SayStep | PlayStep) and step.barge_in and len(self._typeahead) < 32:
+                    self._typeahead += digit
+                    self._waiting = None
+                    self._watchdog = None
+                    self._index += 1
+                    return [StopPrompts(), *self._run(now_ms)]
         return []
 
     def on_speech(self, text: str, now_ms: float) -> list[Action]:
-        if self._state == "menu":
-            menu = self._menu()
-            if self._prompt_playing and not menu.barge_in:
-                return []
-            key = match_option(menu, text)
-            if key is not None:
-                return self._choose(menu, key, now_ms)
-            return self._menu_retry(menu, "no_match", now_ms)
-        if self._state == "collect":
-            digits = spoken_digits(text)
-            if not digits:
-                return self._collect_retry(now_ms)
-            actions: list[Action] = []
-            for d in digits:
-                actions += self._collect_digits(d, now_ms)
-                if self._state != "collect":
-                    return actions
-            step = self._collect()
-            if len(self._buffer) >= (step.min_digits or step.digits):
-                actions += self._collect_done(now_ms)
-            return actions
+        match self._state:
+            case State.MENU:
+                menu = self._current(MenuStep)
+                if self._prompt_playing and not menu.barge_in:
+                    return []
+                key = match_option(menu, text)
+                if key is not None:
+                    return self._choose(menu, key, now_ms)
+                return self._menu_retry(menu, "no_match", now_ms)
+            case State.COLLECT:
+                digits = spoken_digits(text)
+                if not digits:
+                    return self._collect_retry(now_ms)
+                actions: list[Action] = []
+                for d in digits:
+                    actions += self._collect_digits(d, now_ms)
+                    if self._state is not State.COLLECT:
+                        return actions
+                step = self._current(CollectStep)
+                if len(self._buffer) >= (step.min_digits or step.digits):
+                    actions += self._collect_done(now_ms)
+                return actions
         return []
 
     def on_prompt_done(self, prompt_id: str, now_ms: float) -> list[Action]:
@@ -335,16 +332,16 @@ class Runner:
         self._waiting = None
         self._watchdog = None
         self._prompt_playing = False
-        state = self._state
-        if state == "prompt":
-            self._index += 1
-            return self._run(now_ms)
-        if state == "menu":
-            self._deadline = now_ms + self._menu().timeout_ms
-        elif state == "collect":
-            self._deadline = now_ms + self._collect().timeout_ms
-        elif state == "closing":
-            return self._hang_up("dialplan")
+        match self._state:
+            case State.PROMPT:
+                self._index += 1
+                return self._run(now_ms)
+            case State.MENU:
+                self._deadline = now_ms + self._current(MenuStep).timeout_ms
+            case State.COLLECT:
+                self._deadline = now_ms + self._current(CollectStep).timeout_ms
+            case State.CLOSING:
+                return self._hang_up("dialplan")
         return []
 
     def on_timer(self, now_ms: float) -> list[Action]:
@@ -352,16 +349,19 @@ class Runner:
         if self._watchdog is not None and now_ms >= self._watchdog and self._waiting is not None:
             log.warning("prompt %s: end never reported; moving on", self._waiting)
             actions += self.on_prompt_done(self._waiting, now_ms)
-        if self._agent_deadline is not None and now_ms >= self._agent_deadline and self._state == "agent":
+        if (
+            self._agent_deadline is not None and now_ms >= self._agent_deadline
+            and self._state is State.AGENT
+        ):
             log.info("agent step reached max_duration")
             self._agent_deadline = None
             actions += [StopAgent(), *self._agent_finished(now_ms)]
         if self._deadline is not None and now_ms >= self._deadline:
             self._deadline = None
-            if self._state == "menu":
-                actions += self._menu_retry(self._menu(), "no_input", now_ms)
-            elif self._state == "collect":
-                step = self._collect()
+            if self._state is State.MENU:
+                actions += self._menu_retry(self._current(MenuStep), "no_input", now_ms)
+            elif self._state is State.COLLECT:
+                step = self._current(CollectStep)
                 if self._buffer and len(self._buffer) >= (step.min_digits or step.digits):
                     actions += self._collect_done(now_ms)
                 else:
@@ -370,7 +370,7 @@ class Runner:
 
     def on_agent_tool(self, name: str, arguments: dict[str, object], now_ms: float) -> list[Action]:
         agent = self._agent
-        if self._state != "agent" or agent is None:
+        if self._state is not State.AGENT or agent is None:
             return []
         tool = agent.tool(name)
         if tool is None:
@@ -381,124 +381,120 @@ class Runner:
         if name == TOOL_HANG_UP:
             self._leave_agent()
             return [StopAgent(), *self._hang_up("agent")]
+        if tool.goto is None:  # the schema gives every custom tool a goto
+            return []
         self._leave_agent()
-        assert tool.goto is not None
         return [StopAgent(), *self._go(tool.goto, now_ms)]
 
     def on_agent_ended(self, error: str | None, now_ms: float) -> list[Action]:
-        if self._state != "agent":
+        if self._state is not State.AGENT:
             return []
         if error is None:
             return self._agent_finished(now_ms)
         log.warning("agent failed: %s", error)
-        step = self.step
+        step = self._current(AgentStep)
         self._leave_agent()
-        assert step is not None
-        assert step.agent is not None
-        return self._fail(step.agent.error_prompt, step.agent.on_error, now_ms)
+        return self._fail(step.error_prompt, step.on_error, now_ms)
 
     def on_action_failed(self, action: Action, reason: str, now_ms: float) -> list[Action]:
         log.warning("action %s failed: %s", type(action).__name__, reason)
-        if isinstance(action, Transfer) and self._state == "transfer":
+        if isinstance(action, Transfer) and self._state is State.TRANSFER:
             source = self._error_source
             prompt, target = "Sorry, I couldn't connect your call.", None
-            if source is not None and source.transfer is not None:
-                prompt, target = source.transfer.error_prompt, source.transfer.on_error
-            elif source is not None and source.agent is not None:
-                target = source.agent.on_error
+            if isinstance(source, TransferStep):
+                prompt, target = source.error_prompt, source.on_error
+            elif isinstance(source, AgentStep):
+                target = source.on_error
             return self._fail(prompt, target, now_ms)
         if isinstance(action, Play) and action.prompt_id == self._waiting:
-            step = self.step
+            play = self._current(PlayStep)
             self._waiting = None
             self._watchdog = None
-            assert step is not None
-            assert step.play is not None
-            target = step.play.on_error or NEXT
-            return self._fail(step.play.fallback, target, now_ms, goodbye=False)
+            return self._fail(play.fallback, play.on_error or NEXT, now_ms, goodbye=False)
         if isinstance(action, Say) and action.prompt_id == self._waiting:
             return self.on_prompt_done(action.prompt_id, now_ms)
-        if isinstance(action, StartAgent) and self._state == "agent":
+        if isinstance(action, StartAgent) and self._state is State.AGENT:
             return self.on_agent_ended(f"could not start: {reason}", now_ms)
         return []
 
     def on_hangup(self, now_ms: float) -> list[Action]:
         """The caller (or the leg) ended the call: stop what is running."""
         actions: list[Action] = []
-        if self._state == "agent":
+        if self._state is State.AGENT:
             actions.append(StopAgent())
         if self._listening:
             actions.append(StopListening())
             self._listening = False
-        self._state = "done"
+        self._enter(Trigger.CALLER_HUNG_UP)
         self._deadline = self._watchdog = self._agent_deadline = None
         self._waiting = None
         return actions
 
     # ------------------------------------------------------------------ the walk
 
+    def _enter(self, trigger: Trigger) -> None:
+        """The one place the state changes."""
+        self._state = next_state(self._state, trigger)
+
+    def _current(self, kind: type[_S]) -> _S:
+        """The step the runner stands on, which its state says is a `kind` step."""
+        step = self.step
+        if not isinstance(step, kind):
+            raise RunnerStateError(
+                f"dialplan runner: state {self._state.name} at {self.flow}[{self._index}], "
+                f"which is not a {kind.kind} step"
+            )
+        return step
+
     def _run(self, now_ms: float) -> list[Action]:
         """Execute steps from the current position until one waits for something."""
-        actions: list[Action] = []
         for _ in range(MAX_STEPS_WITHOUT_INPUT):
             steps = self.plan.flows[self.flow]
             if self._index >= len(steps):
-                return actions + self._hang_up("end of flow")
+                return self._hang_up("end of flow")
             step = steps[self._index]
-            kind = step.kind
-            if kind == "say":
-                say = step.say
-                assert say is not None
-                if say.barge_in and self._typeahead:
-                    self._index += 1
-                    continue
-                self._state = "prompt"
-                return [*actions, self._say(say.text, say.voice, now_ms, barge_in=say.barge_in)]
-            if kind == "play":
-                play = step.play
-                assert play is not None
-                if play.barge_in and self._typeahead:
-                    self._index += 1
-                    continue
-                self._state = "prompt"
-                pid = self._new_pid()
-                self._waiting = pid
-                self._watchdog = now_ms + PLAY_WATCHDOG_MS
-                return [*actions, Play(play.file, pid, play.barge_in)]
-            if kind == "menu":
-                return actions + self._enter_menu(step.menu, now_ms)  # type: ignore[arg-type]
-            if kind == "collect":
-                return actions + self._enter_collect(step.collect, now_ms)  # type: ignore[arg-type]
-            if kind == "hours":
-                hours = step.hours
-                assert hours is not None
-                target = hours.open if hours_open(hours, now_ms) else hours.closed
-                if not self._jump(target):
-                    return actions + self._hang_up("dialplan")
-                continue
-            if kind == "goto":
-                assert step.goto is not None
-                if not self._jump(step.goto):
-                    return actions + self._hang_up("dialplan")
-                continue
-            if kind == "agent":
-                return actions + self._enter_agent(step.agent, now_ms)  # type: ignore[arg-type]
-            if kind == "transfer":
-                transfer = step.transfer
-                assert transfer is not None
-                self._typeahead = ""
-                self._state = "transfer"
-                self._error_source = step
-                announce = self._fill(transfer.announce) if transfer.announce else None
-                return [*actions, Transfer(transfer.target, announce)]
-            if kind == "hang_up":
-                hang = step.hang_up
-                assert hang is not None
-                if hang.say:
-                    cache = not _has_fields(hang.say)
-                    return actions + self._close(self._fill(hang.say), now_ms, cache=cache)
-                return actions + self._hang_up(hang.reason)
+            match step:
+                case SayStep():
+                    if step.barge_in and self._typeahead:
+                        self._index += 1
+                        continue
+                    self._enter(Trigger.PROMPT)
+                    return [self._say(step.text, step.voice, now_ms, barge_in=step.barge_in)]
+                case PlayStep():
+                    if step.barge_in and self._typeahead:
+                        self._index += 1
+                        continue
+                    self._enter(Trigger.PROMPT)
+                    pid = self._new_pid()
+                    self._waiting = pid
+                    self._watchdog = now_ms + PLAY_WATCHDOG_MS
+                    return [Play(step.file, pid, step.barge_in)]
+                case MenuStep():
+                    return self._enter_menu(step, now_ms)
+                case CollectStep():
+                    return self._enter_collect(step, now_ms)
+                case HoursStep():
+                    if not self._jump(step.open if hours_open(step, now_ms) else step.closed):
+                        return self._hang_up("dialplan")
+                case GotoStep():
+                    if not self._jump(step.target):
+                        return self._hang_up("dialplan")
+                case AgentStep():
+                    return self._enter_agent(step, now_ms)
+                case TransferStep():
+                    self._typeahead = ""
+                    self._enter(Trigger.TRANSFER)
+                    self._error_source = step
+                    announce = self._fill(step.announce) if step.announce else None
+                    return [Transfer(step.target, announce)]
+                case HangUpStep():
+                    if step.say:
+                        return self._close(self._fill(step.say), now_ms, cache=not _has_fields(step.say))
+                    return self._hang_up(step.reason)
+                case _:
+                    assert_never(step)
         log.error("dialplan ran %d steps without waiting for the caller; hanging up", MAX_STEPS_WITHOUT_INPUT)
-        return actions + self._hang_up("dialplan loop")
+        return self._hang_up("dialplan loop")
 
     def _jump(self, target: str) -> bool:
         """Move to `target`; False when the target is hang_up (the caller does the hanging up)."""
@@ -540,7 +536,7 @@ class Runner:
 
     def _close(self, text: str, now_ms: float, *, cache: bool = True) -> list[Action]:
         """Say a last line, hang up when it has played."""
-        self._state = "closing"
+        self._enter(Trigger.CLOSE)
         self._deadline = self._agent_deadline = None
         say = self._say(text, None, now_ms)
         say = Say(say.text, say.voice, say.prompt_id, False, cache)
@@ -548,7 +544,7 @@ class Runner:
 
     def _hang_up(self, reason: str) -> list[Action]:
         actions = self._stop_listening()
-        self._state = "done"
+        self._enter(Trigger.HANG_UP)
         self._deadline = self._watchdog = self._agent_deadline = None
         self._waiting = None
         return [*actions, HangUp(reason)]
@@ -571,14 +567,8 @@ class Runner:
 
     # ------------------------------------------------------------------ menu
 
-    def _menu(self) -> MenuStep:
-        step = self.step
-        assert step is not None
-        assert step.menu is not None
-        return step.menu
-
     def _enter_menu(self, menu: MenuStep, now_ms: float) -> list[Action]:
-        self._state = "menu"
+        self._enter(Trigger.MENU)
         self._attempts = 0
         self._deadline = None
         if self._typeahead:
@@ -621,14 +611,8 @@ class Runner:
 
     # ------------------------------------------------------------------ collect
 
-    def _collect(self) -> CollectStep:
-        step = self.step
-        assert step is not None
-        assert step.collect is not None
-        return step.collect
-
     def _enter_collect(self, step: CollectStep, now_ms: float) -> list[Action]:
-        self._state = "collect"
+        self._enter(Trigger.COLLECT)
         self._attempts = 0
         self._buffer = ""
         self._deadline = None
@@ -642,12 +626,12 @@ class Runner:
         actions.append(Listen((), digits=True))
         for d in typed:
             actions += self._collect_digits(d, now_ms)
-            if self._state != "collect":
+            if self._state is not State.COLLECT:
                 break
         return actions
 
     def _collect_digits(self, digit: str, now_ms: float) -> list[Action]:
-        step = self._collect()
+        step = self._current(CollectStep)
         actions: list[Action] = []
         if self._prompt_playing:
             actions.append(StopPrompts())
@@ -665,7 +649,7 @@ class Runner:
         return actions
 
     def _collect_done(self, now_ms: float) -> list[Action]:
-        step = self._collect()
+        step = self._current(CollectStep)
         value = self._buffer[: step.digits]
         self._vars[step.variable] = value
         self._vars["digits"] = value
@@ -676,7 +660,7 @@ class Runner:
         return actions + self._run(now_ms)
 
     def _collect_retry(self, now_ms: float) -> list[Action]:
-        step = self._collect()
+        step = self._current(CollectStep)
         self._attempts += 1
         self._buffer = ""
         self._deadline = None
@@ -696,11 +680,11 @@ class Runner:
 
     def _enter_agent(self, step: AgentStep, now_ms: float) -> list[Action]:
         self._typeahead = ""
-        self._state = "agent"
+        self._enter(Trigger.AGENT)
         agent = self._resolve_agent(step)
         self._agent = agent
         self._agent_deadline = now_ms + step.max_duration_ms
-        return [StartAgent(agent, dict(agent.dtmf))]
+        return [StartAgent(agent)]
 
     def _resolve_agent(self, step: AgentStep) -> AgentStep:
         d = self.plan.defaults
@@ -733,7 +717,8 @@ class Runner:
 
     def _agent_dtmf(self, digit: str, now_ms: float) -> list[Action]:
         agent = self._agent
-        assert agent is not None
+        if agent is None:  # not in the AGENT state: _leave_agent is always followed by a transition
+            return []
         action = agent.dtmf.get(digit)
         if action is None:
             return [SendToAgent(f"The caller pressed {digit}.")]
@@ -747,22 +732,20 @@ class Runner:
         return [StopAgent(), *self._go(action, now_ms)]
 
     def _transfer_from_agent(self, tool: Tool, now_ms: float) -> list[Action]:
-        step = self.step
+        step = self._current(AgentStep)
         self._leave_agent()
         target = tool.target or self.plan.defaults.transfer_to
         if target is None:  # the loader rejects this; keep the call alive anyway
-            assert step is not None
-            assert step.agent is not None
-            return self._fail("Sorry, I can't transfer your call.", step.agent.on_error, now_ms)
-        self._state = "transfer"
+            return self._fail("Sorry, I can't transfer your call.", step.on_error, now_ms)
+        self._enter(Trigger.TRANSFER)
         self._error_source = step
         announce = self._fill(tool.announce) if tool.announce else None
         return [Transfer(target, announce)]
 
     def _leave_agent(self) -> None:
+        """The agent step is over; the caller of this method moves the walk on at once."""
         self._agent = None
         self._agent_deadline = None
-        self._state = "leaving"
 
     def _agent_finished(self, now_ms: float) -> list[Action]:
         self._leave_agent()

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from bridge.dialplan.loader import DialplanInvalid, dialplan_files, load_dialplan
-from bridge.dialplan.model import Dialplan
+from bridge.dialplan.schema import Dialplan
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bridge.dialplan.matching import DIGIT_WORDS
 from bridge.engine.models import PHONE_CMNINIT, SharedModels, get_shared_models
 from bridge.errors import BridgeError
 
@@ -47,7 +48,6 @@ GARBAGE_WEIGHT = 0.3
 
 _DECODE_LOCK = threading.Lock()
 
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 YES_WORDS = ("yes", "yeah", "yep", "yup", "sure", "correct", "right")
 NO_WORDS = ("no", "nope", "nah")
 POLITE_WORDS = ("please", "thanks", "thank you", "okay", "ok")

@@ -13,17 +13,20 @@ bridge puts it under `session[EXTENSION_KEY]` in `session.update` (documented in
    "expected": ["yes", "no"],
    "fallback_reply": "Sorry, could you repeat that? I can also transfer you to a person.",
    "no_input_reply": "Are you still there?",
-   "chat_completions": {"url": "http://127.0.0.1:8000/v1", "model": "llama",
-                        "api_key_env": "OPENAI_API_KEY"}}}
+   "chat_completions": "chat_1f0c2d9a8b7e6f50"}}
 ```
+
+`chat_completions` is the id of a backend the operator configured (bridge/engine/backends.py), never
+a URL or a key: a session must not decide where the engine sends requests or which key it sends.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bridge.engine.backends import OPERATOR_ONLY, EgressNotAllowed
 from bridge.errors import ConfigError
 
 EXTENSION_KEY = "local_engine"
@@ -68,33 +71,6 @@ class FaqEntry(_Strict):
         return data
 
 
-class ChatCompletions(_Strict):
-    """Any OpenAI-compatible chat-completions endpoint that answers the turns no intent or FAQ matched.
-
-    `url` is the API base (`http://host:port/v1`) or the full `.../chat/completions` address.
-    `api_key_env` names the setting that holds the key (one of the bridge's environment variables,
-    e.g. OPENAI_API_KEY); without it no Authorization header is sent.
-    """
-
-    url: str = Field(min_length=1)
-    model: str = "default"
-    api_key_env: str | None = None
-    timeout_s: float = Field(8.0, gt=0, le=60)
-    max_tokens: int = Field(150, ge=1, le=4096)
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value
-
-    @property
-    def endpoint(self) -> str:
-        base = self.url.rstrip("/")
-        return base if base.endswith("/chat/completions") else base + "/chat/completions"
-
-
 class EngineExtension(_Strict):
     """What the local engine knows about the agent step beyond the standard session config."""
 
@@ -104,7 +80,7 @@ class EngineExtension(_Strict):
     expected: tuple[str, ...] = ()
     fallback_reply: str = DEFAULT_FALLBACK_REPLY
     no_input_reply: str = DEFAULT_NO_INPUT_REPLY
-    chat_completions: ChatCompletions | None = None
+    chat_completions: str | None = Field(None, min_length=1, max_length=100)  # a backend id
 
     def expected_phrases(self) -> list[str]:
         """Everything the caller is likely to say this turn: the recogniser's grammar / small LM."""
@@ -128,6 +104,9 @@ def parse_extension(raw: object) -> EngineExtension:
     """Validate the raw extension object from a session config; ConfigError names the bad field."""
     if raw is None:
         return EngineExtension()
+    chat = raw.get("chat_completions") if isinstance(raw, dict) else None
+    if chat is not None and not isinstance(chat, str):  # a URL or a key from a session: never
+        raise EgressNotAllowed(f"session.{EXTENSION_KEY}.chat_completions: {OPERATOR_ONLY}")
     try:
         return EngineExtension.model_validate(raw)
     except ValidationError as exc:

@@ -25,10 +25,12 @@ from typing import Any, ClassVar, Literal, Protocol
 from bridge.audio import codec
 from bridge.audio.resample import Downsampler
 from bridge.audio.vad import SpeechStart, SpeechStop
+from bridge.engine.backends import OPERATOR_ONLY, ChatBackend
 from bridge.engine.extension import EXTENSION_KEY, EngineExtension, parse_extension
 from bridge.engine.responder import DEFAULT_GREETING, Reply, ToolCall, Turn, TurnKind
 from bridge.engine.session_config import (
     SEMANTIC_SILENCE_MS,
+    EgressError,
     EventError,
     audio_format,
     beta_to_ga_patch,
@@ -137,6 +139,11 @@ class CancelWork:
     response_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class EgressRefused:
+    """A client event tried to choose where the engine sends requests (answered with an `error`; count it)."""
+
+
 Command = (
     AsrBegin
     | AsrAudio
@@ -147,6 +154,7 @@ Command = (
     | Synthesize
     | CancelWork
     | Prewarm
+    | EgressRefused
 )
 
 
@@ -209,8 +217,12 @@ class EngineSession:
         beta: bool = False,
         now_ms: float = 0.0,
         session_id: str | None = None,
+        chat_backends: Callable[[str], ChatBackend | None] | None = None,
     ) -> None:
+        """`chat_backends` resolves the backend ids the operator configured (nothing resolves without it)."""
         self._detector_factory = detector_factory
+        self._chat_backends = chat_backends or (lambda _id: None)
+        self.chat_backend: ChatBackend | None = None
         self.beta = beta
         self._rand = secrets.token_hex(5)
         self._counter = 0
@@ -325,6 +337,8 @@ class EngineSession:
             handler(self, msg, now_ms)
         except EventError as exc:
             self._error(exc, event_id)
+            if isinstance(exc, EgressError):
+                self._commands.append(EgressRefused())
 
     @staticmethod
     def _require(msg: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -354,9 +368,13 @@ class EngineSession:
                 param="session.audio.output.voice",
             )
         old = self.config
+        extension_changed = new[EXTENSION_KEY] != old[EXTENSION_KEY]
+        if extension_changed:
+            extension = parse_extension(new[EXTENSION_KEY])
+            backend = self._resolve_chat(extension.chat_completions)
         self.config = new
-        if new[EXTENSION_KEY] != old[EXTENSION_KEY]:
-            self.extension = parse_extension(new[EXTENSION_KEY])
+        if extension_changed:
+            self.extension, self.chat_backend = extension, backend
             phrases = self.extension.expected_phrases()
             self._commands.append(SetExpected(tuple(phrases) if phrases else None))
         if new["audio"]["input"]["format"] != old["audio"]["input"]["format"]:
@@ -372,6 +390,19 @@ class EngineSession:
                 Prewarm(self._fixed_replies(), 24000 if out_format["type"] == "audio/pcm" else RATE_HZ)
             )
         self._emit("session.updated", session=self._wire_session())
+
+    def _resolve_chat(self, backend_id: str | None) -> ChatBackend | None:
+        if backend_id is None:
+            return None
+        backend = self._chat_backends(backend_id)
+        if backend is None:
+            raise EgressError(
+                f"session.{EXTENSION_KEY}.chat_completions: no backend {backend_id!r} is configured; "
+                + OPERATOR_ONLY,
+                code="invalid_value",
+                param=f"session.{EXTENSION_KEY}.chat_completions",
+            )
+        return backend
 
     def _fixed_replies(self) -> tuple[str, ...]:
         ext = self.extension
@@ -902,6 +933,7 @@ class EngineSession:
             allow_tools=resp.tool_choice != "none",
             tool_output=resp.tool_output,
             extension=self.extension,
+            chat=self.chat_backend,
         )
         self._commands.append(GenerateReply(resp.id, turn))
 

@@ -1,8 +1,8 @@
 """What the embedded engine says back: intents, FAQ, a chat-completions fallback, or a polite "sorry".
 
 `match_turn` is the pure part (transcript -> intent / FAQ entry); `Responder.reply` adds the
-optional chat-completions call (httpx, to any OpenAI-compatible URL) and never raises: a failing
-model falls back to the extension's `fallback_reply`.
+optional chat-completions call (httpx, to the operator's backend the session resolved, with the key
+named by that backend) and never raises: a failing model falls back to the extension's `fallback_reply`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any, Literal
 
 import httpx
 
-from bridge.engine.extension import ChatCompletions, EngineExtension
+from bridge.engine.backends import ChatBackend
+from bridge.engine.extension import EngineExtension
+from bridge.engine.redact import error_text
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +189,7 @@ class Turn:
     allow_tools: bool = True
     tool_output: str | None = None
     extension: EngineExtension = field(default_factory=EngineExtension)
+    chat: ChatBackend | None = None  # the operator's backend for free text (resolved from the extension)
 
 
 def _tool_output_message(output: str | None) -> str:
@@ -211,9 +214,13 @@ class Responder:
         self,
         http: httpx.AsyncClient | None = None,
         api_key_lookup: Callable[[str], str | None] | None = None,
+        secrets: Callable[[], tuple[str, ...]] | None = None,
     ) -> None:
+        """`api_key_lookup(name)` gives the key a backend names (bridge.engine.backends.chat_key);
+        `secrets()` the values to keep out of log lines."""
         self._http = http
         self._api_key_lookup = api_key_lookup or (lambda _name: None)
+        self._secrets = secrets or (lambda: ())
 
     async def reply(self, turn: Turn) -> Reply:
         ext = turn.extension
@@ -227,8 +234,8 @@ class Responder:
         if turn.kind == "start":
             if ext.greeting:
                 return Reply(ext.greeting, source="greeting")
-            if ext.chat_completions is not None and turn.instructions:
-                chat = await self._chat(ext.chat_completions, turn)
+            if turn.chat is not None and turn.instructions:
+                chat = await self._chat(turn.chat, turn)
                 if chat is not None:
                     return chat
             return Reply(DEFAULT_GREETING, source="greeting")
@@ -245,13 +252,13 @@ class Responder:
             return Reply(intent.reply or "", tool, "intent")
         if found is not None:
             return Reply(ext.faq[found.index].answer, source="faq")
-        if ext.chat_completions is not None and turn.user_text.strip():
-            chat = await self._chat(ext.chat_completions, turn)
+        if turn.chat is not None and turn.user_text.strip():
+            chat = await self._chat(turn.chat, turn)
             if chat is not None:
                 return chat
         return Reply(ext.fallback_reply, source="fallback")
 
-    async def _chat(self, conf: ChatCompletions, turn: Turn) -> Reply | None:
+    async def _chat(self, conf: ChatBackend, turn: Turn) -> Reply | None:
         messages: list[dict[str, Any]] = []
         system = "\n\n".join(s for s in (turn.session_instructions, turn.instructions or "") if s)
         system += "\n\nYou are speaking on the phone: answer in one or two short sentences."
@@ -274,7 +281,7 @@ class Responder:
                 for t in functions
             ]
         headers = {}
-        key = self._api_key_lookup(conf.api_key_env) if conf.api_key_env else None
+        key = self._api_key_lookup(conf.key_env) if conf.key_env else None
         if key:
             headers["Authorization"] = "Bearer " + key
         try:
@@ -290,7 +297,8 @@ class Responder:
             resp.raise_for_status()
             message = resp.json()["choices"][0]["message"]
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
-            log.warning("chat completions at %s failed: %s", conf.endpoint, exc)
+            secrets = (*self._secrets(), *((key,) if key else ()))
+            log.warning("chat completions backend %s failed: %s", conf.id, error_text(exc, secrets))
             return None
         text = message.get("content") or ""
         tool = None

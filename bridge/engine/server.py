@@ -11,15 +11,24 @@ the session runs on the event loop; the blocking work runs elsewhere and comes b
 
 Outgoing events go through one queue and one sender task, so they leave in the order the session
 produced them. A failure inside one connection closes that connection (1011) and nothing else.
+
+Admission, before any session state exists (docs/engine.md, "Security"): the engine token as bearer
+or `api-key` (compared in constant time; HTTP 401, and HTTP 429 once a source's failed attempts
+exceed the per-source rate), and at most `max_engine_sessions` sessions (HTTP 503). Each refusal
+answers the handshake and is counted in
+/metrics. Where the engine may send requests and with which key is the operator's registry
+(bridge/engine/backends.py), never a session's choice; error events never carry a secret.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -29,8 +38,11 @@ from typing import Any
 
 import httpx
 from fastapi import APIRouter, FastAPI, WebSocket
+from starlette.datastructures import Headers
+from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from bridge.engine.backends import ChatBackend, ChatBackends, chat_key
 from bridge.engine.protocol import (
     AsrAudio,
     AsrBegin,
@@ -39,14 +51,18 @@ from bridge.engine.protocol import (
     CancelWork,
     Command,
     Detector,
+    EgressRefused,
     EngineSession,
     GenerateReply,
     Prewarm,
     SetExpected,
     Synthesize,
 )
+from bridge.engine.redact import error_text
 from bridge.engine.responder import Reply, Responder
-from bridge.settings import ENV_FIELDS, Settings
+from bridge.limits import RateLimiter, Slots
+from bridge.metrics import METRICS
+from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +81,12 @@ def _now_ms() -> float:
 
 @dataclass
 class EngineServices:
-    """What every session shares: detector/recogniser/synthesizer factories and the responder.
+    """What every session shares: detector/recogniser/synthesizer factories, the responder, the
+    operator's chat backends, the token and the admission limits.
 
     The defaults use the real models (Silero VAD, pocketsphinx, Piper); tests may pass others.
+    `token` defaults to `settings.engine_token`; when both are unset a random token is made, which only
+    this process knows (`services.token`): the engine is never open to anyone.
     """
 
     settings: Settings
@@ -76,6 +95,7 @@ class EngineServices:
     synthesizer_factory: Callable[[int], Any] | None = None
     responder: Responder | None = None
     token: str | None = None
+    chat_backends: ChatBackends = field(default_factory=ChatBackends)
     asr_timeout_s: float = ASR_TIMEOUT_S
     # Fixed replies (intents, FAQ, greeting, ...) are synthesized once per process and cached; the
     # session's replies are prewarmed when its extension arrives. False: synthesize every time.
@@ -85,8 +105,14 @@ class EngineServices:
     _synth_lock: threading.Lock = field(default_factory=threading.Lock)
     _http: httpx.AsyncClient | None = None
     _holds_asr_pool: bool = False
+    slots: Slots = field(init=False)
+    limiter: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
+        if not self.token:
+            self.token = self.settings.engine_token or secrets.token_urlsafe(32)
+        self.slots = Slots(self.settings.max_engine_sessions)
+        self.limiter = RateLimiter(self.settings.rate_per_source_per_s, self.settings.rate_burst)
         if self.detector_factory is None:
             self.detector_factory = _silero_detector
         if self.recognizer_factory is None:
@@ -102,15 +128,29 @@ class EngineServices:
     def get_responder(self) -> Responder:
         if self.responder is None:
             settings = self.settings
-
-            def api_key(env_name: str) -> str | None:
-                field_name = ENV_FIELDS.get(env_name)
-                value = getattr(settings, field_name, None) if field_name else None
-                return value if isinstance(value, str) else None
-
             self._http = httpx.AsyncClient()
-            self.responder = Responder(self._http, api_key)
+            self.responder = Responder(
+                self._http, lambda name: chat_key(settings, name), secrets=self.secret_values
+            )
         return self.responder
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret the engine knows: kept out of error events and log lines."""
+        token = (self.token,) if self.token else ()
+        return (*self.settings.secret_values(), *token)
+
+    def safe(self, message: BaseException | str) -> str:
+        """An error message fit for an `error` event (no token, key or credential-bearing URL)."""
+        return error_text(message, self.secret_values())
+
+    def chat_backend(self, backend_id: str) -> ChatBackend | None:
+        return self.chat_backends.get(backend_id)
+
+    def authorized(self, headers: Headers) -> bool:
+        """Does the handshake carry the engine token (`Authorization: Bearer` or `api-key`)?"""
+        presented = _presented_token(headers)
+        assert self.token is not None
+        return presented is not None and hmac.compare_digest(presented.encode(), self.token.encode())
 
     def synthesizer(self, rate_hz: int) -> Any:
         """One synthesizer per output rate for the whole process (they share the one voice)."""
@@ -276,7 +316,13 @@ class EngineConnection:
         self.services = services
         self.loop = asyncio.get_running_loop()
         assert services.detector_factory is not None
-        self.session = EngineSession(services.detector_factory, model=model, beta=beta, now_ms=_now_ms())
+        self.session = EngineSession(
+            services.detector_factory,
+            model=model,
+            beta=beta,
+            now_ms=_now_ms(),
+            chat_backends=services.chat_backend,
+        )
         self._out: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._asr = _AsrWorker(services, self)
         self._tts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-tts")
@@ -327,6 +373,8 @@ class EngineConnection:
             task = self._reply_tasks.pop(cmd.response_id, None)
             if task is not None:
                 task.cancel()
+        elif isinstance(cmd, EgressRefused):
+            METRICS.egress_refusals.inc()
 
     # -- results coming back ----------------------------------------------------------------------
 
@@ -356,7 +404,7 @@ class EngineConnection:
         if handle is None:
             return
         handle.cancel()
-        self.session.transcript_failed(item_id, message, _now_ms())
+        self.session.transcript_failed(item_id, self.services.safe(message), _now_ms())
         self.pump()
 
     async def _generate(self, cmd: GenerateReply) -> None:
@@ -366,7 +414,7 @@ class EngineConnection:
             return
         except Exception as exc:
             log.exception("responder failed")
-            self.session.work_failed(cmd.response_id, str(exc), _now_ms())
+            self.session.work_failed(cmd.response_id, self.services.safe(exc), _now_ms())
             self.pump()
             return
         finally:
@@ -416,6 +464,7 @@ class EngineConnection:
 
     def _on_synth_failed(self, response_id: str, message: str) -> None:
         self._synth_cancel.pop(response_id, None)
+        message = self.services.safe(message)
         self.session.work_failed(response_id, "speech synthesis failed: " + message, _now_ms())
         self.pump()
 
@@ -501,32 +550,62 @@ class EngineConnection:
 # routing
 
 
-def _bearer(ws: WebSocket) -> str | None:
-    auth = ws.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return ws.headers.get("api-key")
+def _presented_token(headers: Headers) -> str | None:
+    """The token a client presents: `Authorization: Bearer T` (the openai SDK) or `api-key: T` (Azure)."""
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return headers.get("api-key") or None
+
+
+async def _refuse(ws: WebSocket, status: int, message: str, *, retry_after_s: int | None = None) -> None:
+    """Answer the handshake with an HTTP error (the openai SDK raises it from `connect()`); a close
+    (HTTP 403) when the server cannot send one. Nothing of a session exists yet."""
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+        with contextlib.suppress(Exception):
+            await ws.send_denial_response(PlainTextResponse(message + "\n", status, headers=headers))
+            return
+    with contextlib.suppress(Exception):
+        await ws.close(code=1008 if status in (401, 403) else 1013, reason=message)
 
 
 async def _serve(ws: WebSocket, services: EngineServices) -> None:
-    if services.token is not None and _bearer(ws) != services.token:
-        await ws.close(code=1008, reason="invalid api key")
+    if not services.authorized(ws.headers):
+        # Only failed attempts spend the source's budget: a guesser or a flood of strangers is
+        # slowed to `rate_per_source_per_s`, while the bridge's own calls (all from 127.0.0.1,
+        # with the token) are bounded by the session limit alone and never refused for a burst.
+        source = ws.client.host if ws.client is not None else "unknown"
+        if not services.limiter.allow(source, time.monotonic()):
+            METRICS.admission_rejections.inc(leg="engine", reason="rate")
+            await _refuse(ws, 429, "too many failed engine connections from this address; try again later",
+                          retry_after_s=1)
+            return
+        METRICS.engine_auth_failures.inc()
+        await _refuse(ws, 401, "missing or wrong engine token (Authorization: Bearer BRIDGE_ENGINE_TOKEN)")
         return
-    beta = "realtime=v1" in ws.headers.get("openai-beta", "").replace(" ", "")
-    model = ws.query_params.get("model") or services.settings.realtime_model
-    await ws.accept()
-    conn = EngineConnection(ws, services, beta=beta, model=model)
-    services.sessions.add(conn)
-    await conn.run()
+    if not services.slots.try_acquire():
+        METRICS.admission_rejections.inc(leg="engine", reason="max_engine_sessions")
+        await _refuse(ws, 503, "the engine is at its session limit; try again later", retry_after_s=5)
+        return
+    try:
+        beta = "realtime=v1" in ws.headers.get("openai-beta", "").replace(" ", "")
+        model = ws.query_params.get("model") or services.settings.realtime_model
+        await ws.accept()
+        conn = EngineConnection(ws, services, beta=beta, model=model)
+        services.sessions.add(conn)
+        await conn.run()
+    finally:
+        services.slots.release()
 
 
 def engine_router(settings: Settings, services: EngineServices | None = None) -> APIRouter:
     """The router serving the engine at `WS /v1/realtime` and `WS /realtime`.
 
-    The bearer token is accepted as-is unless `services.token` (or a `engine_token` setting) is set.
+    Every connection must present `services.token` (by default `settings.engine_token`).
     """
     if services is None:
-        services = EngineServices(settings, token=getattr(settings, "engine_token", None))
+        services = EngineServices(settings)
     router = APIRouter()
 
     async def realtime(ws: WebSocket) -> None:
@@ -547,4 +626,12 @@ def mount_engine(app: FastAPI, settings: Settings, services: EngineServices | No
     return svc
 
 
-__all__ = ["REALTIME_PATHS", "EngineConnection", "EngineServices", "Reply", "engine_router", "mount_engine"]
+__all__ = [
+    "REALTIME_PATHS",
+    "ChatBackends",
+    "EngineConnection",
+    "EngineServices",
+    "Reply",
+    "engine_router",
+    "mount_engine",
+]

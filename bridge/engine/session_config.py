@@ -13,6 +13,7 @@ import copy
 import time
 from typing import Any
 
+from bridge.engine.backends import EgressNotAllowed
 from bridge.engine.extension import EXTENSION_KEY, parse_extension
 from bridge.errors import ConfigError, ProtocolError
 
@@ -61,6 +62,10 @@ class EventError(ProtocolError):
         self.message = message
         self.code = code
         self.param = param
+
+
+class EgressError(EventError):
+    """A client event that tried to choose where the engine sends requests or which key it sends."""
 
 
 def default_session(session_id: str, model: str, now_s: float | None = None) -> dict[str, Any]:
@@ -320,6 +325,9 @@ def merge_session_update(current: dict[str, Any], patch: Any) -> dict[str, Any]:
     if EXTENSION_KEY in obj:
         try:
             ext = parse_extension(obj[EXTENSION_KEY])
+        except EgressNotAllowed as exc:
+            param = f"session.{EXTENSION_KEY}.chat_completions"
+            raise EgressError(str(exc), code="invalid_value", param=param) from exc
         except ConfigError as exc:
             raise EventError(str(exc), code="invalid_value", param=f"session.{EXTENSION_KEY}") from exc
         del ext  # validated; the config echoes what the client sent

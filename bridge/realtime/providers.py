@@ -1,6 +1,7 @@
 """Where a realtime session connects (`resolve_endpoint`) and what it asks for (`session_config`).
 
-- `local`: `ws://127.0.0.1:<port>/v1/realtime?model=M` (the embedded engine), `Authorization: Bearer local`
+- `local`: `ws://127.0.0.1:<port>/v1/realtime?model=M` (the embedded engine),
+  `Authorization: Bearer $BRIDGE_ENGINE_TOKEN` (create_app generates one when it is unset)
 - `openai`: `wss://api.openai.com/v1/realtime?model=M`, `Authorization: Bearer $OPENAI_API_KEY`
 - `azure`: `wss://<AZURE_OPENAI_ENDPOINT host>/openai/v1/realtime?model=<deployment>`,
   `api-key: $AZURE_OPENAI_API_KEY`
@@ -8,7 +9,8 @@
   the named provider's key when known, else a dummy bearer
 
 `BRIDGE_REALTIME_URL` (`settings.realtime_url`), when set, replaces the URL of every session.
-No I/O here: this only builds strings and dicts.
+URLs and keys come only from settings and the dialplan's agent step (operator configuration); nothing
+a caller or a session sends reaches this module. No I/O here: this only builds strings and dicts.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from bridge.errors import ConfigError
 from bridge.settings import Settings
 
 OPENAI_REALTIME_URL = "wss://api.openai.com/v1/realtime"
-LOCAL_BEARER = "local"  # the embedded engine accepts any bearer; the SDK insists on sending one
+LOCAL_BEARER = "local"  # a dummy bearer for `url` providers (and a local engine without a token set)
 PROVIDERS = ("local", "openai", "azure", "url")
 _WS_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 
@@ -110,6 +112,8 @@ def _headers(provider: str, settings: Settings, *, required: bool) -> dict[str, 
             return {"api-key": settings.azure_api_key}
         if required:
             raise ConfigError("provider azure: AZURE_OPENAI_API_KEY is not set")
+    elif provider == "local" and settings.engine_token:
+        return {"Authorization": "Bearer " + settings.engine_token}
     return {"Authorization": "Bearer " + LOCAL_BEARER}
 
 

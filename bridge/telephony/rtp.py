@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import audioop
 import contextlib
+import ipaddress
 import logging
 import random
 import struct
@@ -282,7 +283,7 @@ class RtpReceiver:
         # Per-call sockets keep calls apart; the source check keeps strangers out. Any port of the
         # SDP's address is accepted (some UAs, SIPp among them, send from another port than the one
         # they advertise); another address only when latching (NAT) and nothing was accepted yet.
-        if self.remote is not None and addr[0] != self.remote[0]:
+        if self.remote is not None and addr[0] != self.remote[0] and not _same_ip(addr[0], self.remote[0]):
             if self.latch and not self._latched:
                 self.remote = (addr[0], addr[1])
             else:
@@ -319,6 +320,20 @@ class RtpReceiver:
                 self._jitter_ts += (d - self._jitter_ts) / 16.0
                 self.stats.jitter_ms = self._jitter_ts / 8.0
         self._transit = transit
+
+
+def _same_ip(a: str, b: str) -> bool:
+    """Two spellings of one address (IPv6 case and zeros, IPv4-mapped IPv6). Only reached when the
+    strings differ, so the common path stays one string comparison."""
+    try:
+        ia, ib = ipaddress.ip_address(a.split("%", 1)[0]), ipaddress.ip_address(b.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ia, ipaddress.IPv6Address) and ia.ipv4_mapped is not None:
+        ia = ia.ipv4_mapped
+    if isinstance(ib, ipaddress.IPv6Address) and ib.ipv4_mapped is not None:
+        ib = ib.ipv4_mapped
+    return ia == ib
 
 
 # ---------------------------------------------------------------------------------------------

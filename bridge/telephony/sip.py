@@ -15,7 +15,10 @@ place this module runs, on the event loop, with no threads:
 - re-INVITE -> 200 with the same SDP (new remote address, hold), never a second sender;
 - the bridge's own BYE and REFER routed through the dialog's route set to the remote target;
 - registration with status, retries with back-off, and failures reported instead of hanging;
-- registrar-less operation (behind a PBX trunk or SBC), optionally accepting only that peer.
+- registrar-less operation (behind a PBX trunk or SBC);
+- source trust (`sip_policy.SourcePolicy`): requests and responses only from the registrar / trunk
+  server and SIP_TRUSTED_PEERS (others get 403 or nothing, counted, logged without flooding);
+- admission: beyond the shared `Slots` (max calls), new INVITEs get 503 with Retry-After.
 
 The message helpers at the top are sans-I/O; `SipEndpoint` is the thin asyncio shell.
 """
@@ -35,6 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.errors import ProtocolError
+from bridge.limits import RateLimiter, Slots
+from bridge.metrics import METRICS
 from bridge.telephony.events import CallStarted, Encoding
 from bridge.telephony.rtp import (
     PT_PCMA,
@@ -47,10 +52,12 @@ from bridge.telephony.rtp import (
     ticker_for_loop,
 )
 from bridge.telephony.sip_leg import SipLeg
+from bridge.telephony.sip_policy import RefusalLog, SourcePolicy, Verdict, method_label, parse_ip, peek_method
 
 log = logging.getLogger(__name__)
 
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, NOTIFY, INFO, REFER"
+RETRY_AFTER_S = 5  # the Retry-After of a 503 at capacity (docs/sip.md)
 USER_AGENT = "ivr-bridge"
 T1_S = 0.5
 T2_S = 4.0
@@ -473,6 +480,7 @@ class SipCall:
     handler: asyncio.Task[None] | None = None
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     notify_waiter: asyncio.Future[int] | None = None
+    admitted: bool = False  # holds one of the endpoint's admission slots until it ends
 
 
 OnCall = Callable[[SipLeg], Awaitable[None]]
@@ -497,16 +505,23 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     def __init__(self, *, user: str, advertised_ip: str, on_call: OnCall, registration: Registration,
                  server: tuple[str, int] | None = None, password: str | None = None,
-                 trusted_ips: frozenset[str] | None = None, rtp_bind: str = "0.0.0.0",
-                 rtp_ports: tuple[int, int] | None = None, answer_delay_ms: int = 0,
-                 register_timeout_s: float = 4.0) -> None:
+                 policy: SourcePolicy | None = None, admission: Slots | None = None,
+                 rtp_bind: str = "0.0.0.0", rtp_ports: tuple[int, int] | None = None,
+                 answer_delay_ms: int = 0, register_timeout_s: float = 4.0,
+                 reject_limiter: RateLimiter | None = None) -> None:
         self.user = user or "bridge"
         self.advertised_ip = advertised_ip
         self.on_call = on_call
         self.registration = registration
         self.server = server
         self.password = password
-        self.trusted_ips = trusted_ips
+        # None: every source is served (only for tests that build an endpoint by hand).
+        self.policy = policy or SourcePolicy(open_to_all=True)
+        self.admission = admission
+        # 403s per untrusted source are bounded too (beyond the bucket: dropped), so the bridge is
+        # never a reflector for spoofed floods.
+        self.reject_limiter = reject_limiter or RateLimiter(rate_per_s=1.0, burst=10, max_sources=4096)
+        self.refusals = RefusalLog()
         self.rtp_bind = rtp_bind
         self.rtp_ports = rtp_ports
         self.answer_delay_ms = answer_delay_ms
@@ -514,11 +529,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.port = 0
         self.calls: dict[str, SipCall] = {}
-        self._pending: dict[str, asyncio.Future[SipMessage]] = {}
+        # branch -> (waiter, the address the request went to: its answer may come from there)
+        self._pending: dict[str, tuple[asyncio.Future[SipMessage], str]] = {}
+        self._starting: set[str] = set()  # Call-IDs admitted whose RTP socket is being bound
         self._register_task: asyncio.Task[None] | None = None
         self._pyvoip: Any = None
         self.counters: dict[str, int] = {"calls_total": 0, "calls_rejected": 0, "bad_messages": 0,
-                                          "options": 0, "cancelled": 0}
+                                          "options": 0, "cancelled": 0, "untrusted": 0, "busy": 0}
         self._closing = False
 
     # -- transport -------------------------------------------------------------------------------
@@ -541,12 +558,22 @@ class SipEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if len(data) < 4 or data.strip() == b"":
             return  # keep-alive CRLFs
+        trusted = self.policy.trusts(addr[0])
+        if not trusted and not (self._pending or self.calls):
+            self._untrusted(data, addr, None)
+            return
         try:
             msg = parse_message(data)
         except SipParseError as exc:
+            if not trusted:
+                self._untrusted(data, addr, None)
+                return
             self.counters["bad_messages"] += 1
             log.warning("SIP: dropped malformed datagram from %s:%s: %s", addr[0], addr[1], exc)
             self._bad_request(data, addr, str(exc))
+            return
+        if not trusted and not self._dialog_peer(msg, addr):
+            self._untrusted(data, addr, msg)
             return
         try:
             if msg.is_request:
@@ -560,6 +587,50 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 with contextlib.suppress(Exception):
                     self.send(build_response(msg, 500, "Server Internal Error", addr,
                                              extra=[("Warning", f'399 - "{type(exc).__name__}"')]), addr)
+
+    def _dialog_peer(self, msg: SipMessage, addr: tuple[str, int]) -> bool:
+        """A datagram from an address the bridge itself sends to: a response to one of our pending
+        requests (matched by its random branch), or an in-dialog request of an existing call from
+        that call's next hop (the caller's Contact when no proxy record-routed: the BYE of an end
+        point behind a trusted proxy that stepped out of the dialog). Both need identifiers only
+        someone on the signalling path can know (a branch; Call-ID plus our random To tag)."""
+        source = parse_ip(addr[0])
+        if not msg.is_request:
+            pending = self._pending.get(msg.branch)
+            return pending is not None and source is not None and parse_ip(pending[1]) == source
+        call = self.calls.get(msg.call_id)
+        if call is None or header_param(msg.get("To"), "tag") != call.local_tag:
+            return False
+        return source is not None and parse_ip(call.dialog.next_hop()[0]) == source
+
+    def _untrusted(self, data: bytes, addr: tuple[str, int], msg: SipMessage | None) -> None:
+        """A datagram from a source the policy does not trust: 403, or nothing; counted, and logged
+        at most a few lines a minute however many arrive."""
+        method = (msg.method or None) if msg is not None else peek_method(data)
+        verdict = self.policy.verdict(addr[0], method)
+        response = None
+        if verdict is Verdict.REJECT:
+            if self.reject_limiter.allow(addr[0], time.monotonic()):
+                try:
+                    msg = msg or parse_message(data)
+                    response = build_response(msg, 403, "Forbidden", addr, to_tag=new_tag())
+                except SipParseError:
+                    response = None
+            if response is None:
+                verdict = Verdict.DROP
+        if response is not None:
+            self.send(response, addr)
+        label = method_label(method) if method != "" else "other"
+        self.counters["untrusted"] += 1
+        METRICS.sip_untrusted.inc(method=label, action=verdict.value)
+        first, summary = self.refusals.record(addr[0], time.monotonic())
+        if summary:
+            log.warning("SIP: %s", summary)
+        if first:
+            done = "refused with 403" if verdict is Verdict.REJECT else "dropped"
+            log.warning("SIP: %s from untrusted %s:%s %s (trusted: %s); further ones are counted in "
+                        "sip_untrusted_requests_total and summarised", label, addr[0], addr[1], done,
+                        self.policy.describe())
 
     def _bad_request(self, data: bytes, addr: tuple[str, int], why: str) -> None:
         """Answer 400 if enough of the request survives to address a response."""
@@ -587,9 +658,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
     def _on_response(self, msg: SipMessage) -> None:
         if msg.status < 200:
             return
-        waiter = self._pending.get(msg.branch)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(msg)
+        pending = self._pending.get(msg.branch)
+        if pending is not None and not pending[0].done():
+            pending[0].set_result(msg)
 
     async def request(self, data: bytes, branch: str, addr: tuple[str, int], timeout_s: float = 8.0,
                       reliable_retransmit: bool = True) -> SipMessage | None:
@@ -597,7 +668,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         `timeout_s`. Returns the final response or None."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[SipMessage] = loop.create_future()
-        self._pending[branch] = waiter
+        self._pending[branch] = (waiter, addr[0])
         deadline = loop.time() + timeout_s
         interval = T1_S
         try:
@@ -672,14 +743,19 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if to_tag is not None:
             self.send(build_response(msg, 481, "Call/Transaction Does Not Exist", addr), addr)
             return
+        if msg.call_id in self._starting:
+            return  # a retransmission while the call is being set up: its 180/200 follow
         if self._closing:
             self.send(build_response(msg, 503, "Service Unavailable", addr, to_tag=new_tag()), addr)
             return
-        if self.trusted_ips is not None and addr[0] not in self.trusted_ips:
+        if self.admission is not None and not self.admission.try_acquire():
+            # At capacity: 503 + Retry-After (RFC 3261 21.5.4): a proxy or PBX may try another bridge
+            # now and avoids this one for that long. Calls in progress are not touched.
             self.counters["calls_rejected"] += 1
-            log.warning("SIP: INVITE from untrusted %s:%s refused (trunk mode accepts only %s)",
-                        addr[0], addr[1], sorted(self.trusted_ips))
-            self.send(build_response(msg, 403, "Forbidden", addr, to_tag=new_tag()), addr)
+            self.counters["busy"] += 1
+            METRICS.admission_rejections.inc(leg="sip", reason="max_calls")
+            self.send(build_response(msg, 503, "Service Unavailable", addr, to_tag=new_tag(),
+                                     extra=[("Retry-After", str(RETRY_AFTER_S))]), addr)
             return
         self.send(build_response(msg, 100, "Trying", addr), addr)
         try:
@@ -688,11 +764,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
             offer = parse_sdp(msg.body)
             choice = choose_codec(offer)
         except ProtocolError as exc:
+            self._release_slot()
             self.counters["calls_rejected"] += 1
             log.warning("SIP: call %s refused with 488: %s", msg.call_id, exc)
             self.send(build_response(msg, 488, "Not Acceptable Here", addr, to_tag=new_tag(),
                                      extra=[("Warning", f'304 - "{str(exc)[:80]}"')]), addr)
             return
+        self._starting.add(msg.call_id)
         asyncio.get_running_loop().create_task(self._start_call(msg, addr, offer, choice))
 
     async def _start_call(self, msg: SipMessage, addr: tuple[str, int], offer: SdpOffer,
@@ -710,13 +788,17 @@ class SipEndpoint(asyncio.DatagramProtocol):
         try:
             port = await open_rtp(self.rtp_bind, self.rtp_ports, endpoint)
         except ProtocolError as exc:
+            self._starting.discard(msg.call_id)
+            self._release_slot()
             log.error("SIP: call %s refused: %s", msg.call_id, exc)
             self.send(build_response(msg, 503, "Service Unavailable", addr, to_tag=local_tag), addr)
             return
-        call = SipCall(msg, addr, local_tag, dialog, choice, port, endpoint)
+        call = SipCall(msg, addr, local_tag, dialog, choice, port, endpoint,
+                       admitted=self.admission is not None)
         if offer.address == "0.0.0.0" or offer.direction in ("recvonly", "inactive"):
             endpoint.sending = False
         self.calls[msg.call_id] = call
+        self._starting.discard(msg.call_id)
         self.counters["calls_total"] += 1
         self.send(build_response(msg, 180, "Ringing", addr, to_tag=local_tag,
                                  extra=[("Contact", self.contact)]), addr)
@@ -848,6 +930,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if call.state == "ended":
             return
         call.state = "ended"
+        if call.admitted:
+            call.admitted = False
+            self._release_slot()
         for timer in call.timers:
             timer.cancel()
         ticker_for_loop().remove(call.rtp)
@@ -857,6 +942,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         # Keep the call a while so retransmitted BYE/ACK/INVITEs still match, then forget it.
         loop.call_later(32.0, self.calls.pop, call.invite.call_id, None)
+
+    def _release_slot(self) -> None:
+        if self.admission is not None:
+            self.admission.release()
 
     async def hang_up(self, call: SipCall, reason: str = "hangup") -> None:
         """End the call from our side: BYE when answered, 480 while still ringing."""
@@ -912,6 +1001,20 @@ class SipEndpoint(asyncio.DatagramProtocol):
         host = self.server[0] if self.server else uri_hostport(call.dialog.remote_target)[0]
         return f"sip:{target}@{host}"
 
+    async def refresh_server_ips(self) -> None:
+        """Resolve SIP_SERVER to all its addresses (A and AAAA) and trust them from now on. A failed
+        lookup keeps the addresses already known (the registration reports the failure)."""
+        if self.server is None:
+            return
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(self.server[0], self.server[1],
+                                                                 type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            log.warning("SIP: %s does not resolve (%s); keeping its known addresses", self.server[0], exc)
+            return
+        if self.policy.set_server_ips(str(info[4][0]) for info in infos):
+            log.info("SIP: trusted sources now %s", self.policy.describe())
+
     @staticmethod
     async def _resolve(hostport: tuple[str, int]) -> tuple[str, int]:
         host, port = hostport
@@ -947,6 +1050,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         from pyVoIP.SIP import SIPMessage as PyVoipMessage
 
         assert self.server is not None
+        await self.refresh_server_ips()
         addr = await self._resolve(self.server)
         first = client.gen_first_response(deregister=deregister)
         resp = await self.request(first.encode(), _branch_of(first), addr, timeout_s=self.register_timeout_s)

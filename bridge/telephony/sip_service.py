@@ -7,22 +7,28 @@
 Modes, from the SIP_* settings:
 - `register`: SIP_SERVER + SIP_USER + SIP_PASSWORD. Registers (pyVoIP digest), refreshes, and
   retries with back-off; a failure shows in `status()` and the log and never blocks start-up.
-- `trunk`: no password. No registration; INVITEs are taken from SIP_SERVER's address only (a PBX
+- `trunk`: no password. No registration; requests are taken from SIP_SERVER's address only (a PBX
   trunk or SBC), or from anyone if SIP_SERVER is unset (SIP_USER alone enables SIP).
+
+Trusted sources (both modes): SIP_SERVER's addresses (resolved at start and, when registering, on
+every REGISTER) plus SIP_TRUSTED_PEERS; anything else gets 403 or nothing (SIP_UNTRUSTED_ACTION).
+Admission: the `admission` slots (shared with the Twilio leg by the app; max_calls of its own when
+none are given) bound the calls in progress; beyond them INVITEs get 503 with Retry-After.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 from typing import Any
 
 from bridge.errors import ConfigError
+from bridge.limits import Slots
 from bridge.settings import Settings
 from bridge.telephony.rtp import ticker_for_loop
 from bridge.telephony.sip import OnCall, Registration, SipEndpoint
+from bridge.telephony.sip_policy import SourcePolicy, parse_trusted_peers
 
 log = logging.getLogger(__name__)
 
@@ -65,39 +71,44 @@ def _advertised_ip(settings: Settings, bind_host: str) -> str:
         return "127.0.0.1"
 
 
-def _resolve_ip(host: str) -> str:
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        try:
-            return socket.gethostbyname(host)
-        except OSError as exc:
-            raise ConfigError(f"SIP_SERVER {host!r} does not resolve: {exc}") from exc
+def source_policy(settings: Settings) -> SourcePolicy:
+    """The trust policy from the settings, before SIP_SERVER is resolved. Raises `ConfigError` for a
+    bad SIP_TRUSTED_PEERS entry."""
+    peers = parse_trusted_peers(settings.sip_trusted_peers)
+    open_to_all = not settings.sip_server and not peers  # lab trunk: SIP_USER alone
+    return SourcePolicy(peers=peers, action=settings.sip_untrusted_action, open_to_all=open_to_all)
 
 
 async def start_sip(settings: Settings, on_call: OnCall, *, bind_host: str = "0.0.0.0",
                     rtp_ports: tuple[int, int] | None = DEFAULT_RTP_PORTS, answer_delay_ms: int = 0,
-                    register_timeout_s: float = 4.0) -> SipService:
+                    register_timeout_s: float = 4.0, admission: Slots | None = None) -> SipService:
     """Bind the SIP socket on SIP_LOCAL_PORT and start registering (if configured).
 
     Returns as soon as the socket is bound: registration runs in the background and its state is
-    in `status()`. Raises `ConfigError` if the port cannot be bound or SIP_SERVER does not resolve.
+    in `status()`. Raises `ConfigError` if the port cannot be bound, SIP_TRUSTED_PEERS has a bad
+    entry, or (trunk mode) SIP_SERVER does not resolve.
     `on_call(leg)` runs once per answered call; when it returns the call is hung up.
+    `admission`: the process's call slots (shared with the Twilio leg); a slot is taken when an
+    INVITE is accepted and given back when that call ends. Own `Slots(max_calls)` when None.
     """
     loop = asyncio.get_running_loop()
     register = bool(settings.sip_server and settings.sip_user and settings.sip_password)
     server = (settings.sip_server, settings.sip_port) if settings.sip_server else None
     mode = "register" if register else "trunk"
     registration = Registration(mode=mode, registrar=f"{server[0]}:{server[1]}" if server else "")
-    trusted = None
-    if not register and server is not None:
-        trusted = frozenset({_resolve_ip(server[0]), "127.0.0.1"} if server[0] in ("localhost",) else
-                            {_resolve_ip(server[0])})
+    policy = source_policy(settings)
     advertised = _advertised_ip(settings, bind_host)
     endpoint = SipEndpoint(user=settings.sip_user or "bridge", advertised_ip=advertised, on_call=on_call,
                            registration=registration, server=server, password=settings.sip_password,
-                           trusted_ips=trusted, rtp_bind=bind_host, rtp_ports=rtp_ports,
+                           policy=policy, admission=admission if admission is not None else
+                           Slots(settings.max_calls), rtp_bind=bind_host, rtp_ports=rtp_ports,
                            answer_delay_ms=answer_delay_ms, register_timeout_s=register_timeout_s)
+    await endpoint.refresh_server_ips()
+    if server is not None and not policy.server_ips and not register:
+        raise ConfigError(f"SIP_SERVER {server[0]!r} does not resolve: the trunk's address is unknown")
+    if policy.open_to_all:
+        log.warning("SIP: neither SIP_SERVER nor SIP_TRUSTED_PEERS is set: SIP requests from ANY address "
+                    "are served (lab use only)")
     try:
         await loop.create_datagram_endpoint(lambda: endpoint, local_addr=(bind_host, settings.sip_local_port))
     except OSError as exc:
@@ -112,6 +123,7 @@ async def start_sip(settings: Settings, on_call: OnCall, *, bind_host: str = "0.
         else:
             registration.state = "registering"
             endpoint.start_registration()
-    log.info("SIP: listening on %s:%d (advertised %s), mode %s%s", bind_host, endpoint.port, advertised, mode,
-             f", registrar {registration.registrar}" if register else "")
+    log.info("SIP: listening on %s:%d (advertised %s), mode %s%s; trusted sources: %s; at most %d calls",
+             bind_host, endpoint.port, advertised, mode, f", registrar {registration.registrar}" if register
+             else "", policy.describe(), endpoint.admission.limit if endpoint.admission else 0)
     return SipService(endpoint)

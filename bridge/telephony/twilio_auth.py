@@ -113,6 +113,22 @@ def request_target(scope: Mapping[str, object]) -> str:
     return path
 
 
+def client_source(peer: str | None, headers: Mapping[str, str], trust_proxy: bool) -> str:
+    """The address a request is counted against by the per-source rate limit.
+
+    The TCP peer, unless the bridge trusts its proxy (`BRIDGE_TRUST_PROXY`): then the last
+    `X-Forwarded-For` entry, the client address that proxy itself appended. Earlier entries are
+    whatever the client chose to send: keyed on them, a flood could give each request a fresh bucket.
+    """
+    if trust_proxy:
+        forwarded = _header(headers, "x-forwarded-for")
+        if forwarded:
+            hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+            if hops:
+                return hops[-1]
+    return peer or "?"
+
+
 def _split_request_url(request_url: str) -> tuple[str, str, str]:
     """`(scheme, host, target)`; `target` keeps path and query byte-for-byte."""
     if request_url.startswith("/"):

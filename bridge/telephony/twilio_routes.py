@@ -3,7 +3,14 @@
 `TwilioLeg` adapts one Media Streams websocket to the `Leg` protocol through the no-I/O
 `TwilioStream` core. Bad input ends only that stream, with a log line and a close code:
 binary frames 1003, malformed or out-of-order messages 1007, oversized messages 1009,
-unauthorised streams 1008 (policy violation).
+unauthorised streams 1008 (policy violation), streams beyond `BRIDGE_MAX_CALLS` 1013 (try again later).
+
+Admission (docs/security.md): the call slot is taken when an authenticated stream starts (its
+token checked) and given back when that stream's handler ends, whatever ends it, so no slot
+outlives its websocket. The voice webhook only looks at `full` to answer busy TwiML early; a call
+admitted there can still meet a full bridge at stream start (a race between two webhooks), and
+then its stream is closed with 1013 and the call goes on to the `<Connect action>` URL, which
+hangs up. Every webhook and stream upgrade first passes a per-source token bucket (429).
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request, Response, WebSocket
@@ -20,6 +28,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from bridge.errors import BridgeError
+from bridge.limits import RateLimiter, Slots
 from bridge.metrics import METRICS, BridgeMetrics
 from bridge.settings import Settings
 from bridge.telephony import twilio as tw
@@ -38,6 +47,7 @@ from bridge.telephony.twilio_auth import (
     StreamTokenError,
     TwilioGuard,
     WebhookBodyError,
+    client_source,
     parse_form,
     request_target,
 )
@@ -50,9 +60,20 @@ CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013
 
-# Decides whether a started stream may go on (issue: stream tokens). Returns a refusal reason or None.
-StartGuard = Callable[[CallStarted], Awaitable[str | None]]
+
+@dataclass(frozen=True)
+class StreamRefusal:
+    """A started stream refused with a close code other than 1008 (e.g. 1013 when full)."""
+
+    code: int
+    reason: str
+
+
+# Decides whether a started stream may go on (issue: stream tokens). Returns a refusal (a reason
+# closed with 1008, or a `StreamRefusal`) or None.
+StartGuard = Callable[[CallStarted], Awaitable[str | StreamRefusal | None]]
 # Runs the call for a leg once the websocket is accepted.
 CallRunner = Callable[["TwilioLeg"], Awaitable[object]]
 # The dialplan flow for a called number, None when the bridge does not serve it.
@@ -117,8 +138,12 @@ class TwilioLeg:
                 if isinstance(event, CallStarted):
                     refusal = await self._guard(event) if self._guard is not None else None
                     if refusal is not None:
-                        await self._refuse(CLOSE_POLICY_VIOLATION, refusal)
-                        yield CallEnded(f"refused: {refusal}")
+                        if isinstance(refusal, StreamRefusal):
+                            code, reason = refusal.code, refusal.reason
+                        else:
+                            code, reason = CLOSE_POLICY_VIOLATION, refusal
+                        await self._refuse(code, reason)
+                        yield CallEnded(f"refused: {reason}")
                         return
                     self.encoding = event.encoding
                     self.started = event
@@ -253,13 +278,21 @@ def twilio_router(
     flow_for: FlowFor | None = None,
     continuer: TwilioContinuer | None = None,
     clock: Callable[[], float] = time.time,
+    call_slots: Slots | None = None,
+    rate_limiter: RateLimiter | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> APIRouter:
     """`POST /twilio/voice`, `POST /twilio/status`, `POST /twilio/continue`, `WS /twilio/media`.
 
     With `TWILIO_AUTH_TOKEN` every webhook and upgrade must be signed and every stream must carry
     the token its TwiML gave it; without it the bridge runs in a loudly logged development mode.
+    `call_slots` is the process-wide admission (shared with the SIP leg; its own
+    `Slots(settings.max_calls)` when None); `rate_limiter` the per-source buckets (from settings
+    when None), on the `monotonic` clock.
     """
     router = APIRouter()
+    slots = call_slots if call_slots is not None else Slots(settings.max_calls)
+    limiter = rate_limiter or RateLimiter(settings.rate_per_source_per_s, settings.rate_burst)
     security = twilio_guard or TwilioGuard(settings)
     calls: CallRegistry = registry if registry is not None else InProcessCallRegistry()
     stats = metrics if metrics is not None else METRICS
@@ -270,9 +303,20 @@ def twilio_router(
             "tokens are NOT enforced. Never expose this bridge to the internet like this."
         )
 
+    def within_rate(peer: str | None, headers: Mapping[str, str], route: str) -> bool:
+        source = client_source(peer, headers, settings.trust_proxy)
+        if limiter.allow(source, monotonic()):
+            return True
+        stats.admission_rejections.inc(leg="twilio", reason="rate")
+        stats.webhook_rejections.inc(route=route, reason="rate")
+        log.warning("twilio %s from %s refused: over %g requests/s", route, source, limiter.rate_per_s)
+        return False
+
     async def admit(request: Request, route: str) -> list[tuple[str, str]] | Response:
         """The signed form of a webhook, or the refusal to send back."""
         stats.webhook_requests.inc(route=route)
+        if not within_rate(request.client.host if request.client else None, request.headers, route):
+            return Response(status_code=429, headers={"Retry-After": "1"})
         try:
             body = await _read_body(request, security.max_body_bytes)
             form = parse_form(body, request.headers.get("content-type"), security.max_body_bytes)
@@ -300,6 +344,11 @@ def twilio_router(
         form = dict(admitted)
         call_sid, caller, called = form.get("CallSid", ""), form.get("From", ""), form.get("To", "")
         try:
+            if slots.full:  # only a look: the slot itself is taken when the stream starts
+                stats.admission_rejections.inc(leg="twilio", reason="max_calls")
+                log.warning("call %s refused busy: %d calls in progress (BRIDGE_MAX_CALLS)", call_sid,
+                            slots.in_use)
+                return xml(twiml.reject_busy())
             flow = flow_for(called) if flow_for is not None else None
             if flow_for is not None and flow is None:
                 stats.webhook_rejections.inc(route="/twilio/voice", reason="unknown_number")
@@ -362,6 +411,9 @@ def twilio_router(
     @router.websocket("/twilio/media")
     async def media(ws: WebSocket) -> None:
         stats.webhook_requests.inc(route="/twilio/media")
+        if not within_rate(ws.client.host if ws.client else None, ws.headers, "/twilio/media"):
+            await _deny_upgrade(ws, 429)
+            return
         refusal = security.check_upgrade(request_target(ws.scope), ws.headers)
         await ws.accept()
         if refusal is not None:
@@ -371,13 +423,18 @@ def twilio_router(
                 await ws.close(code=CLOSE_POLICY_VIOLATION, reason=refusal)
             return
         attached: list[CallStarted] = []
+        holding: list[bool] = []  # one entry while this stream holds a call slot
 
-        async def admit_stream(event: CallStarted) -> str | None:
+        async def admit_stream(event: CallStarted) -> str | StreamRefusal | None:
             try:
                 security.check_token(event.params.get(STREAM_TOKEN_PARAMETER), event.call_id, clock())
             except StreamTokenError as exc:
                 stats.webhook_rejections.inc(route="/twilio/media", reason=f"token_{exc.reason}")
                 return str(exc)
+            if not slots.try_acquire():
+                stats.admission_rejections.inc(leg="twilio", reason="max_calls")
+                return StreamRefusal(CLOSE_TRY_AGAIN_LATER, f"bridge is at BRIDGE_MAX_CALLS ({slots.limit})")
+            holding.append(True)
             if not await calls.attach_stream(event.call_id, event.stream_id, leg_closer, clock()):
                 stats.webhook_rejections.inc(route="/twilio/media", reason="stream_not_allowed")
                 return "call has ended or already has an open stream"
@@ -396,8 +453,20 @@ def twilio_router(
         except Exception:
             log.exception("call on twilio stream failed")
         finally:
+            if holding:  # first: nothing below may keep the slot from being given back
+                holding.clear()
+                slots.release()
             await leg.finish()
             for event in attached:
                 await calls.detach_stream(event.call_id, event.stream_id, clock())
 
     return router
+
+
+async def _deny_upgrade(ws: WebSocket, status: int) -> None:
+    """Refuse a websocket upgrade with an HTTP status (403 when the server cannot send one)."""
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        headers = {"Retry-After": "1"} if status == 429 else None
+        await ws.send_denial_response(Response(status_code=status, headers=headers))
+    else:
+        await ws.close(code=CLOSE_TRY_AGAIN_LATER)

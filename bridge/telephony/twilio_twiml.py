@@ -5,6 +5,8 @@
   stream URL, so the URL itself must have none). With `action_url`, Twilio POSTs there when the
   stream ends and plays the TwiML it gets back: that is how a transfer or hang-up continues.
 - `dial`, `hangup`, `say_and_hangup`: the continuations (and the polite refusal).
+- `reject_busy`: the answer when the bridge is at its call limit (the caller hears a busy tone and
+  the call is never answered, so it is not billed as a connected call).
 """
 
 from __future__ import annotations
@@ -84,4 +86,11 @@ def say_and_hangup(text: str) -> str:
     response = VoiceResponse()
     response.say(text)
     response.hangup()
+    return str(response)
+
+
+def reject_busy() -> str:
+    """`<Response><Reject reason="busy"/></Response>`."""
+    response = VoiceResponse()
+    response.reject(reason="busy")
     return str(response)

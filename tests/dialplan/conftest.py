@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bridge.dialplan.loader import DialplanInvalid, load_dialplan
-from bridge.dialplan.model import Dialplan
+from bridge.dialplan.schema import Dialplan
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -70,3 +70,38 @@ def test_simulate_upstream_failure_and_failed_transfer() -> None:
     assert 'SAY "Thanks. We\'ll call you back at 5 5 5 1 2 3 4 5 6 7 on the next business day."' in out
     out = run_simulation("0\n:fail\n", "main", "--dialplans", str(REPO / "dialplans"))
     assert "SAY \"Sorry, I couldn't connect your call. Please call again later. Goodbye.\"" in out
+
+
+def test_check_reports_every_kind_of_problem_in_one_run(tmp_path: Path) -> None:
+    """A YAML trap, an unknown goto and a bad field (and a trap in a value) in one file: all four are
+    reported, each at its line, in one run; not the first kind only."""
+    bad = tmp_path / "main.yaml"
+    bad.write_text(
+        "numbers: {default: main}\n"               # 1
+        "flows:\n"                                 # 2
+        "  main:\n"                                # 3
+        '    - say: "Welcome."\n'                  # 4
+        "    - menu:\n"                            # 5
+        '        prompt: "Press 1 for sales."\n'   # 6
+        "        options:\n"                       # 7
+        "          1: sales\n"                     # 8  YAML trap: the key is a number
+        "    - goto: nowhere\n"                    # 9  unknown flow
+        "  sales:\n"                               # 10
+        "    - collect: {variable: account, digits: 40}\n"  # 11 bad field
+        "    - say: yes\n"                         # 12 YAML trap: a boolean
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "bridge", "dialplan", "check", str(bad)],
+        capture_output=True, text=True, cwd=REPO, timeout=60, check=False,
+    )
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    assert lines == [
+        f'{bad}:8 flows.main[1].menu.options["1"]: YAML reads the key 1 as a number; quote it: "1"',
+        f"{bad}:9 flows.main[2].goto: unknown target 'nowhere'; "
+        "expected a flow (main, sales), next or hang_up",
+        f"{bad}:11 flows.sales[0].collect.digits: expected less than or equal to 32",
+        f'{bad}:12 flows.sales[1].say: YAML reads yes as the boolean true; write true, '
+        'or quote it ("yes") if you mean the word',
+        f"{bad}: 4 problem(s)",
+    ], proc.stdout

@@ -10,7 +10,9 @@ import pytest
 
 from bridge.dialplan.listener import FRAME_BYTES, MenuListener
 from bridge.dialplan.loader import load_dialplan
-from bridge.dialplan.runner import match_option, spoken_phrases
+from bridge.dialplan.matching import match_option, spoken_phrases
+from bridge.dialplan.schema import MenuStep
+from bridge.engine.asr_pool import RemoteRecognizer
 from tests.dialplan.conftest import REPO
 from tests.helpers import speech
 
@@ -96,10 +98,10 @@ async def test_stop_drops_a_turn_in_progress() -> None:
 async def test_spoken_menu_words_reach_the_right_option() -> None:
     """The default menu, answered by voice, through the real recognizer with the menu's grammar."""
     plan = load_dialplan(REPO / "dialplans")
-    menu = plan.flows["main"][1].menu
-    assert menu is not None
+    menu = plan.flows["main"][1]
+    assert isinstance(menu, MenuStep)
     heard: list[str] = []
-    listener = MenuListener(heard.append)
+    listener = MenuListener(heard.append, recognizer_factory=RemoteRecognizer)
     listener.listen(spoken_phrases(menu))
     for phrase, key in (("operator", "0"), ("questions", "1")):
         before = len(heard)

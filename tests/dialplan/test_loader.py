@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bridge.dialplan.loader import DialplanInvalid, check, format_loc, load_dialplan
-from bridge.dialplan.model import Dialplan
+from bridge.dialplan.schema import AgentStep, Dialplan, PlayStep
 from tests.dialplan.conftest import REPO
 
 Problems = Callable[[str], list[str]]
@@ -39,8 +39,8 @@ def test_minimal_cloud_agent_file_is_valid(plan: Callable[[str], Dialplan]) -> N
     p = plan(MINIMAL)
     step = p.flows["main"][0]
     assert step.kind == "agent"
-    assert step.agent is not None
-    assert step.agent.provider == "openai"
+    assert isinstance(step, AgentStep)
+    assert step.provider == "openai"
     assert p.flow_for("+15550100") == "main"
 
 
@@ -53,8 +53,8 @@ def test_shipped_examples_are_valid(path: str) -> None:
 
 def test_play_paths_resolve_relative_to_the_file() -> None:
     plan = load_dialplan(REPO / "dialplans")
-    play = plan.flows["operator"][0].play
-    assert play is not None
+    play = plan.flows["operator"][0]
+    assert isinstance(play, PlayStep)
     assert play.file == (REPO / "dialplans" / "audio" / "chime.wav").resolve()
     assert play.file.is_file()
 
@@ -394,3 +394,44 @@ def test_empty_values(problems: Problems) -> None:
         """)
     assert at(one(got, "`say:` needs a value")) == (4, "flows.main[0]")
     assert at(one(got, "expected a target")) == (8, 'flows.main[1].menu.options["1"]')
+
+
+def test_whole_plan_checks_run_beside_schema_errors(problems: Problems) -> None:
+    """A schema error elsewhere does not hide an unknown target, an unknown variable or a loop."""
+    got = problems("""
+        numbers: {default: main}
+        flows:
+          main:
+            - say: {text: "Hi {nme}.", barge_in: maybe}
+            - say: "Hello {nme}."
+            - goto: nowehre
+          spin:
+            - say: "Again."
+            - goto: spin
+        """)
+    assert at(one(got, "barge_in")) == (4, "flows.main[0].say.barge_in")
+    assert at(one(got, "unknown variable {nme}")) == (5, "flows.main[1].say.text")
+    assert at(one(got, "unknown target 'nowehre'")) == (6, "flows.main[2].goto")
+    assert at(one(got, "loop without input")) == (8, "flows.spin[0]")
+    # `spin` is unreachable, but the broken first step might have led there: not reported (no guessing)
+    assert len(got) == 4, got
+
+
+def test_a_step_that_failed_validation_causes_no_guessed_problems(problems: Problems) -> None:
+    """The only way to `sales` is a menu with an error, the only `collect` of {account} has one too:
+    neither `sales` unreachable nor {account} unknown is reported, only the two real errors."""
+    got = problems("""
+        numbers: {default: main}
+        flows:
+          main:
+            - menu: {prompt: "Press 1.", options: {"1": sales}, retries: many}
+            - collect: {variable: account, digits: 0}
+            - say: "Account {account}."
+          sales:
+            - say: "Sales."
+            - goto: sales
+        """)
+    assert at(one(got, "retries")) == (4, "flows.main[0].menu.retries")
+    assert at(one(got, "digits")) == (5, "flows.main[1].collect.digits")
+    assert at(one(got, "loop without input")) == (8, "flows.sales[0]")  # found without the menu
+    assert len(got) == 3, got

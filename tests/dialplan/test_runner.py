@@ -9,8 +9,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from bridge.dialplan.hours import hours_open, parse_window
 from bridge.dialplan.loader import load_dialplan
-from bridge.dialplan.model import Dialplan, HoursStep, parse_window
+from bridge.dialplan.matching import match_option, normalise, spoken_phrases
 from bridge.dialplan.runner import (
     Action,
     HangUp,
@@ -24,12 +25,9 @@ from bridge.dialplan.runner import (
     StopListening,
     StopPrompts,
     Transfer,
-    hours_open,
-    match_option,
-    normalise,
     spell_digits,
-    spoken_phrases,
 )
+from bridge.dialplan.schema import Dialplan, HoursStep, MenuStep
 from tests.dialplan.conftest import REPO
 
 Plan = Callable[[str], Dialplan]
@@ -334,7 +332,7 @@ def test_agent_is_resolved_with_defaults_and_variables(plan: Plan) -> None:
     assert a.instructions == "Help caller +15551234."  # not spelled out: the model reads it
     assert a.barge_in is not None
     assert a.barge_in.min_speech_ms == 300
-    assert dict(start.dtmf_shortcuts) == {"0": "transfer", "9": "hang_up", "7": "sales"}
+    assert dict(a.dtmf) == {"0": "transfer", "9": "hang_up", "7": "sales"}
     assert r.next_timer_ms == 120_000
 
 
@@ -482,8 +480,8 @@ def test_normalise() -> None:
 
 def test_match_option_synonyms_and_ambiguity(plan: Plan) -> None:
     p = plan(MENU)
-    menu = p.flows["main"][1].menu
-    assert menu is not None
+    menu = p.flows["main"][1]
+    assert isinstance(menu, MenuStep)
     assert match_option(menu, "Invoice") == "1"
     assert match_option(menu, "my bill please") == "1"
     assert match_option(menu, "press one") == "1"

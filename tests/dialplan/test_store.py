@@ -59,8 +59,8 @@ def test_reload_swaps_and_versions(tmp_path: Path) -> None:
     assert store.reload() == []
     v2 = store.current()
     assert (v2.version, store.version) == (2, 2)
-    assert v1.flows["main"][0].menu.prompt == "Version one. Press 1."  # type: ignore[union-attr]
-    assert v2.flows["main"][0].menu.prompt == "Version two. Press 1."  # type: ignore[union-attr]
+    assert v1.flows["main"][0].prompt == "Version one. Press 1."  # type: ignore[union-attr]
+    assert v2.flows["main"][0].prompt == "Version two. Press 1."  # type: ignore[union-attr]
 
 
 def test_invalid_change_is_rejected_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -19,7 +19,7 @@ from bridge.audio import codec
 from bridge.engine.responder import tokens
 from bridge.engine.server import EngineServices, mount_engine
 from bridge.settings import Settings
-from tests.engine.test_server import Client, connect
+from tests.engine.test_server import TEST_TOKEN, Client, connect
 from tests.helpers.servers import serve
 from tests.helpers.speech import phone_speech, silence
 
@@ -58,7 +58,7 @@ EXTENSION = {
 
 @pytest.fixture(scope="module")
 def real_engine() -> Iterator[tuple[str, EngineServices]]:
-    services = EngineServices(Settings())
+    services = EngineServices(Settings(), token=TEST_TOKEN)
     services.preload()
 
     def make(_port: int) -> FastAPI:

@@ -6,9 +6,11 @@ import json
 
 import pytest
 
+from bridge.engine.backends import ChatBackend, EgressNotAllowed, chat_backend, chat_key
 from bridge.engine.extension import DEFAULT_FALLBACK_REPLY, EngineExtension, parse_extension
 from bridge.engine.responder import Responder, Turn, match_turn, spoken_instruction
 from bridge.errors import ConfigError
+from bridge.settings import Settings
 from tests.helpers.chat_standin import ChatStandin
 
 EXT = parse_extension(
@@ -109,14 +111,17 @@ async def test_reply_kinds() -> None:
     assert (await r.reply(Turn("tool_output", tool_output='{"ok": true}'))).text == ""
 
 
-def _with_chat(url: str, **extra: object) -> EngineExtension:
-    return parse_extension({**EXT.model_dump(mode="json"), "chat_completions": {"url": url, **extra}})
+def _with_chat(backend: ChatBackend) -> EngineExtension:
+    """The extension carries only the backend's id; the turn carries the backend the engine resolved."""
+    return parse_extension({**EXT.model_dump(mode="json"), "chat_completions": backend.id})
 
 
 async def test_chat_completions_fallback_against_standin() -> None:
     with ChatStandin(replies=["We deliver on Sundays too."]) as chat:
-        ext = _with_chat(chat.base_url, model="tiny", api_key_env="OPENAI_API_KEY")
-        r = Responder(api_key_lookup=lambda name: "sk-test" if name == "OPENAI_API_KEY" else None)
+        backend = chat_backend(chat.base_url, "tiny", "OPENAI_API_KEY")
+        ext = _with_chat(backend)
+        settings = Settings(openai_api_key="sk-test", twilio_auth_token="twilio-secret")
+        r = Responder(api_key_lookup=lambda name: chat_key(settings, name))
         turn = Turn(
             "user",
             "do you deliver on sundays",
@@ -124,6 +129,7 @@ async def test_chat_completions_fallback_against_standin() -> None:
             history=(("assistant", "Thanks for calling."), ("user", "do you deliver on sundays")),
             tools=({"type": "function", "name": "transfer", "parameters": {"type": "object"}},),
             extension=ext,
+            chat=backend,
         )
         reply = await r.reply(turn)
         assert (reply.text, reply.source) == ("We deliver on Sundays too.", "chat")
@@ -136,23 +142,28 @@ async def test_chat_completions_fallback_against_standin() -> None:
         assert body["messages"][-1] == {"role": "user", "content": "do you deliver on sundays"}
         assert body["tools"][0]["function"]["name"] == "transfer"
         # intents still win over the model
-        assert (await r.reply(Turn("user", "billing", extension=ext))).source == "intent"
+        assert (await r.reply(Turn("user", "billing", extension=ext, chat=backend))).source == "intent"
+        assert len(chat.requests) == 1
+        # the extension alone (an id, no resolved backend) sends nothing anywhere
+        assert (await r.reply(Turn("user", "do you deliver", extension=ext))).source == "fallback"
         assert len(chat.requests) == 1
 
 
 async def test_chat_tool_call_and_failures() -> None:
     with ChatStandin(replies=[{"tool": "transfer", "arguments": {"target": "sales"}}, 500, "unused"]) as chat:
-        ext = _with_chat(chat.base_url + "/chat/completions")
+        backend = chat_backend(chat.base_url + "/chat/completions")
+        ext = _with_chat(backend)
         r = Responder()
-        reply = await r.reply(Turn("user", "i want to buy something", extension=ext))
+        reply = await r.reply(Turn("user", "i want to buy something", extension=ext, chat=backend))
         assert reply.tool is not None
         assert (reply.tool.name, json.loads(reply.tool.arguments)) == ("transfer", {"target": "sales"})
-        failed = await r.reply(Turn("user", "i want to buy something", extension=ext))
+        failed = await r.reply(Turn("user", "i want to buy something", extension=ext, chat=backend))
         assert failed.source == "fallback"
         assert "Authorization" not in chat.requests[0]["headers"]
     # nothing listening at all: still a polite fallback
-    dead = _with_chat("http://127.0.0.1:9/v1", timeout_s=1)
-    assert (await Responder().reply(Turn("user", "anything at all", extension=dead))).source == "fallback"
+    dead = chat_backend("http://127.0.0.1:9/v1", timeout_s=1)
+    turn = Turn("user", "anything at all", extension=_with_chat(dead), chat=dead)
+    assert (await Responder().reply(turn)).source == "fallback"
 
 
 @pytest.mark.parametrize(
@@ -161,7 +172,8 @@ async def test_chat_tool_call_and_failures() -> None:
         ({"intents": [{"name": "x", "phrases": ["a"]}]}, "intents.0"),
         ({"intents": [{"name": "x", "phrases": [], "reply": "r"}]}, "intents.0.phrases"),
         ({"faq": [{"answer": "a"}]}, "faq.0"),
-        ({"chat_completions": {"url": "ftp://x"}}, "chat_completions.url"),
+        ({"chat_completions": {"url": "http://x"}}, "chat_completions"),
+        ({"chat_completions": ""}, "chat_completions"),
         ({"bogus": 1}, "bogus"),
     ],
 )
@@ -173,3 +185,26 @@ def test_extension_errors_name_the_field(raw: dict[str, object], where: str) -> 
 def test_expected_phrases() -> None:
     assert EXT.expected_phrases()[:3] == ["billing", "my bill", "pay my invoice"]
     assert "when are you open" in EXT.expected_phrases()
+
+
+def test_extension_with_an_endpoint_is_an_egress_refusal() -> None:
+    with pytest.raises(EgressNotAllowed, match="set by the operator"):
+        parse_extension({"chat_completions": {"url": "http://attacker.example/v1", "api_key_env": "X"}})
+    ref = "chat_0123456789abcdef"
+    assert parse_extension({"chat_completions": ref}).chat_completions == ref
+
+
+def test_backends_take_only_chat_keys() -> None:
+    with pytest.raises(ConfigError, match=r"TWILIO_AUTH_TOKEN.*OPENAI_API_KEY"):
+        chat_backend("http://127.0.0.1:1/v1", "m", "TWILIO_AUTH_TOKEN")
+    with pytest.raises(ConfigError, match="http"):
+        chat_backend("file:///etc/passwd")
+    settings = Settings(openai_api_key="sk-o", azure_api_key="az", twilio_auth_token="tw", sip_password="pw")
+    assert chat_key(settings, "OPENAI_API_KEY") == "sk-o"
+    assert chat_key(settings, "AZURE_OPENAI_API_KEY") == "az"
+    for name in ("TWILIO_AUTH_TOKEN", "SIP_PASSWORD", "BRIDGE_ENGINE_TOKEN"):
+        assert chat_key(settings, name) is None
+    a, b = chat_backend("http://h/v1", "m", "OPENAI_API_KEY"), chat_backend("http://h/v1", "m", None)
+    assert a.id != b.id
+    assert a.id == chat_backend("http://h/v1", "m", "OPENAI_API_KEY").id
+    assert "http://h" not in repr(a)

@@ -67,7 +67,7 @@ def _assert_own_classes(seen: list[Any]) -> None:
 
 async def test_ga_client_full_session(fast_engine: tuple[str, EngineServices]) -> None:
     base, services = fast_engine
-    client = AsyncOpenAI(api_key="test", base_url=base + "/v1")
+    client = AsyncOpenAI(api_key=services.token, base_url=base + "/v1")
     seen: list[Any] = []
     async with client.realtime.connect(model="gpt-realtime") as conn:
         created = await _until(conn, "session.created", seen)
@@ -144,9 +144,9 @@ async def test_ga_client_full_session(fast_engine: tuple[str, EngineServices]) -
 
 
 async def test_beta_client_with_websocket_base_url(fast_engine: tuple[str, EngineServices]) -> None:
-    base, _ = fast_engine
+    base, services = fast_engine
     ws_base = base.replace("http://", "ws://") + "/v1"
-    client = AsyncOpenAI(api_key="test", base_url=base + "/v1", websocket_base_url=ws_base)
+    client = AsyncOpenAI(api_key=services.token, base_url=base + "/v1", websocket_base_url=ws_base)
     seen: list[Any] = []
     async with client.beta.realtime.connect(model="gpt-4o-realtime-preview") as conn:
         created = await _until(conn, "session.created", seen)
@@ -182,7 +182,7 @@ async def test_ga_client_real_speech_in_and_out() -> None:
     up = Upsampler()
     pcm24 = up.process(quiet(500) + utterance + quiet(1200))
     with _serve(services) as (base, _app):
-        client = AsyncOpenAI(api_key="test", base_url=base + "/v1")
+        client = AsyncOpenAI(api_key=services.token, base_url=base + "/v1")
         seen: list[Any] = []
         async with client.realtime.connect(model="gpt-realtime") as conn:
             await conn.session.update(

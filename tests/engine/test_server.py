@@ -49,13 +49,19 @@ class ScriptedRecognizer:
         return Transcript(text=text, search="scripted", elapsed_ms=0.0, audio_ms=self.fed // 16)
 
 
+TEST_TOKEN = "test-engine-token"  # the engine token every test client presents
+
+
 def fast_services(
-    texts: list[str] | None = None, token: str | None = None, cache_replies: bool = False
+    texts: list[str] | None = None,
+    token: str = TEST_TOKEN,
+    cache_replies: bool = False,
+    settings: Settings | None = None,
 ) -> EngineServices:
     """Fixed replies are not cached by default here, so a long answer is still being synthesized when
     the test barges in or cancels (with the cache it would be complete within milliseconds)."""
     return EngineServices(
-        Settings(),
+        settings or Settings(),
         detector_factory=energy_detector,
         recognizer_factory=lambda: ScriptedRecognizer(list(texts or ["billing please"])),
         synthesizer_factory=lambda rate: Synthesizer(out_rate=rate, engine="espeak", cache=PromptCache()),
@@ -125,7 +131,7 @@ class Client:
 
 
 @asynccontextmanager
-async def connect(url: str, *, beta: bool = False, token: str = "anything") -> AsyncIterator[Client]:
+async def connect(url: str, *, beta: bool = False, token: str = TEST_TOKEN) -> AsyncIterator[Client]:
     headers = {"Authorization": f"Bearer {token}"}
     if beta:
         headers["OpenAI-Beta"] = "realtime=v1"

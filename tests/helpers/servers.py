@@ -21,14 +21,20 @@ def bind_ephemeral() -> socket.socket:
 
 
 @contextmanager
-def serve(make_app: Callable[[int], Any]) -> Iterator[tuple[str, Any]]:
-    """Bind a port, build the app for it (`make_app(port)`), serve it; yields (base_url, app)."""
+def serve(
+    make_app: Callable[[int], Any], make_config: Callable[[Any], uvicorn.Config] | None = None
+) -> Iterator[tuple[str, Any]]:
+    """Bind a port, build the app for it (`make_app(port)`), serve it; yields (base_url, app).
+    `make_config(app)` replaces the test configuration (e.g. `ivr-bridge serve`'s own)."""
     sock = bind_ephemeral()
     port = sock.getsockname()[1]
     app = make_app(port)
-    config = uvicorn.Config(
-        app, log_level="warning", ws_max_size=16 * 1024 * 1024, ws_ping_interval=None, lifespan="on"
-    )
+    if make_config is not None:
+        config = make_config(app)
+    else:
+        config = uvicorn.Config(
+            app, log_level="warning", ws_max_size=16 * 1024 * 1024, ws_ping_interval=None, lifespan="on"
+        )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()

@@ -72,6 +72,17 @@ def test_local() -> None:
     )
 
 
+def test_local_sends_the_engine_token_and_only_local_does() -> None:
+    s = settings(port=9090, engine_token="eng-tok", openai_api_key="sk-abc", azure_api_key="az",
+                 azure_endpoint="https://x.openai.azure.com")  # fmt: skip
+    assert resolve_endpoint("local", settings=s).headers == {"Authorization": "Bearer eng-tok"}
+    assert resolve_endpoint("openai", settings=s).headers == {"Authorization": "Bearer sk-abc"}
+    assert resolve_endpoint("azure", settings=s, model="d").headers == {"api-key": "az"}
+    stranger = resolve_endpoint("wss://rt.example.com/realtime", settings=s)
+    assert stranger.headers == {"Authorization": "Bearer local"}  # the engine token never goes to a URL
+    assert "eng-tok" not in repr(resolve_endpoint("local", settings=s))
+
+
 @pytest.mark.parametrize(
     ("host", "netloc"),
     [("0.0.0.0", "127.0.0.1"), ("::", "127.0.0.1"), ("10.1.2.3", "10.1.2.3"), ("::1", "[::1]")],

@@ -29,12 +29,6 @@ def dtmf_pcap() -> Path:
     return require_file(DTMF_PCAP)
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def speech_ulaw(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Real recorded speech (Asterisk prompts): a µ-law WAV for SIPp and the 16-bit source."""
@@ -67,13 +61,21 @@ class SippResult:
     errors: str
 
 
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 async def run_sipp(scenario: Path, target_port: int, *, calls: int = 1, rate: int = 10, timeout_s: int = 40,
-                   service: str = "bridge", workdir: Path) -> SippResult:
+                   service: str = "bridge", workdir: Path, local_ip: str = "127.0.0.1") -> SippResult:
+    """SIPp against 127.0.0.1:`target_port`, its signalling and media bound to `local_ip` (any
+    127/8 address on Linux loopback: a second host for trust tests)."""
     sipp = require_binary("sipp")
-    port = free_udp_port()
-    media = free_udp_port()
-    args = [sipp, f"127.0.0.1:{target_port}", "-sf", str(scenario), "-s", service, "-i", "127.0.0.1",
-            "-p", str(port), "-mi", "127.0.0.1", "-mp", str(media), "-m", str(calls), "-l", str(calls),
+    port = free_udp_port(local_ip)
+    media = free_udp_port(local_ip)
+    args = [sipp, f"127.0.0.1:{target_port}", "-sf", str(scenario), "-s", service, "-i", local_ip,
+            "-p", str(port), "-mi", local_ip, "-mp", str(media), "-m", str(calls), "-l", str(calls),
             "-r", str(rate), "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error", "-trace_err",
             "-error_file", str(workdir / "sipp_errors.log"), "-max_recv_loops", "1000"]
     proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,

@@ -194,3 +194,23 @@ async def test_endpoint_and_ticker_on_real_sockets() -> None:
     assert got[:10] == frames
     ep.close()
     peer.close()
+
+
+def test_only_the_sdp_address_is_heard_any_port_and_any_spelling_of_it() -> None:
+    """What a call's RTP socket accepts: datagrams from the address the (trusted) SDP named, from any
+    port of it; nothing from another address, before or after the first packet; a re-INVITE's new
+    address replaces the old one."""
+    frames = tone_frames(6)
+    rx = RtpReceiver("pcmu", 0, None, ("2001:db8::10", 4000))
+    assert feed(rx, [0], frames, src=("2001:db8::11", 4000)) == []  # a stranger first: never latched
+    assert feed(rx, [0], frames, src=("2001:DB8:0::10", 4002)) == [frames[0]]  # same host, other port
+    assert feed(rx, [1], frames, src=("192.0.2.1", 4000)) == []
+    assert feed(rx, [1], frames, src=("2001:db8::10", 4000)) == [frames[1]]
+    assert rx.stats.wrong_source == 2
+    v4 = RtpReceiver("pcmu", 0, None, ("192.0.2.7", 4000))
+    assert feed(v4, [0], frames, src=("::ffff:192.0.2.7", 4000)) == [frames[0]]  # dual-stack socket
+    assert feed(v4, [1], frames, src=("192.0.2.8", 4000)) == []
+    v4.remote = ("198.51.100.3", 5000)  # what a re-INVITE with a new media address does
+    assert feed(v4, [1], frames, src=("192.0.2.7", 4000)) == []
+    assert feed(v4, [1], frames, src=("198.51.100.3", 5000)) == [frames[1]]
+    assert v4.stats.wrong_source == 2

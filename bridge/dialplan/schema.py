@@ -1,9 +1,11 @@
 """Dialplan schema (pydantic): what ops write in `dialplans/*.yaml`.
 
 The shapes here mirror the YAML one to one, so a validation error's location
-(`flows.main[2].menu.options`) is also a path in the file. Semantic checks that need the
-whole plan (targets resolve, no unreachable steps, no loops without input, variables are
-known) live in `semantic_problems()`; the loader adds file and line to both kinds.
+(`flows.main[2].menu.options`) is also a path in the file. A step is a discriminated union
+(`Step`): each kind (`say`, `menu`, `agent`, ...) is its own model, picked by the step's one key,
+and that key is part of the error's location. Checks that need the whole plan (targets resolve,
+no unreachable steps, no loops without input, variables are known) live in `checks.py`; the
+loader adds file and line to both kinds.
 """
 
 from __future__ import annotations
@@ -12,17 +14,24 @@ import re
 import string
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
+    Tag,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
+
+from bridge.dialplan.hours import WINDOW_RE, Window, parse_window
+from bridge.dialplan.matching import DTMF_KEYS
+from bridge.settings import CHAT_KEY_ENVS
 
 # ---------------------------------------------------------------- scalar helpers
 
@@ -50,13 +59,11 @@ def parse_duration_ms(value: object) -> int:
 
 DurationMs = Annotated[int, BeforeValidator(parse_duration_ms), Field(ge=0)]
 
-DTMF_KEYS = frozenset("0123456789*#ABCD")
 BUILTIN_VARIABLES = ("caller", "called", "digits", "call_id")
 # Targets with a fixed meaning; flows may not take these names.
 NEXT = "next"
 HANG_UP = "hang_up"
 RESERVED_TARGETS = frozenset({NEXT, HANG_UP})
-STEP_KINDS = ("say", "play", "menu", "collect", "hours", "goto", "agent", "transfer", "hang_up")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _E164_RE = re.compile(r"^\+[1-9][0-9]{5,14}$")
 _SIP_USER_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -84,6 +91,7 @@ def _check_text(text: str) -> str:
 
 
 Target = Annotated[str, Field(min_length=1)]
+Loc = tuple[str | int, ...]  # a path in the plan: ("flows", "main", 2, "menu", "options")
 
 
 class _Model(BaseModel):
@@ -93,7 +101,14 @@ class _Model(BaseModel):
 # ---------------------------------------------------------------- steps
 
 
-class SayStep(_Model):
+class StepBase(_Model):
+    """What every step model shares: `kind`, the step's key in the YAML (`- say: ...`)."""
+
+    kind: ClassVar[str]
+
+
+class SayStep(StepBase):
+    kind: ClassVar[Literal["say"]] = "say"
     text: str = Field(min_length=1)
     voice: str | None = None  # a LOCAL synthesizer voice; None: defaults.prompt_voice
     barge_in: bool = True
@@ -104,7 +119,8 @@ class SayStep(_Model):
         return _check_text(v)
 
 
-class PlayStep(_Model):
+class PlayStep(StepBase):
+    kind: ClassVar[Literal["play"]] = "play"
     file: Path  # relative to the dialplan file; the loader makes it absolute
     barge_in: bool = True
     # If the file cannot be played at run time: say this instead, then continue (or go to on_error).
@@ -123,7 +139,8 @@ def _option_value(v: object) -> object:
     return {"goto": v} if isinstance(v, str) else v
 
 
-class MenuStep(_Model):
+class MenuStep(StepBase):
+    kind: ClassVar[Literal["menu"]] = "menu"
     prompt: str = Field(min_length=1)
     options: dict[str, Annotated[MenuOption, BeforeValidator(_option_value)]] = Field(min_length=1)
     timeout_ms: DurationMs = Field(5000, alias="timeout")
@@ -151,7 +168,8 @@ class MenuStep(_Model):
         return v
 
 
-class CollectStep(_Model):
+class CollectStep(StepBase):
+    kind: ClassVar[Literal["collect"]] = "collect"
     variable: str
     digits: int = Field(ge=1, le=32)  # how many digits at most; reaching it ends the input
     min_digits: int | None = Field(None, ge=1, le=32)  # fewer than this counts as no match
@@ -191,47 +209,6 @@ class CollectStep(_Model):
         return self
 
 
-_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_WINDOW_RE = re.compile(
-    r"^\s*(?P<days>[a-z]{3}(?:\s*-\s*[a-z]{3})?(?:\s*,\s*[a-z]{3}(?:\s*-\s*[a-z]{3})?)*)\s+"
-    r"(?P<start>\d{1,2}:\d{2})\s*-\s*(?P<end>\d{1,2}:\d{2})\s*$"
-)
-
-
-class Window(_Model):
-    """One weekly opening window; `end_min` may be 1440 (midnight). Parsed from "mon-fri 09:00-17:00"."""
-
-    days: frozenset[int]  # 0 = Monday
-    start_min: int
-    end_min: int
-
-
-def parse_window(text: str) -> Window:
-    m = _WINDOW_RE.match(text.lower())
-    if not m:
-        raise ValueError(f"expected a window like \"mon-fri 09:00-17:00\", got {text!r}")
-    days: set[int] = set()
-    for part in m.group("days").split(","):
-        ends = [p.strip() for p in part.split("-")]
-        for d in ends:
-            if d not in _DAYS:
-                raise ValueError(f"unknown day {d!r} in {text!r}; use mon tue wed thu fri sat sun")
-        a, b = _DAYS.index(ends[0]), _DAYS.index(ends[-1])
-        span = range(a, b + 1) if a <= b else [*range(a, 7), *range(0, b + 1)]
-        days.update(span)
-
-    def minutes(hhmm: str) -> int:
-        h, mm = (int(x) for x in hhmm.split(":"))
-        if h > 24 or mm > 59 or (h == 24 and mm):
-            raise ValueError(f"bad time {hhmm!r} in {text!r}")
-        return h * 60 + mm
-
-    start, end = minutes(m.group("start")), minutes(m.group("end"))
-    if end <= start:
-        raise ValueError(f"window {text!r} ends before it starts (use 00:00-24:00 style, no overnight)")
-    return Window(days=frozenset(days), start_min=start, end_min=end)
-
-
 def _windows(v: object) -> object:
     if isinstance(v, str):
         v = [v]
@@ -240,7 +217,8 @@ def _windows(v: object) -> object:
     return v
 
 
-class HoursStep(_Model):
+class HoursStep(StepBase):
+    kind: ClassVar[Literal["hours"]] = "hours"
     timezone: str
     windows: Annotated[tuple[Window, ...], BeforeValidator(_windows)] = Field(min_length=1)
     holidays: tuple[date, ...] = ()
@@ -263,7 +241,7 @@ class HoursStep(_Model):
     def _open_is_target(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("open"), str | list) and "windows" not in data:
             probe = data["open"] if isinstance(data["open"], str) else "x"
-            if _WINDOW_RE.match(probe.lower()) or isinstance(data["open"], list):
+            if WINDOW_RE.match(probe.lower()) or isinstance(data["open"], list):
                 raise ValueError(
                     "`open:` is where to go when open; put the schedule in `windows:` "
                     '(e.g. windows: ["mon-fri 09:00-17:00"])'
@@ -333,7 +311,18 @@ class ChatCompletions(_Model):
 
     url: str = Field(min_length=1)
     model: str = "default"
-    api_key_env: str | None = None  # the name of the setting holding the key, e.g. OPENAI_API_KEY
+    api_key_env: str | None = None  # the name of the setting holding the key: one of CHAT_KEY_ENVS
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_env(cls, v: str | None) -> str | None:
+        # Only keys meant for language-model endpoints may be sent there: never Twilio, SIP or bridge secrets.
+        if v is not None and v not in CHAT_KEY_ENVS:
+            raise ValueError(
+                f"api_key_env {v!r} is not allowed; expected one of {', '.join(CHAT_KEY_ENVS)} "
+                "(the only settings the bridge sends to a chat-completions endpoint)"
+            )
+        return v
 
 
 class Intent(_Model):
@@ -356,7 +345,8 @@ Provider = Literal["local", "openai", "azure", "url"]
 UpstreamFormat = Literal["pcm24k", "pcmu"]
 
 
-class AgentStep(_Model):
+class AgentStep(StepBase):
+    kind: ClassVar[Literal["agent"]] = "agent"
     provider: Provider | None = None  # None: defaults.provider (itself default local)
     url: str | None = None  # provider url: a ws(s):// endpoint speaking the Realtime GA protocol
     model: str | None = None
@@ -428,7 +418,8 @@ def check_transfer_target(v: str) -> str:
     raise ValueError(f"expected an E.164 number like \"+15550199\" or a SIP URI like sip:100@pbx, got {v!r}")
 
 
-class TransferStep(_Model):
+class TransferStep(StepBase):
+    kind: ClassVar[Literal["transfer"]] = "transfer"
     target: str
     announce: str | None = None
     on_error: Target | None = None  # None: apologise and hang up
@@ -440,12 +431,31 @@ class TransferStep(_Model):
         return check_transfer_target(v)
 
 
-class HangUpStep(_Model):
+class GotoStep(StepBase):
+    """`- goto: flow` (the YAML value is the target itself)."""
+
+    kind: ClassVar[Literal["goto"]] = "goto"
+    target: Target
+
+
+class HangUpStep(StepBase):
+    kind: ClassVar[Literal["hang_up"]] = "hang_up"
     say: str | None = None  # a goodbye line, spoken before hanging up
     reason: str = "dialplan"
 
 
+STEP_TYPES: dict[str, type[StepBase]] = {
+    t.kind: t
+    for t in (
+        SayStep, PlayStep, MenuStep, CollectStep, HoursStep, GotoStep, AgentStep, TransferStep, HangUpStep
+    )
+}
+STEP_KINDS = tuple(STEP_TYPES)
+_BARE_STEPS = ("hang_up", "agent")  # kinds that may be written alone: `- hang_up`
+
+
 def _step_arg(kind: str, v: object) -> object:
+    """The short forms (`say: "Hi"`, `transfer: "+1..."`, `hang_up: "Bye"`) as the model's mapping."""
     if kind == "say" and isinstance(v, str):
         return {"text": v}
     if kind == "play" and isinstance(v, str):
@@ -462,55 +472,75 @@ def _step_arg(kind: str, v: object) -> object:
     return v
 
 
-class Step(_Model):
-    """Exactly one of the fields is set; `- hang_up` alone (no colon) is allowed."""
+def _step_shape(data: object) -> object:
+    """A YAML step -> `{kind: mapping}` with exactly one known kind (or a step model, unchanged)."""
+    if isinstance(data, StepBase):
+        return data
+    if isinstance(data, str):
+        if data in _BARE_STEPS:
+            data = {data: None}
+        else:
+            raise ValueError(f"expected a step like `say: ...`, got {data!r}; steps: {', '.join(STEP_KINDS)}")
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a step: one of {', '.join(STEP_KINDS)}")
+    kinds = [k for k in data if k in STEP_TYPES]
+    unknown = [k for k in data if k not in STEP_TYPES]
+    if unknown:
+        raise ValueError(f"unknown step {unknown[0]!r}; expected one of {', '.join(STEP_KINDS)}")
+    if len(kinds) != 1:
+        raise ValueError(
+            f"a step has exactly one kind, found {', '.join(kinds) or 'none'} "
+            "(start each step with its own `- `)"
+        )
+    kind = kinds[0]
+    if data[kind] is None and kind not in _BARE_STEPS:
+        raise ValueError(f"`{kind}:` needs a value")
+    return {kind: _step_arg(kind, data[kind])}
 
-    say: SayStep | None = None
-    play: PlayStep | None = None
-    menu: MenuStep | None = None
-    collect: CollectStep | None = None
-    hours: HoursStep | None = None
-    goto: Target | None = None
-    agent: AgentStep | None = None
-    transfer: TransferStep | None = None
-    hang_up: HangUpStep | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _shape(cls, data: Any) -> Any:
-        if isinstance(data, str):
-            if data in ("hang_up", "agent"):
-                data = {data: None}
-            else:
-                raise ValueError(
-                    f"expected a step like `say: ...`, got {data!r}; steps: {', '.join(STEP_KINDS)}"
-                )
-        if not isinstance(data, dict):
-            raise ValueError(f"expected a step: one of {', '.join(STEP_KINDS)}")
-        kinds = [k for k in data if k in STEP_KINDS]
-        unknown = [k for k in data if k not in STEP_KINDS]
-        if unknown:
-            raise ValueError(f"unknown step {unknown[0]!r}; expected one of {', '.join(STEP_KINDS)}")
-        if len(kinds) != 1:
-            raise ValueError(
-                f"a step has exactly one kind, found {', '.join(kinds) or 'none'} "
-                "(start each step with its own `- `)"
-            )
-        kind = kinds[0]
-        if data[kind] is None and kind not in ("hang_up", "agent"):
-            raise ValueError(f"`{kind}:` needs a value")
-        return {kind: _step_arg(kind, data[kind])}
+def _step_kind(data: object) -> str | None:
+    """The discriminator: the step's one key (after `_step_shape`), or a step model's kind."""
+    if isinstance(data, StepBase):
+        return data.kind
+    if isinstance(data, dict) and len(data) == 1:
+        key = next(iter(data))
+        return key if isinstance(key, str) else None
+    return None
 
-    @property
-    def kind(self) -> str:
-        for k in STEP_KINDS:
-            if getattr(self, k) is not None:
-                return k
-        raise AssertionError("empty step")  # the validator makes this impossible
 
-    @property
-    def body(self) -> Any:
-        return getattr(self, self.kind)
+def _body(data: object) -> object:
+    """`{kind: mapping}` -> the mapping the kind's model validates (a model passes through)."""
+    if isinstance(data, dict) and len(data) == 1:
+        return next(iter(data.values()))
+    return data
+
+
+def _goto_body(data: object) -> object:
+    """`{goto: target}` -> {target: ...}; errors stay at `...goto`, where the target is written."""
+    value = _body(data)
+    if isinstance(value, StepBase):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    if not value:
+        raise PydanticCustomError("string_too_short", "String should have at least 1 character")
+    return {"target": value}
+
+
+Step = Annotated[
+    Annotated[SayStep, BeforeValidator(_body), Tag("say")]
+    | Annotated[PlayStep, BeforeValidator(_body), Tag("play")]
+    | Annotated[MenuStep, BeforeValidator(_body), Tag("menu")]
+    | Annotated[CollectStep, BeforeValidator(_body), Tag("collect")]
+    | Annotated[HoursStep, BeforeValidator(_body), Tag("hours")]
+    | Annotated[GotoStep, BeforeValidator(_goto_body), Tag("goto")]
+    | Annotated[AgentStep, BeforeValidator(_body), Tag("agent")]
+    | Annotated[TransferStep, BeforeValidator(_body), Tag("transfer")]
+    | Annotated[HangUpStep, BeforeValidator(_body), Tag("hang_up")],
+    Discriminator(_step_kind),
+    BeforeValidator(_step_shape),
+]
+"""One step of a flow: a discriminated union on the step's key; `- hang_up` alone is allowed."""
 
 
 class Defaults(_Model):
@@ -573,14 +603,10 @@ class Dialplan(_Model):
     def fixed_prompts(self) -> list[str]:
         """Every text the bridge speaks with its local synthesizer that holds no {variable}:
         what a prompt cache can synthesize before the first call needs it."""
-        spoken_kinds = ("say", "play", "menu", "collect", "transfer", "hang_up")
         texts: list[str] = []
         for steps in self.flows.values():
             for step in steps:
-                if step.kind == "agent":
-                    texts.append(step.body.error_prompt)
-                elif step.kind in spoken_kinds:
-                    texts += [text for _, text in _step_texts(step)]
+                texts += spoken_texts(step)
         unique = dict.fromkeys(t for t in texts if t and "{" not in t)
         return list(unique)
 
@@ -600,192 +626,23 @@ class Dialplan(_Model):
         return self.numbers["default"]
 
 
-# ---------------------------------------------------------------- whole-plan checks
-
-Loc = tuple[str | int, ...]
 
 
-def _step_targets(step: Step, plan: Dialplan) -> list[tuple[Loc, str]]:
-    """(location inside the step, target) for every jump the step can make."""
-    kind, body = step.kind, step.body
-    out: list[tuple[Loc, str]] = []
-    if kind == "goto":
-        out.append(((kind,), body))
-    elif kind == "menu":
-        for key, opt in body.options.items():
-            out.append(((kind, "options", key), opt.goto))
-        out.append(((kind, "no_input"), body.no_input))
-        out.append(((kind, "no_match"), body.no_match))
-    elif kind == "collect":
-        out.append(((kind, "no_input"), body.no_input))
-    elif kind == "hours":
-        out.append(((kind, "open"), body.open))
-        out.append(((kind, "closed"), body.closed))
-    elif kind in ("agent", "transfer", "play"):
-        if body.on_error is not None:
-            out.append(((kind, "on_error"), body.on_error))
-        if kind == "agent":
-            for digit, action in body.dtmf.items():
-                if action not in ("transfer", "hang_up"):
-                    out.append(((kind, "dtmf", digit), action))
-            for i, tool in enumerate(body.tools):
-                if tool.goto is not None:
-                    out.append(((kind, "tools", i, "goto"), tool.goto))
-    return out
-
-
-def _falls_through(step: Step) -> bool:
-    """Can the flow continue with the step after this one?"""
-    kind, body = step.kind, step.body
-    if kind in ("say", "play", "collect", "agent"):
-        return True
-    if kind == "menu":
-        return NEXT in (body.no_input, body.no_match) or any(o.goto == NEXT for o in body.options.values())
-    if kind == "hours":
-        return NEXT in (body.open, body.closed)
-    return False  # goto, transfer, hang_up
-
-
-_INPUT_KINDS = frozenset({"menu", "collect", "agent"})
-
-
-def semantic_problems(plan: Dialplan) -> list[tuple[Loc, str]]:
-    """Everything wrong with a schema-valid plan that needs the whole plan to see."""
-    problems: list[tuple[Loc, str]] = []
-    flows = plan.flows
-    known = sorted(flows)
-
-    def target_ok(loc: Loc, target: str, *, allow_next: bool = True) -> bool:
-        if target in flows or target == HANG_UP or (allow_next and target == NEXT):
-            return True
-        problems.append(
-            (loc, f"unknown target {target!r}; expected a flow ({', '.join(known)}), next or hang_up")
-        )
-        return False
-
-    for number, flow in plan.numbers.items():
-        target_ok(("numbers", number), flow, allow_next=False)
-
-    variables = set(BUILTIN_VARIABLES)
-    for steps in flows.values():
-        for step in steps:
-            if step.kind == "collect":
-                variables.add(step.body.variable)
-
-    # graph over (flow, index); edges: (node, gated_by_input)
-    edges: dict[tuple[str, int], list[tuple[str, int]]] = {}
-    for name, steps in flows.items():
-        for i, step in enumerate(steps):
-            node = (name, i)
-            succ: list[tuple[str, int]] = []
-            for sub, target in _step_targets(step, plan):
-                loc: Loc = ("flows", name, i, *sub)
-                if not target_ok(loc, target):
-                    continue
-                if target == NEXT:
-                    if i + 1 < len(steps):
-                        succ.append((name, i + 1))
-                elif target in flows:
-                    succ.append((target, 0))
-            if _falls_through(step) and step.kind not in ("menu", "hours") and i + 1 < len(steps):
-                succ.append((name, i + 1))
-            edges[node] = succ
-            # variables used in texts
-            for sub, text in _step_texts(step):
-                for var in text_fields(text):
-                    if var not in variables:
-                        problems.append(
-                            (("flows", name, i, *sub),
-                             f"unknown variable {{{var}}}; known: {', '.join(sorted(variables))}")
-                        )
-            if step.kind == "agent":
-                _agent_problems(step.body, plan, ("flows", name, i, "agent"), problems)
-
-    # reachability from the numbers
-    seen: set[tuple[str, int]] = set()
-    stack = [(f, 0) for f in set(plan.numbers.values()) if f in flows]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.extend(edges.get(node, ()))
-    for name, steps in flows.items():
-        if (name, 0) not in seen:
-            problems.append((("flows", name), "unreachable: no number and no step leads to this flow"))
-            continue
-        for i in range(len(steps)):
-            if (name, i) not in seen:
-                prev = steps[i - 1].kind if i else "?"
-                problems.append(
-                    (("flows", name, i), f"unreachable: the step before ({prev}) never continues to this one")
-                )
-                break
-
-    # loops that never wait for the caller: cycles through non-input steps only
-    quiet = {n: list(succ) for n, succ in edges.items() if flows[n[0]][n[1]].kind not in _INPUT_KINDS}
-    reported: set[frozenset[tuple[str, int]]] = set()
-    color: dict[tuple[str, int], int] = {}
-    path: list[tuple[str, int]] = []
-
-    def dfs(node: tuple[str, int]) -> None:
-        color[node] = 1
-        path.append(node)
-        for nxt in quiet.get(node, ()):
-            if nxt not in quiet:
-                continue
-            if color.get(nxt) == 1:
-                cycle = path[path.index(nxt):]
-                key = frozenset(cycle)
-                if key not in reported:
-                    reported.add(key)
-                    route = " -> ".join(f"{f}[{i}]" for f, i in [*cycle, nxt])
-                    problems.append(
-                        (("flows", nxt[0], nxt[1]),
-                         f"loop without input: {route} repeats forever without waiting for the caller")
-                    )
-            elif color.get(nxt) is None:
-                dfs(nxt)
-        path.pop()
-        color[node] = 2
-
-    for node in quiet:
-        if color.get(node) is None:
-            dfs(node)
-    return problems
-
-
-def _agent_problems(agent: AgentStep, plan: Dialplan, loc: Loc, problems: list[tuple[Loc, str]]) -> None:
-    transfer = agent.tool("transfer")
-    needs_target = (transfer is not None and transfer.target is None) or "transfer" in agent.dtmf.values()
-    if needs_target and (transfer is None or transfer.target is None) and plan.defaults.transfer_to is None:
-        problems.append((loc, "transfer needs a target: give the tool one (transfer: \"+1...\") "
-                              "or set defaults.transfer_to"))
-    provider = agent.provider or plan.defaults.provider
-    if provider == "url" and not (agent.url or plan.defaults.url):
-        problems.append((loc, "provider url needs `url:` here or in defaults"))
-
-
-def _step_texts(step: Step) -> list[tuple[Loc, str]]:
-    kind, body = step.kind, step.body
-    out: list[tuple[Loc, str]] = []
-    if kind == "say":
-        out.append(((kind, "text"), body.text))
-    elif kind == "play":
-        out.append(((kind, "fallback"), body.fallback))
-    elif kind == "menu":
-        out += [((kind, "prompt"), body.prompt), ((kind, "no_input_prompt"), body.no_input_prompt),
-                ((kind, "no_match_prompt"), body.no_match_prompt)]
-    elif kind == "collect":
-        if body.prompt:
-            out.append(((kind, "prompt"), body.prompt))
-        out.append(((kind, "no_input_prompt"), body.no_input_prompt))
-    elif kind == "agent":
-        out.append(((kind, "instructions"), body.instructions))
-        if body.greeting:
-            out.append(((kind, "greeting"), body.greeting))
-    elif kind == "transfer" and body.announce:
-        out.append(((kind, "announce"), body.announce))
-    elif kind == "hang_up" and body.say:
-        out.append(((kind, "say"), body.say))
-    return out
+def spoken_texts(step: StepBase) -> list[str]:
+    """The texts of a step that the bridge itself speaks (prompts, not an agent's instructions)."""
+    match step:
+        case SayStep():
+            return [step.text]
+        case PlayStep():
+            return [step.fallback]
+        case MenuStep():
+            return [step.prompt, step.no_input_prompt, step.no_match_prompt]
+        case CollectStep():
+            return [*([step.prompt] if step.prompt else []), step.no_input_prompt]
+        case AgentStep():
+            return [step.error_prompt]
+        case TransferStep():
+            return [step.announce] if step.announce else []
+        case HangUpStep():
+            return [step.say] if step.say else []
+    return []
