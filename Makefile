@@ -25,7 +25,7 @@ lint: install
 	$(VENV)/bin/ruff check bridge tests bench
 
 test: install sysdeps lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -rfEs -p no:cacheprovider
 
 bench: install sysdeps
 	$(PY) -m bench

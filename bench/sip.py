@@ -33,9 +33,10 @@ from bridge.telephony.rtp.sender import RtpSender
 from bridge.telephony.rtp.ticker import ticker_for_loop
 from bridge.telephony.sip.leg import SipLeg
 from bridge.telephony.sip.service import start_sip
+from tests.helpers.sysdeps import ASTERISK_SOUNDS
 
 RESULTS = Path(__file__).parent / "results" / "sip.md"
-SPEECH = Path("/usr/share/asterisk/sounds/en/demo-congrats.wav")
+SPEECH = ASTERISK_SOUNDS / "demo-congrats.wav"  # asterisk-core-sounds-en-wav (scripts/sysdeps.txt)
 TIMING_S = 20.0
 
 

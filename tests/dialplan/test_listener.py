@@ -14,8 +14,7 @@ from bridge.dialplan.matching import match_option, spoken_phrases
 from bridge.dialplan.schema import MenuStep
 from bridge.engine.asr_pool import RemoteRecognizer
 from tests.dialplan.conftest import REPO
-
-speech = pytest.importorskip("tests.helpers.speech")
+from tests.helpers import speech
 
 
 def frames(pcm: bytes) -> list[bytes]:

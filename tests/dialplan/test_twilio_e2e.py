@@ -16,10 +16,9 @@ import pytest
 from bridge.app import create_app
 from bridge.audio import codec
 from bridge.settings import Settings
+from tests.helpers import speech
 from tests.helpers.servers import serve
 from tests.helpers.twilio_emulator import TwilioEmulator
-
-speech = pytest.importorskip("tests.helpers.speech")
 
 pytestmark = pytest.mark.slow
 

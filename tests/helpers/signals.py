@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import wave
-from pathlib import Path
 
 import numpy as np
 
 from bridge.audio import codec
-
-ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en")
+from tests.helpers.sysdeps import asterisk_sound
 
 
 def tone(freq_hz: float, seconds: float, rate: int, dbfs: float = -10.0) -> np.ndarray:
@@ -43,7 +41,7 @@ def sinad_db(signal: np.ndarray, freq_hz: float, rate: int) -> float:
 
 def speech_8k(name: str = "hello-world") -> np.ndarray:
     """A real human prompt (8 kHz, 16-bit) from Debian's asterisk-core-sounds-en-wav."""
-    with wave.open(str(ASTERISK_SOUNDS / f"{name}.wav")) as w:
+    with wave.open(str(asterisk_sound(name))) as w:
         assert w.getframerate() == 8000
         assert w.getsampwidth() == 2
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy()

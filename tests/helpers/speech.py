@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.helpers.sysdeps import asterisk_sound, require_binary
+
 RATE_HZ = 8000
 SPEECH_DBFS = -20.0  # active speech RMS of phone_speech(); pink_noise(snr_db) is relative to it
-ASTERISK_DIRS = (Path("/usr/share/asterisk/sounds/en"), Path("/usr/share/asterisk/sounds/en_US_f_Allison"))
 DTMF_HZ = {
     "1": (697, 1209), "2": (697, 1336), "3": (697, 1477), "A": (697, 1633),
     "4": (770, 1209), "5": (770, 1336), "6": (770, 1477), "B": (770, 1633),
@@ -65,9 +66,9 @@ def _espeak_raw(text: str) -> tuple[np.ndarray, int]:
     import io
     import subprocess
 
-    proc = subprocess.run(
-        ["espeak-ng", "-v", "en-us", "-s", "160", "--stdout", text], capture_output=True, check=True
-    )
+    espeak = require_binary("espeak-ng")
+    proc = subprocess.run([espeak, "-v", "en-us", "-s", "160", "--stdout", text], capture_output=True,
+                          check=True)
     with wave.open(io.BytesIO(proc.stdout)) as w:
         rate = w.getframerate()
         pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
@@ -123,19 +124,14 @@ def phone_speech(text: str, voice: str = "piper") -> bytes:
 
 
 def asterisk_prompt(name: str) -> bytes:
-    """A human-recorded prompt (e.g. "hello-world", "digits/5") from asterisk-core-sounds-en-wav,
-    µ-law round-tripped. Skips the calling test when the package is not installed."""
-    for base in ASTERISK_DIRS:
-        path = base / f"{name}.wav"
-        if path.exists():
-            with wave.open(str(path)) as w:
-                if w.getframerate() != RATE_HZ or w.getsampwidth() != 2 or w.getnchannels() != 1:
-                    raise ValueError(f"{path}: expected 8 kHz 16-bit mono")
-                pcm = w.readframes(w.getnframes())
-            return audioop.ulaw2lin(audioop.lin2ulaw(pcm, 2), 2)
-    import pytest
-
-    pytest.skip(f"asterisk prompt {name!r} not installed (apt-get install asterisk-core-sounds-en-wav)")
+    """A human-recorded prompt (e.g. "hello-world") from asterisk-core-sounds-en-wav, µ-law round-tripped.
+    A missing prompt fails the calling test (or skips it where packages cannot be installed)."""
+    path = asterisk_sound(name)
+    with wave.open(str(path)) as w:
+        if w.getframerate() != RATE_HZ or w.getsampwidth() != 2 or w.getnchannels() != 1:
+            raise ValueError(f"{path}: expected 8 kHz 16-bit mono")
+        pcm = w.readframes(w.getnframes())
+    return audioop.ulaw2lin(audioop.lin2ulaw(pcm, 2), 2)
 
 
 # ---------------------------------------------------------------------------------------------------

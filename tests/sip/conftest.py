@@ -1,16 +1,16 @@
 """Real SIP peers for the SIP leg tests, started by the tests on 127.0.0.1 (free ports).
 
-SIPp (`sip-tester`), Kamailio and baresip come from Debian packages (`make sysdeps` installs them);
-a test that needs a missing binary skips and says which. Scenario and config templates live in
-tests/sip/peers/; `@PLACEHOLDER@`s are filled in per run (SIPp caches `rtp_stream` files when it
-parses the scenario, so the WAV path must be literal in the XML).
+SIPp (`sip-tester`), Kamailio and baresip come from Debian packages (`make sysdeps` installs them,
+scripts/sysdeps.txt lists them); a missing one fails the test that needs it, naming the package
+(tests/helpers/sysdeps.py: it skips only where packages cannot be installed). Scenario and config
+templates live in tests/sip/peers/; `@PLACEHOLDER@`s are filled in per run (SIPp caches `rtp_stream`
+files when it parses the scenario, so the WAV path must be literal in the XML).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -19,32 +19,27 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.sysdeps import asterisk_sound, require_binary, require_file
+
 PEERS = Path(__file__).parent / "peers"
-SOUNDS = Path("/usr/share/asterisk/sounds/en")
-DTMF_PCAP = Path("/usr/share/sip-tester/dtmf_2833_1.pcap")
+DTMF_PCAP = Path("/usr/share/sip-tester/dtmf_2833_1.pcap")  # sip-tester's RFC 2833 capture of the digit 1
 
 
-def need(binary: str) -> str:
-    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None)
-    if path is None:
-        pytest.skip(f"{binary} is not installed (apt-get install sip-tester kamailio baresip sox; "
-                    "`make sysdeps` does it)")
-    return path
+def dtmf_pcap() -> Path:
+    return require_file(DTMF_PCAP)
 
 
 @pytest.fixture(scope="session")
 def speech_ulaw(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Real recorded speech (Asterisk prompts): a µ-law WAV for SIPp and the 16-bit source."""
-    need("sox")
-    src = SOUNDS / "demo-congrats.wav"
-    if not src.exists():
-        pytest.skip("asterisk-core-sounds-en-wav is not installed")
+    sox = require_binary("sox")
+    src = asterisk_sound("demo-congrats")
     out = tmp_path_factory.mktemp("audio")
     pcm = out / "caller16.wav"
     ulaw = out / "caller_ulaw.wav"
-    subprocess.run(["sox", str(src), "-r", "8000", "-c", "1", "-b", "16", str(pcm), "trim", "0", "8"],
+    subprocess.run([sox, str(src), "-r", "8000", "-c", "1", "-b", "16", str(pcm), "trim", "0", "8"],
                    check=True)
-    subprocess.run(["sox", str(pcm), "-t", "wav", "-e", "u-law", "-b", "8", str(ulaw)], check=True)
+    subprocess.run([sox, str(pcm), "-t", "wav", "-e", "u-law", "-b", "8", str(ulaw)], check=True)
     return ulaw, pcm
 
 
@@ -76,7 +71,7 @@ async def run_sipp(scenario: Path, target_port: int, *, calls: int = 1, rate: in
                    service: str = "bridge", workdir: Path, local_ip: str = "127.0.0.1") -> SippResult:
     """SIPp against 127.0.0.1:`target_port`, its signalling and media bound to `local_ip` (any
     127/8 address on Linux loopback: a second host for trust tests)."""
-    sipp = need("sipp")
+    sipp = require_binary("sipp")
     port = free_udp_port(local_ip)
     media = free_udp_port(local_ip)
     args = [sipp, f"127.0.0.1:{target_port}", "-sf", str(scenario), "-s", service, "-i", local_ip,
@@ -104,7 +99,7 @@ class Kamailio:
 
 @pytest.fixture(scope="session")
 def kamailio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
-    binary = need("kamailio")
+    binary = require_binary("kamailio")
     run = tmp_path_factory.mktemp("kamailio")
     port = free_udp_port()
     cfg = render("kamailio.cfg.in", run / "kamailio.cfg", KAMAILIO_PORT=port)

@@ -23,7 +23,8 @@ import pytest
 
 from bridge.audio import codec
 from tests.helpers.speech import phone_speech, silence, speech_span_ms
-from tests.sip.conftest import DTMF_PCAP, Kamailio, free_udp_port, need, render, run_sipp
+from tests.helpers.sysdeps import require_binary, require_file
+from tests.sip.conftest import Kamailio, dtmf_pcap, free_udp_port, render, run_sipp
 from tests.sip.e2e_helpers import (
     BridgeApp,
     RtpPeer,
@@ -111,7 +112,7 @@ flows:
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeApp]:
-    need("sipp")
+    require_binary("sipp")
     plans = tmp_path_factory.mktemp("dialplans")
     (plans / "e2e.yaml").write_text(DIALPLAN)
     with bridge_app(plans) as app:
@@ -131,10 +132,8 @@ CANDIDATES = [HOURS_ANSWER, ADDRESS_ANSWER, SALES_PROMPT, LONG_GREETING, ASSISTA
 
 def dtmf_action(pause_ms: int) -> str:
     """SIPp actions: after `pause_ms`, play SIPp's own RFC 2833 capture of the digit 1."""
-    if not DTMF_PCAP.exists():
-        pytest.skip(f"{DTMF_PCAP} is missing (it ships with sip-tester)")
     return (f'<pause milliseconds="{pause_ms}"/>\n'
-            f'  <nop><action><exec play_pcap_audio="{DTMF_PCAP}"/></action></nop>')
+            f'  <nop><action><exec play_pcap_audio="{dtmf_pcap()}"/></action></nop>')
 
 
 def voiced_span(ulaw: bytes) -> bytes:
@@ -164,7 +163,7 @@ DEFAULT_DIALPLANS = Path(__file__).resolve().parents[2] / "dialplans"
 
 @pytest.fixture
 def registered_bridge(kamailio: Kamailio) -> Iterator[BridgeApp]:
-    need("sipp")
+    require_binary("sipp")
     registrar = {"sip_port": kamailio.port, "sip_user": "acme-e2e", "sip_password": "secret"}
     with bridge_app(DEFAULT_DIALPLANS, **registrar) as app:
         yield app
@@ -345,10 +344,9 @@ async def test_barge_in_over_sip_silences_rtp_and_truncates(bridge: BridgeApp, t
 
 
 def need_baresip() -> str:
-    binary = need("baresip")
+    binary = require_binary("baresip")
     for module in ("sndfile", "aufile", "g711", "alsa"):
-        if not (BARESIP_MODULES / f"{module}.so").exists():
-            pytest.skip(f"baresip's {module} module is missing ({BARESIP_MODULES}/{module}.so)")
+        require_file(BARESIP_MODULES / f"{module}.so")
     return binary
 
 

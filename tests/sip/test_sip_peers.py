@@ -24,11 +24,11 @@ from bridge.telephony.leg import AudioIn, CallEnded, CallStarted, Dtmf, MarkPlay
 from bridge.telephony.rtp.packet import parse_packet
 from bridge.telephony.sip.leg import SipLeg
 from bridge.telephony.sip.service import SipService, start_sip
+from tests.helpers.sysdeps import asterisk_sound
 from tests.sip.conftest import Kamailio, free_udp_port, render, run_sipp
 
 pytestmark = pytest.mark.sip
 
-PROMPT = Path("/usr/share/asterisk/sounds/en/demo-echotest.wav")
 
 
 @dataclass
@@ -76,7 +76,7 @@ async def played(log: CallLog, mark: str) -> None:
 
 
 def prompt_ulaw(seconds: float) -> list[bytes]:
-    with wave.open(str(PROMPT)) as w:
+    with wave.open(str(asterisk_sound("demo-echotest"))) as w:
         pcm = w.readframes(int(8000 * seconds))
     ulaw = audioop.lin2ulaw(pcm, 2)
     return [ulaw[i:i + 160] for i in range(0, len(ulaw) - 159, 160)]

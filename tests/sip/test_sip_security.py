@@ -28,7 +28,8 @@ from bridge.telephony.rtp.packet import parse_packet
 from bridge.telephony.sip.leg import SipLeg
 from bridge.telephony.sip.service import SipService, start_sip
 from tests.helpers.servers import serve
-from tests.sip.conftest import Kamailio, free_udp_port, need, render, run_sipp
+from tests.helpers.sysdeps import require_binary
+from tests.sip.conftest import Kamailio, free_udp_port, render, run_sipp
 
 pytestmark = pytest.mark.sip
 
@@ -205,7 +206,7 @@ def _metric(text: str, method: str, action: str) -> float:
 
 async def test_the_app_refuses_every_method_from_an_outsider_and_counts_it_in_metrics(
         kamailio: Kamailio, tmp_path: Path) -> None:
-    need("sipp")
+    require_binary("sipp")
     sip_port = free_udp_port()
     settings = Settings(host="127.0.0.1", dialplans=DIALPLANS, sip_server="127.0.0.1", sip_port=kamailio.port,
                         sip_user="acme-sec", sip_password="secret", sip_local_port=sip_port,
