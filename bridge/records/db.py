@@ -53,8 +53,6 @@ def create_engine(url: str) -> AsyncEngine:
             f"BRIDGE_DATABASE_URL: {backend!r} is not supported (sqlite+aiosqlite or postgresql+asyncpg)"
         )
     if backend == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": 5})
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -72,6 +70,13 @@ def create_engine(url: str) -> AsyncEngine:
         max_overflow=5,
         connect_args={"timeout": 5, "command_timeout": 30},
     )
+
+
+def prepare_sqlite_dir(url: str) -> None:
+    """Create the directory of a SQLite database file (nothing for other databases)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -28,7 +28,14 @@ from bridge.errors import ConfigError
 from bridge.metrics import METRICS
 from bridge.records import schema, store
 from bridge.records.crypto import encrypt_field
-from bridge.records.db import RecordsUnavailable, create_engine, describe_url, migrate, reason
+from bridge.records.db import (
+    RecordsUnavailable,
+    create_engine,
+    describe_url,
+    migrate,
+    prepare_sqlite_dir,
+    reason,
+)
 from bridge.records.recording import (
     OpenedRecording,
     RecordingMissing,
@@ -213,6 +220,7 @@ class Records:
         retried by the writer: calls go on), start the writer and the retention schedule."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.recordings_dir.mkdir(parents=True, exist_ok=True)
+        prepare_sqlite_dir(self.url)
         try:
             await self.ensure_schema()
         except RecordsUnavailable as exc:
@@ -226,6 +234,7 @@ class Records:
             return
         async with self._schema_lock:
             if not self._schema_ready:
+                prepare_sqlite_dir(self.url)
                 revision = await migrate(self.engine)
                 self._schema_ready = True
                 log.info("records database %s at schema %s", describe_url(self.url), revision)
@@ -238,6 +247,11 @@ class Records:
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         await self.writer.stop(timeout_s)
+        await asyncio.get_running_loop().run_in_executor(None, self._io.shutdown)
+        await self.engine.dispose()
+
+    async def close(self) -> None:
+        """Release the database and the recordings thread without starting anything (the CLI)."""
         await asyncio.get_running_loop().run_in_executor(None, self._io.shutdown)
         await self.engine.dispose()
 
