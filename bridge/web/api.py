@@ -119,10 +119,14 @@ def mount_admin_api(app: FastAPI, settings: Settings, records: Records) -> bool:
         params = dict(request.query_params)
         unknown = sorted(set(params) - {"caller"})
         if unknown:
-            raise FilterError(f"unknown parameter(s) {', '.join(unknown)}; DELETE /api/calls takes caller=+E164")
+            raise FilterError(
+                f"unknown parameter(s) {', '.join(unknown)}; DELETE /api/calls takes caller=+E164"
+            )
         caller = params.get("caller")
         if caller is None:
-            raise FilterError("caller: required (DELETE /api/calls?caller=%2B15551234567 erases that caller's calls)")
+            raise FilterError(
+                "caller: required (DELETE /api/calls?caller=%2B15551234567 erases that caller's calls)"
+            )
         if caller.startswith(" "):  # an unencoded "+" in a query string reads as a space
             caller = "+" + caller.lstrip(" ")
         erased = await records.erase_caller(caller, actor(request))
@@ -132,7 +136,9 @@ def mount_admin_api(app: FastAPI, settings: Settings, records: Records) -> bool:
         params = dict(request.query_params)
         unknown = sorted(set(params) - {"limit", "cursor"})
         if unknown:
-            raise FilterError(f"unknown parameter(s) {', '.join(unknown)}; GET /api/audit takes limit, cursor")
+            raise FilterError(
+                f"unknown parameter(s) {', '.join(unknown)}; GET /api/audit takes limit, cursor"
+            )
         page = store.parse_filters({k: v for k, v in params.items()})
         return JSONResponse(await records.list_audit(actor(request), limit=page.limit, cursor=page.cursor))
 
