@@ -53,8 +53,10 @@ class PostgresServer:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        done = self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options,
-                         "-w", "-t", "60", "start")  # fmt: skip
+        pg_ctl = str(self.bin_dir / "pg_ctl")
+        done = self._run(
+            pg_ctl, "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start"
+        )
         if done.returncode != 0:
             raise RuntimeError(f"postgres did not start: {done.stderr.strip()[-300:]} {self.log_tail()}")
 
@@ -72,8 +74,9 @@ class PostgresServer:
 
     def create_database(self) -> str:
         name = "t_" + uuid.uuid4().hex[:12]
-        done = self._run(str(self.bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                         "-d", "postgres", "-c", f"CREATE DATABASE {name}")  # fmt: skip
+        psql = str(self.bin_dir / "psql")
+        where = ["-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres"]
+        done = self._run(psql, *where, "-c", f"CREATE DATABASE {name}")
         if done.returncode != 0:
             raise RuntimeError(f"CREATE DATABASE failed: {done.stderr.strip()}")
         return self.url(name)

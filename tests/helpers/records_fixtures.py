@@ -56,3 +56,13 @@ def env_for(settings: Settings) -> dict[str, str]:
     if settings.data_key:
         env["BRIDGE_DATA_KEY"] = settings.data_key
     return env
+
+
+def files(root: Path, pattern: str) -> list[Path]:
+    """Files under `root` matching `pattern` (sync: async tests call it, ruff's ASYNC240)."""
+    return sorted(root.rglob(pattern))
+
+
+def cut_file(path: Path, drop_bytes: int) -> None:
+    """Remove the last `drop_bytes` of a file."""
+    path.write_bytes(path.read_bytes()[:-drop_bytes])

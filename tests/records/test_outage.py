@@ -70,7 +70,8 @@ async def test_database_down_mid_call_then_back(tmp_path: Path, own_postgres: Po
         assert records.writer.down_since is None
         assert await counts(records) == {"calls": 2, "events": 4, "transcripts": 4, "turns": 2}
         call = await records.get_call("CA2", ACTOR)
-        assert call["end_reason"] == "hangup" and len(call["transcript"]) == 2
+        assert call["end_reason"] == "hangup"
+        assert len(call["transcript"]) == 2
     finally:
         if records.writer.down_since is not None:
             own_postgres.start()
@@ -93,7 +94,9 @@ async def test_database_down_at_start(tmp_path: Path, own_postgres: PostgresServ
         await records.stop()
 
 
-async def test_rows_still_waiting_at_shutdown_are_counted(tmp_path: Path, own_postgres: PostgresServer) -> None:
+async def test_rows_still_waiting_at_shutdown_are_counted(
+    tmp_path: Path, own_postgres: PostgresServer
+) -> None:
     records = Records(records_settings(tmp_path, own_postgres.create_database()))
     await records.start()
     own_postgres.stop()

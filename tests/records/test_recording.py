@@ -78,7 +78,9 @@ async def write_call(path: Path, io: concurrent.futures.Executor, key: bytes | N
     return rec
 
 
-async def test_two_channels_are_aligned_to_the_call_clock(tmp_path: Path, io: concurrent.futures.Executor) -> None:
+async def test_two_channels_are_aligned_to_the_call_clock(
+    tmp_path: Path, io: concurrent.futures.Executor
+) -> None:
     rec = await write_call(tmp_path / "a.wav", io, None)
     data = (tmp_path / "a.wav").read_bytes()
     caller, bot = read_stereo(data)
@@ -100,10 +102,13 @@ async def test_memory_stays_bounded_while_recording(tmp_path: Path, io: concurre
         assert held <= 2 * 3 * RATE * 2  # never more than ~3 s per channel
     await rec.close()
     caller, bot = read_stereo((tmp_path / "long.wav").read_bytes())
-    assert len(caller) == 60 * RATE and not bot.any()
+    assert len(caller) == 60 * RATE
+    assert not bot.any()
 
 
-async def test_unfinished_and_damaged_files_are_reported(tmp_path: Path, io: concurrent.futures.Executor) -> None:
+async def test_unfinished_and_damaged_files_are_reported(
+    tmp_path: Path, io: concurrent.futures.Executor
+) -> None:
     rec = RecordingWriter(tmp_path / "u.wav", key=None, io=io)
     for i, frame in enumerate(frames(tone(440, 4000))):
         rec.caller(frame, i * 20)
@@ -129,7 +134,8 @@ async def test_encrypted_recording_round_trip(tmp_path: Path, io: concurrent.fut
     key = base64.b64decode(KEY)
     await write_call(tmp_path / "a.wav.enc", io, key)
     raw = (tmp_path / "a.wav.enc").read_bytes()
-    assert raw[:6] == b"IVRENC" and b"RIFF" not in raw
+    assert raw[:6] == b"IVRENC"
+    assert b"RIFF" not in raw
     assert tone(440, 400).tobytes()[:64] not in raw
     opened = open_recording(tmp_path / "a.wav.enc", encrypted=True, key=key)
     data = b"".join(opened.chunks)
@@ -176,7 +182,8 @@ async def test_truncation_and_tampering_are_detected(tmp_path: Path, io: concurr
 def test_encrypted_fields() -> None:
     key = base64.b64decode(KEY)
     sealed = encrypt_field(key, "hello there", "transcript:CA1")
-    assert sealed.startswith("enc1:") and "hello" not in sealed
+    assert sealed.startswith("enc1:")
+    assert "hello" not in sealed
     assert decrypt_field(key, sealed, "transcript:CA1") == "hello there"
     assert decrypt_field(None, "plain text", "transcript:CA1") == "plain text"
     with pytest.raises(WrongKey):
@@ -193,5 +200,6 @@ async def test_disk_full_ends_the_recording_not_the_call(io: concurrent.futures.
     for i, frame in enumerate(frames(tone(440, 5000))):
         rec.caller(frame, i * 20)  # never raises: the call goes on
     result = await rec.close()
-    assert result.error is not None and "disk full" in result.error
+    assert result.error is not None
+    assert "disk full" in result.error
     assert METRICS.records_lost.value(kind="recording", reason="io_error") > lost_before

@@ -15,7 +15,13 @@ R = PiiRedactor()
 
 @pytest.mark.parametrize(
     "number",
-    ["4111111111111111", "4111 1111 1111 1111", "4111-1111-1111-1111", "5500 0000 0000 0004", "378282246310005"],
+    [
+        "4111111111111111",
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1111",
+        "5500 0000 0000 0004",
+        "378282246310005",
+    ],
 )
 def test_luhn_valid_card_numbers_are_masked_keeping_the_last_four(number: str) -> None:
     digits = number.replace(" ", "").replace("-", "")
@@ -48,7 +54,9 @@ def test_ssn_email_phone() -> None:
 
 
 def test_ordinary_log_text_is_untouched() -> None:
-    line = "2024-05-01 12:00:00,123 INFO call CA0123456789abcdef0123456789abcdef on 127.0.0.1:8080 took 1234 ms"
+    line = (
+        "2024-05-01 12:00:00,123 INFO call CA0123456789abcdef0123456789abcdef on 127.0.0.1:8080 took 1234 ms"
+    )
     assert R(line) == line
 
 
@@ -82,7 +90,9 @@ def test_log_filter_applies_the_pii_step() -> None:
     before = logsafe.pii_redactor()
     try:
         logsafe.set_pii_redactor(R)
-        logger.info("caller %s said card %s key %s", "+15551234567", "4111 1111 1111 1111", "supersecretvalue")
+        logger.info(
+            "caller %s said card %s key %s", "+15551234567", "4111 1111 1111 1111", "supersecretvalue"
+        )
         logsafe.set_pii_redactor(None)
         logger.info("caller %s", "+15551234567")
     finally:

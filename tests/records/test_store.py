@@ -16,22 +16,40 @@ from bridge.metrics import METRICS
 from bridge.records import Actor, CallNotFound, Records, TurnStages, parse_filters
 from bridge.records.db import create_engine, head_revision, migrate
 from bridge.records.store import FilterError
-from tests.helpers.records_fixtures import KEY, records_settings
+from tests.helpers.records_fixtures import KEY, files, records_settings
 
 ACTOR = Actor("tester", "127.0.0.1")
 TONE = (4000 * np.sin(np.arange(160) * 0.2)).astype("<i2").tobytes()
 
 
-def place_call(records: Records, call_id: str, caller: str = "+15551230001", *, started_at: datetime | None = None,
-               text_: str = "I want to check my balance", seconds: int = 2) -> None:
-    rec = records.start_call(leg="twilio", call_id=call_id, from_number=caller, to_number="+15557650000",
-                             flow="main", dialplan_version=3, started_at=started_at)
+def place_call(
+    records: Records,
+    call_id: str,
+    caller: str = "+15551230001",
+    *,
+    started_at: datetime | None = None,
+    text_: str = "I want to check my balance",
+    seconds: int = 2,
+) -> None:
+    rec = records.start_call(
+        leg="twilio",
+        call_id=call_id,
+        from_number=caller,
+        to_number="+15557650000",
+        flow="main",
+        dialplan_version=3,
+        started_at=started_at,
+    )
     rec.answered(40)
     rec.event("prompt_played", 100, prompt="greeting")
     rec.event("tool_call", 900, name="lookup", args={"email": "joe@example.com"}, result={"ok": True})
     rec.transcript("caller", 1200, text_)
     rec.transcript("bot", 1500, "Your balance is ten dollars, call 555-123-4567", heard_ms=800)
-    rec.turn(TurnStages(caller_stopped_ms=1300, upstream_stopped_ms=1400, first_delta_ms=1700, first_played_ms=1750))
+    rec.turn(
+        TurnStages(
+            caller_stopped_ms=1300, upstream_stopped_ms=1400, first_delta_ms=1700, first_played_ms=1750
+        )
+    )
     assert rec.recording is not None
     for i in range(seconds * 50):
         rec.recording.caller(TONE, i * 20)
@@ -72,15 +90,26 @@ async def test_a_call_is_stored_whole(tmp_path: Path, db_url: str) -> None:
         call = await records.get_call("CA100", ACTOR)
     finally:
         await records.stop()
-    assert call["from"] == "+15551230001" and call["flow"] == "main" and call["dialplan_version"] == 3
-    assert call["end_reason"] == "hangup" and call["duration_ms"] == 2000 and call["answered_at"]
+    assert call["from"] == "+15551230001"
+    assert call["flow"] == "main"
+    assert call["dialplan_version"] == 3
+    assert call["end_reason"] == "hangup"
+    assert call["duration_ms"] == 2000
+    assert call["answered_at"]
     assert [e["kind"] for e in call["events"]] == ["prompt_played", "tool_call"]
     assert call["events"][1]["data"]["args"] == {"email": "[email]"}  # PII masked in event data too
     assert call["transcript"][0]["text"] == "my card is [card ****1111]"
-    assert call["transcript"][1] == {"t_ms": 1500, "speaker": "bot", "heard_ms": 800, "encrypted": False,
-                                     "text": "Your balance is ten dollars, call [phone]"}
-    assert call["turns"][0]["total_ms"] == 450 and call["turns"][0]["vad_to_upstream_stop_ms"] == 100
-    assert call["recording"] and Path(records.recordings_dir).rglob("CA100.wav")
+    assert call["transcript"][1] == {
+        "t_ms": 1500,
+        "speaker": "bot",
+        "heard_ms": 800,
+        "encrypted": False,
+        "text": "Your balance is ten dollars, call [phone]",
+    }
+    assert call["turns"][0]["total_ms"] == 450
+    assert call["turns"][0]["vad_to_upstream_stop_ms"] == 100
+    assert call["recording"]
+    assert [p.name for p in files(records.recordings_dir, "CA100*")] == ["CA100.wav"]
 
 
 async def test_transcripts_are_encrypted_at_rest(tmp_path: Path, db_url: str) -> None:
@@ -93,7 +122,8 @@ async def test_transcripts_are_encrypted_at_rest(tmp_path: Path, db_url: str) ->
         await records.flush()
         async with records.engine.connect() as conn:
             stored = [r[0] for r in await conn.execute(text("SELECT text FROM transcripts"))]
-        assert stored and all(t.startswith("enc1:") for t in stored)
+        assert stored
+        assert all(t.startswith("enc1:") for t in stored)
         assert not any("savings" in t for t in stored)
         found = await records.list_calls(parse_filters({"text": "SAVINGS"}), ACTOR)
         assert [c["call_id"] for c in found["calls"]] == ["CA200"]
@@ -106,7 +136,8 @@ async def test_transcripts_are_encrypted_at_rest(tmp_path: Path, db_url: str) ->
     records = Records(records_settings(tmp_path, db_url))
     try:
         call = await records.get_call("CA200", ACTOR)
-        assert call["transcript"][0]["text"] is None and "BRIDGE_DATA_KEY" in call["transcript"][0]["error"]
+        assert call["transcript"][0]["text"] is None
+        assert "BRIDGE_DATA_KEY" in call["transcript"][0]["error"]
     finally:
         await records.close()
 
@@ -117,15 +148,22 @@ async def test_filters_and_pagination(tmp_path: Path, db_url: str) -> None:
     try:
         base = datetime(2025, 3, 1, 12, tzinfo=UTC)
         for i in range(7):
-            place_call(records, f"CA3{i:02d}", caller="+15550000001" if i % 2 else "+15550000002",
-                       started_at=base + timedelta(hours=i), text_=f"question number {i}", seconds=1)
+            place_call(
+                records,
+                f"CA3{i:02d}",
+                caller="+15550000001" if i % 2 else "+15550000002",
+                started_at=base + timedelta(hours=i),
+                text_=f"question number {i}",
+                seconds=1,
+            )
         await records.flush()
         page = await records.list_calls(parse_filters({"limit": "3"}), ACTOR)
         assert [c["call_id"] for c in page["calls"]] == ["CA306", "CA305", "CA304"]
         page2 = await records.list_calls(parse_filters({"limit": "3", "cursor": page["next_cursor"]}), ACTOR)
         assert [c["call_id"] for c in page2["calls"]] == ["CA303", "CA302", "CA301"]
         page3 = await records.list_calls(parse_filters({"limit": "3", "cursor": page2["next_cursor"]}), ACTOR)
-        assert [c["call_id"] for c in page3["calls"]] == ["CA300"] and page3["next_cursor"] is None
+        assert [c["call_id"] for c in page3["calls"]] == ["CA300"]
+        assert page3["next_cursor"] is None
         odd = await records.list_calls(parse_filters({"from": "+15550000001"}), ACTOR)
         assert [c["call_id"] for c in odd["calls"]] == ["CA305", "CA303", "CA301"]
         window = await records.list_calls(
@@ -138,11 +176,13 @@ async def test_filters_and_pagination(tmp_path: Path, db_url: str) -> None:
         assert none == {"calls": [], "next_cursor": None}
     finally:
         await records.stop()
-    for bad, message in (({"since": "yesterday"}, "since: 'yesterday' is not an ISO 8601 time"),
-                         ({"limit": "0"}, "limit: expected a whole number from 1 to 500"),
-                         ({"cursor": "abc"}, "cursor: expected the next_cursor"),
-                         ({"color": "red"}, "unknown filter(s) color"),
-                         ({"since": "2025-02-01", "until": "2025-01-01"}, "since: must not be after until")):
+    for bad, message in (
+        ({"since": "yesterday"}, "since: 'yesterday' is not an ISO 8601 time"),
+        ({"limit": "0"}, "limit: expected a whole number from 1 to 500"),
+        ({"cursor": "abc"}, "cursor: expected the next_cursor"),
+        ({"color": "red"}, "unknown filter(s) color"),
+        ({"since": "2025-02-01", "until": "2025-01-01"}, "since: must not be after until"),
+    ):
         with pytest.raises(FilterError, match=message.replace("(", r"\(").replace(")", r"\)")):
             parse_filters(bad)
 
@@ -153,8 +193,9 @@ async def test_writer_batches_rows_into_few_transactions(tmp_path: Path, db_url:
     commits = [0]
     event.listen(records.engine.sync_engine, "commit", lambda _conn: commits.__setitem__(0, commits[0] + 1))
     try:
-        rec = records.start_call(leg="sip", call_id="CA400", from_number="+15550000400", to_number="100",
-                                 record_audio=False)
+        rec = records.start_call(
+            leg="sip", call_id="CA400", from_number="+15550000400", to_number="100", record_audio=False
+        )
         for i in range(300):  # queued without yielding to the loop: the writer sees them together
             rec.event("dtmf", i * 10, digit=str(i % 10))
         rec.end("hangup", 3000)
@@ -162,7 +203,8 @@ async def test_writer_batches_rows_into_few_transactions(tmp_path: Path, db_url:
         call = await records.get_call("CA400", ACTOR)
     finally:
         await records.stop()
-    assert len(call["events"]) == 300 and call["end_reason"] == "hangup"
+    assert len(call["events"]) == 300
+    assert call["end_reason"] == "hangup"
     assert commits[0] <= 3, commits[0]  # 302 rows; 500 per batch: one transaction (+ the audit entry)
 
 
@@ -171,7 +213,9 @@ async def test_queue_overflow_is_counted(tmp_path: Path, db_url: str) -> None:
     await records.start()
     before = METRICS.records_lost.value(kind="events", reason="queue_full")
     try:
-        rec = records.start_call(leg="twilio", call_id="CA500", from_number=None, to_number=None, record_audio=False)
+        rec = records.start_call(
+            leg="twilio", call_id="CA500", from_number=None, to_number=None, record_audio=False
+        )
         for i in range(120):
             rec.event("menu_choice", i, choice="1")
         rec.end("hangup", 200)  # also dropped: the queue is still full
@@ -180,7 +224,8 @@ async def test_queue_overflow_is_counted(tmp_path: Path, db_url: str) -> None:
     finally:
         await records.stop()
     lost = METRICS.records_lost.value(kind="events", reason="queue_full") - before
-    assert len(call["events"]) == 49 and lost == 71  # 1 call row + 49 events fit in 50 places
+    assert len(call["events"]) == 49
+    assert lost == 71
 
 
 async def test_audit_is_append_only_at_the_database_level(tmp_path: Path, db_url: str) -> None:
@@ -200,7 +245,8 @@ async def test_audit_is_append_only_at_the_database_level(tmp_path: Path, db_url
     finally:
         await records.stop()
     assert [e["action"] for e in log["entries"]] == ["audit.list", "calls.list"]
-    assert log["entries"][1]["who"] == "tester" and log["entries"][1]["source"] == "127.0.0.1"
+    assert log["entries"][1]["who"] == "tester"
+    assert log["entries"][1]["source"] == "127.0.0.1"
 
 
 async def test_erasure_by_caller_removes_rows_and_files(tmp_path: Path, db_url: str) -> None:
@@ -211,11 +257,11 @@ async def test_erasure_by_caller_removes_rows_and_files(tmp_path: Path, db_url: 
         place_call(records, "CA601", caller="+15550000600")
         place_call(records, "CA602", caller="+15550000999")
         await records.flush()
-        files = {p.name for p in records.recordings_dir.rglob("*.enc")}
-        assert files == {"CA600.wav.enc", "CA601.wav.enc", "CA602.wav.enc"}
+        names = {p.name for p in files(records.recordings_dir, "*.enc")}
+        assert names == {"CA600.wav.enc", "CA601.wav.enc", "CA602.wav.enc"}
         erased = await records.erase_caller("+15550000600", ACTOR)
         assert erased.counts() == {"calls": 2, "events": 4, "transcripts": 4, "turns": 2, "files": 2}
-        assert {p.name for p in records.recordings_dir.rglob("*.enc")} == {"CA602.wav.enc"}
+        assert {p.name for p in files(records.recordings_dir, "*.enc")} == {"CA602.wav.enc"}
         async with records.engine.connect() as conn:
             for table in ("calls", "events", "transcripts", "turns"):
                 ids = {r[0] for r in await conn.execute(text(f"SELECT call_id FROM {table}"))}
@@ -223,12 +269,14 @@ async def test_erasure_by_caller_removes_rows_and_files(tmp_path: Path, db_url: 
         with pytest.raises(CallNotFound):
             await records.get_call("CA600", ACTOR)
         one = await records.delete_call("CA602", ACTOR)
-        assert one.calls == 1 and one.files == 1
+        assert one.calls == 1
+        assert one.files == 1
         with pytest.raises(CallNotFound):
             await records.delete_call("CA602", ACTOR)
         log = await records.list_audit(ACTOR)
         erase_entry = next(e for e in log["entries"] if e["action"] == "calls.erase_caller")
-        assert "+15550000600" not in str(erase_entry) and erase_entry["target"].startswith("caller sha256:")
+        assert "+15550000600" not in str(erase_entry)
+        assert erase_entry["target"].startswith("caller sha256:")
     finally:
         await records.stop()
 
@@ -252,7 +300,7 @@ async def test_erasing_a_call_in_progress_stops_its_records(tmp_path: Path, db_u
         async with records.engine.connect() as conn:
             left = (await conn.execute(text("SELECT count(*) FROM transcripts"))).scalar()
         assert left == 0
-        assert not list(records.recordings_dir.rglob("CA650*"))
+        assert not list(files(records.recordings_dir, "CA650*"))
     finally:
         await records.stop()
 
@@ -265,16 +313,19 @@ async def test_retention_purges_old_rows_and_files(tmp_path: Path, db_url: str) 
         place_call(records, "CA700", started_at=now - timedelta(days=45))
         place_call(records, "CA701", started_at=now - timedelta(days=2))
         await records.flush()
-        old = next(records.recordings_dir.rglob("CA700.wav"))
+        old = files(records.recordings_dir, "CA700.wav")[0]
         orphan = records.recordings_dir / "2020" / "01" / "01" / "lost.wav"
         orphan.parent.mkdir(parents=True)
         orphan.write_bytes(b"RIFF")
         stamp = (now - timedelta(days=40)).timestamp()
         os.utime(orphan, (stamp, stamp))
         erased = await records.purge(Actor("retention", "bridge"))
-        assert erased.calls == 1 and erased.files == 2
-        assert not old.exists() and not orphan.exists() and not orphan.parent.exists()
-        assert next(records.recordings_dir.rglob("CA701.wav")).exists()
+        assert erased.calls == 1
+        assert erased.files == 2
+        assert not old.exists()
+        assert not orphan.exists()
+        assert not orphan.parent.exists()
+        assert files(records.recordings_dir, "CA701.wav")
         page = await records.list_calls(parse_filters({}), ACTOR)
         assert [c["call_id"] for c in page["calls"]] == ["CA701"]
         log = await records.list_audit(ACTOR)
