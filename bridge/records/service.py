@@ -181,7 +181,9 @@ class CallRecorder:
             )
         )
         if self.recording is not None:
-            self._closing.add(asyncio.ensure_future(self._close_recording(self.recording)))
+            closing = asyncio.ensure_future(self._close_recording(self.recording))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     async def _close_recording(self, recording: RecordingWriter) -> None:
         result = await recording.close()
@@ -244,8 +246,9 @@ class Records:
             self._retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        # Calls still open (the bridge stops under them): their recordings are finalized, not left unfinished.
+        open_recordings = [r.recording.close() for r in self._live.values() if r.recording is not None]
+        await asyncio.gather(*open_recordings, *self._closing, return_exceptions=True)
         await self.writer.stop(timeout_s)
         await asyncio.get_running_loop().run_in_executor(None, self._io.shutdown)
         await self.engine.dispose()
