@@ -34,9 +34,11 @@ from bridge.engine.server import mount_engine
 from bridge.errors import BridgeError
 from bridge.limits import RateLimiter, Slots
 from bridge.ops_routes import OpsRoutes, RuntimeState
+from bridge.records import Records
 from bridge.settings import Settings
 from bridge.telephony.leg import Leg
 from bridge.telephony.twilio.routes import TwilioRoutes
+from bridge.web.api import mount_admin_api
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
         # Again now: uvicorn (re)configures its loggers' handlers after the app was built.
         install_redaction()
         loop = asyncio.get_running_loop()
+        await records.start()  # call records (docs/records.md); a database that is down is retried
+        logsafe.set_pii_redactor(records.redactor if records.redactor.enabled else None)
         background = [asyncio.create_task(store.run_watcher())]
         if preload_models:
             t0 = time.perf_counter()
@@ -102,6 +106,7 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
             if runtime.sip is not None:
                 await runtime.sip.stop()
             await engine.close_all()
+            await records.stop()
 
     # No /docs, /redoc or /openapi.json: an IVR bridge has no API to publish (docs/security.md).
     app = FastAPI(title="ivr-bridge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -110,6 +115,8 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
     app.state.dialplans = store
     app.state.call_slots = call_slots
     app.state.webhook_rate = webhook_rate
+    records = app.state.records = Records(settings)  # started and stopped in the lifespan
+    mount_admin_api(app, settings, records)  # /api/* only when BRIDGE_ADMIN_TOKEN is set
     engine = mount_engine(app, settings)
     # The operator's chat-completions backends (dialplan agent steps): the only places the engine may
     # send requests. Read again after a reload; earlier entries stay for calls in progress.

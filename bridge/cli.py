@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bridge.dialplan.cli import add_parser as add_dialplan_parser
 
     add_dialplan_parser(sub)
+    from bridge.records.cli import add_parser as add_calls_parser
+
+    add_calls_parser(sub)
     return parser
 
 

@@ -16,6 +16,10 @@ text), the exception text and the stack. `install(secrets)` puts one shared filt
 logger's handlers, uvicorn's handlers and logging's last-resort handler; it is idempotent and
 adds the new secrets to those already known (several apps in one process: the union).
 
+An optional PII step (`set_pii_redactor(fn)`, installed by `bridge.records` from the same rules
+that mask stored transcripts: card numbers, SSNs, emails, phone numbers) runs after the secret
+redaction on every record the filter sees; `set_pii_redactor(None)` removes it.
+
 A filter sits on handlers, not loggers, because records that propagate from a child logger pass
 only their handlers' filters. A handler added after `install()` is not covered until the next
 call (`create_app` calls it again at start-up, after uvicorn configured its logging).
@@ -26,7 +30,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -132,11 +136,30 @@ class SecretFilter(logging.Filter):
                 self.redactor = Redactor(self._known)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        scrub(record, self.redactor)
+        pii = _PII[0]
+        if pii is None:
+            scrub(record, self.redactor)
+        else:
+            redactor = self.redactor
+            scrub(record, lambda text: pii(redactor(text)))
         return True
 
 
-def scrub(record: logging.LogRecord, redactor: Redactor) -> None:
+# The optional PII step of every log record (after the secrets): a `str -> str` function or None.
+_PII: list[Callable[[str], str] | None] = [None]
+
+
+def set_pii_redactor(redactor: Callable[[str], str] | None) -> None:
+    """Mask PII in every log line the filter sees with `redactor` (None: no PII step)."""
+    _PII[0] = redactor
+
+
+def pii_redactor() -> Callable[[str], str] | None:
+    """The PII step in force, if any."""
+    return _PII[0]
+
+
+def scrub(record: logging.LogRecord, redactor: Callable[[str], str]) -> None:
     """Redact `record` in place: message (and args), exception text, stack."""
     try:
         message = record.getMessage()
@@ -155,7 +178,7 @@ def scrub(record: logging.LogRecord, redactor: Redactor) -> None:
         record.stack_info = redactor(record.stack_info)
 
 
-def _redact_message(record: logging.LogRecord, clean: str, redactor: Redactor) -> None:
+def _redact_message(record: logging.LogRecord, clean: str, redactor: Callable[[str], str]) -> None:
     args = record.args
     if args:
         if isinstance(args, Mapping):
@@ -195,4 +218,14 @@ def install(secrets: Iterable[str] = (), *, loggers: Iterable[str] = ()) -> Secr
     return _FILTER
 
 
-__all__ = ["REDACTED", "Redactor", "SecretFilter", "install", "log_filter", "redact", "scrub"]
+__all__ = [
+    "REDACTED",
+    "Redactor",
+    "SecretFilter",
+    "install",
+    "log_filter",
+    "pii_redactor",
+    "redact",
+    "scrub",
+    "set_pii_redactor",
+]

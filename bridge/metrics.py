@@ -19,6 +19,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 DEFAULT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+TURN_BUCKETS_S = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+# The stages of a turn's latency (`turn_stage_seconds{stage=...}`), in call order:
+# caller stopped speaking (bridge VAD) -> upstream speech_stopped -> first audio delta ->
+# first audio played at the caller (mark); "total" is caller stopped -> played.
+TURN_STAGES = ("vad_to_upstream_stop", "upstream_stop_to_first_delta", "first_delta_to_played", "total")
 
 
 def _escape(value: str) -> str:
@@ -260,6 +265,29 @@ class BridgeMetrics(MetricsRegistry):
         self.egress_refusals = self.counter(
             p + "engine_egress_refusals_total",
             "Session events that tried to choose an outbound endpoint or key (refused).",
+        )
+        # Call records (bridge/records): writes never block a call; what could not be kept is counted.
+        self.records_written = self.counter(
+            p + "records_written_total", "Call-record rows stored.", ["kind"]
+        )
+        self.records_lost = self.counter(
+            p + "records_lost_total",
+            "Call-record rows or recording audio given up (queue_full, rejected by the database,"
+            " shutdown before the database came back, disk errors).",
+            ["kind", "reason"],
+        )
+        self.records_write_retries = self.counter(
+            p + "records_write_retries_total", "Record batches retried after a database error."
+        )
+        self.records_queue_depth = self.gauge(
+            p + "records_queue_depth", "Call-record rows waiting to be written."
+        )
+        self.turn_stage_seconds = self.histogram(
+            p + "turn_stage_seconds",
+            "Agent turn latency by stage (vad_to_upstream_stop, upstream_stop_to_first_delta,"
+            " first_delta_to_played, total).",
+            ["stage"],
+            buckets=TURN_BUCKETS_S,
         )
 
 

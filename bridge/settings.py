@@ -5,12 +5,15 @@ Nothing else in the package reads `os.environ`. Tests build `Settings(...)` dire
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bridge.errors import ConfigError
 
@@ -56,6 +59,12 @@ ENV_FIELDS: dict[str, str] = {
     "BRIDGE_MAX_ENGINE_SESSIONS": "max_engine_sessions",
     "BRIDGE_RATE_PER_SOURCE_PER_S": "rate_per_source_per_s",
     "BRIDGE_RATE_BURST": "rate_burst",
+    "BRIDGE_DATA_DIR": "data_dir",
+    "BRIDGE_DATABASE_URL": "database_url",
+    "BRIDGE_DATA_KEY": "data_key",
+    "BRIDGE_RETENTION_DAYS": "retention_days",
+    "BRIDGE_PII_RULES": "pii_rules",
+    "BRIDGE_PII_PATTERNS": "pii_patterns",
 }
 
 # Settings whose values are secrets: redacted from logs, error events and health output.
@@ -69,6 +78,7 @@ SECRET_FIELDS: tuple[str, ...] = (
     "engine_token",
     "admin_token",
     "metrics_token",
+    "data_key",
 )
 
 # The only settings a chat-completions backend configured in a dialplan may send as its bearer:
@@ -76,10 +86,35 @@ SECRET_FIELDS: tuple[str, ...] = (
 CHAT_KEY_ENVS: tuple[str, ...] = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY")
 
 
+DATA_KEY_BYTES = 32
+_HEX_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def parse_data_key(value: str) -> bytes:
+    """The 32-byte AES-256-GCM key from `BRIDGE_DATA_KEY` (64 hex digits, or base64 / base64url of
+    32 bytes). The error names the expected forms, never the value."""
+    text = value.strip()
+    if _HEX_KEY.match(text):
+        return bytes.fromhex(text)
+    for decode in (base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            raw = decode(text + "=" * (-len(text) % 4))
+        except (binascii.Error, ValueError):
+            continue
+        if len(raw) == DATA_KEY_BYTES:
+            return raw
+    raise ConfigError(
+        f"BRIDGE_DATA_KEY must be a 32-byte key written as 64 hex digits or as base64 "
+        f"(44 characters); got {len(text)} characters that are neither "
+        f"(make one with: python -c 'import os,base64; print(base64.b64encode(os.urandom(32)).decode())')"
+    )
+
+
 class Settings(BaseModel):
     """The bridge's configuration. Immutable once built."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: a rejected secret (a malformed BRIDGE_DATA_KEY) is never echoed.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
@@ -138,6 +173,31 @@ class Settings(BaseModel):
     # Per-source token bucket on webhooks and engine connections (requests per second, burst).
     rate_per_source_per_s: float = Field(20.0, gt=0, le=100_000)
     rate_burst: int = Field(60, ge=1, le=1_000_000)
+    # Call records (bridge/records, docs/records.md). The data directory holds the SQLite database
+    # (unless BRIDGE_DATABASE_URL names another) and the recordings; it is created at start-up.
+    data_dir: Path = Path("data")
+    # SQLAlchemy async URL: sqlite+aiosqlite:///<data_dir>/ivr-bridge.db when unset;
+    # postgresql+asyncpg://user:password@host/db in production.
+    database_url: str | None = None
+    # AES-256-GCM key for transcripts and recordings at rest (64 hex digits or base64 of 32 bytes).
+    data_key: str | None = None
+    # Records and recordings older than this many days are purged (kept forever when unset).
+    retention_days: int | None = Field(None, ge=1, le=36_500)
+    # PII redaction of transcripts, event data and log lines: built-in rules on (comma-separated:
+    # card, spoken_card, ssn, email, phone; "none" for none) and a YAML file of extra named regexes.
+    pii_rules: str = "card,spoken_card,ssn,email,phone"
+    pii_patterns: Path | None = None
+
+    @field_validator("data_key")
+    @classmethod
+    def _check_data_key(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            try:
+                parse_data_key(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+            return value
+        return None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -161,7 +221,28 @@ class Settings(BaseModel):
     def sip_enabled(self) -> bool:
         return bool(self.sip_server or self.sip_user)
 
+    @property
+    def data_key_bytes(self) -> bytes | None:
+        """The records encryption key, or None when BRIDGE_DATA_KEY is unset."""
+        return parse_data_key(self.data_key) if self.data_key else None
+
+    @property
+    def database_url_resolved(self) -> str:
+        """BRIDGE_DATABASE_URL, or the SQLite database in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'ivr-bridge.db').resolve()}"
+
     def secret_values(self) -> tuple[str, ...]:
         """The values of every secret setting that is set (for log and error redaction)."""
-        values = (getattr(self, name) for name in SECRET_FIELDS)
-        return tuple(v for v in values if isinstance(v, str) and v)
+        values = [getattr(self, name) for name in SECRET_FIELDS]
+        if self.database_url:  # the password inside BRIDGE_DATABASE_URL
+            from urllib.parse import unquote, urlsplit
+
+            try:
+                password = urlsplit(self.database_url).password
+            except ValueError:
+                password = None
+            if password:
+                values += [password, unquote(password)]
+        return tuple(dict.fromkeys(v for v in values if isinstance(v, str) and v))

@@ -13,6 +13,7 @@ every secret, verbatim and URL-encoded, in every formatted line and in the healt
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -45,6 +46,8 @@ SECRET_VALUES = {
     name: f"{name.replace('_', '-')}-{secrets.token_hex(6)}" + ("/+=" if i % 3 == 0 else "")
     for i, name in enumerate(SECRET_FIELDS)
 }
+# BRIDGE_DATA_KEY must be a real key (32 bytes, base64): a random one, distinct like the others.
+SECRET_VALUES["data_key"] = base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 class Capture(logging.Handler):
