@@ -1,4 +1,4 @@
-"""Barge-in in the real world: the local detector (bridge/audio/vad.py, default barge-in settings, 20 ms
+"""Barge-in in the real world: the local detector (bridge/media/vad.py, default barge-in settings, 20 ms
 frames exactly as the call feeds it) with and without echo cancellation / noise suppression in front.
 
 Speech: Piper (joe) and espeak-ng speakers (en-us, en-gb, en-us+f3, en-us+m3) through the telephone
@@ -7,7 +7,7 @@ return loss, speaker + room colouring) + caller speech + noise, summed and G.711
 
 Fronts (what sits before the VAD):
   none    raw caller audio
-  numpy   bridge.audio.echo.EchoCanceller (GCC-PHAT delay, MDF NLMS, residual gate)
+  numpy   bridge.media.echo.EchoCanceller (GCC-PHAT delay, MDF NLMS, residual gate)
   speex   libspeexdsp (Debian libspeexdsp1, ctypes): echo canceller with a 500 ms filter (it has no
           delay estimator) + its preprocessor's residual echo suppression and denoiser
   webrtc  WebRTC APM from PyPI `livekit` (AEC3 + NS + HPF, 10 ms frames)
@@ -176,7 +176,7 @@ class NumpyAec(Front):
     name = "numpy"
 
     def __init__(self) -> None:
-        from bridge.audio.echo import EchoCanceller
+        from bridge.media.echo import EchoCanceller
 
         self.ec = EchoCanceller()
 
@@ -333,7 +333,7 @@ NS_FRONTS: dict[str, Callable[[], Front]] = {"none": Front, "rnnoise": RnNoise, 
 
 
 def detector(upstream: bool = False):  # type: ignore[no-untyped-def]
-    from bridge.audio.vad import SpeechDetector
+    from bridge.media.vad import SpeechDetector
     from bridge.settings import Settings
 
     if upstream:
@@ -355,7 +355,7 @@ class Run:
 
 def drive(front: Front, near: bytes, far: bytes | None, upstream: bool = True, keep: bool = False) -> Run:
     """Feed 20 ms frames: the far frame that starts playing now, then the caller frame, as the call would."""
-    from bridge.audio.vad import SpeechStart
+    from bridge.media.vad import SpeechStart
 
     det = detector()
     up = detector(upstream=True) if upstream else None
@@ -638,7 +638,7 @@ def main() -> None:
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (other helpers running).\n"
     )
     out.append(
-        "Local detector: bridge/audio/vad.py SpeechDetector with the default barge-in settings "
+        "Local detector: bridge/media/vad.py SpeechDetector with the default barge-in settings "
         "(threshold 0.5, min_speech_ms 64, min_silence_ms 300), Silero at 8 kHz, fed 20 ms frames. "
         "Upstream: the same detector with the engine's server-VAD defaults (threshold 0.5, "
         "200 ms) on the signal the front would send upstream. Echo path: loudspeaker band-pass "

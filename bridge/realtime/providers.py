@@ -21,6 +21,8 @@ from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 from bridge.errors import ConfigError
+from bridge.media.g711 import UpstreamFormat
+from bridge.realtime.dialect import PCM24K, PCMA, PCMU
 from bridge.settings import Settings
 
 OPENAI_REALTIME_URL = "wss://api.openai.com/v1/realtime"
@@ -28,7 +30,6 @@ LOCAL_BEARER = "local"  # a dummy bearer for `url` providers (and a local engine
 PROVIDERS = ("local", "openai", "azure", "url")
 _WS_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 
-SessionFormat = Literal["pcm24k", "pcmu", "pcma"]
 
 # GA server_vad defaults (reference 3.3), spelled out so the session is explicit on the wire.
 SERVER_VAD_DEFAULTS: dict[str, Any] = {
@@ -46,11 +47,7 @@ SEMANTIC_VAD_DEFAULTS: dict[str, Any] = {
     "interrupt_response": True,
 }
 
-AUDIO_FORMATS: dict[str, dict[str, Any]] = {
-    "pcm24k": {"type": "audio/pcm", "rate": 24000},
-    "pcmu": {"type": "audio/pcmu"},
-    "pcma": {"type": "audio/pcma"},
-}
+AUDIO_FORMATS: dict[UpstreamFormat, dict[str, Any]] = {"pcm24k": PCM24K, "pcmu": PCMU, "pcma": PCMA}
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -198,7 +195,7 @@ def _turn_detection(value: Mapping[str, Any] | Literal[False] | None) -> dict[st
 
 
 def session_config(
-    fmt: SessionFormat,
+    fmt: UpstreamFormat,
     *,
     instructions: str | None = None,
     voice: str | None = None,

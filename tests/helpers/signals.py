@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge.audio import codec
+from bridge.media import g711
 
 ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en")
 
@@ -27,7 +27,7 @@ def samples(pcm16: bytes) -> np.ndarray:
 
 
 def ulaw(samples_8k: np.ndarray) -> bytes:
-    return codec.encode(pcm(samples_8k), "pcmu")
+    return g711.encode(pcm(samples_8k), "pcmu")
 
 
 def sinad_db(signal: np.ndarray, freq_hz: float, rate: int) -> float:

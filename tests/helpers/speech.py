@@ -45,7 +45,7 @@ def cache_dir() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _piper_voice():  # type: ignore[no-untyped-def]
-    from bridge.engine.models import get_shared_models
+    from bridge.speech.models import get_shared_models
 
     return get_shared_models().piper_voice()
 

@@ -430,7 +430,7 @@ def read_wav_pcm8k(path: Path) -> bytes:
 def recognise(pcm8k: bytes, phrases: list[str] | None = None) -> str:
     """pocketsphinx on phone audio: open language model when `phrases` is None, else the engine's
     small domain LM built from `phrases` (distractors included by the caller of this function)."""
-    from bridge.engine.asr import Recognizer
+    from bridge.speech.asr import Recognizer
 
     rec = Recognizer()
     rec.set_expected(phrases)
