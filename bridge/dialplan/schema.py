@@ -32,6 +32,7 @@ from pydantic_core import PydanticCustomError
 from bridge.dialplan.hours import WINDOW_RE, Window, parse_window
 from bridge.dialplan.matching import DTMF_KEYS
 from bridge.media.g711 import ConfigurableUpstreamFormat
+from bridge.realtime.providers import Provider
 from bridge.settings import CHAT_KEY_ENVS
 
 # ---------------------------------------------------------------- scalar helpers
@@ -340,9 +341,6 @@ class Intent(_Model):
         if self.reply is None and self.tool is None:
             raise ValueError(f"intent {self.name!r} needs a reply, a tool, or both")
         return self
-
-
-Provider = Literal["local", "openai", "azure", "url"]
 
 
 class AgentStep(StepBase):

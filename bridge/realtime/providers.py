@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import quote, urlsplit
 
 from bridge.errors import ConfigError
@@ -27,7 +27,8 @@ from bridge.settings import Settings
 
 OPENAI_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 LOCAL_BEARER = "local"  # a dummy bearer for `url` providers (and a local engine without a token set)
-PROVIDERS = ("local", "openai", "azure", "url")
+Provider = Literal["local", "openai", "azure", "url"]
+PROVIDERS: tuple[Provider, ...] = get_args(Provider)
 _WS_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 
 

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge.media.g711 import RATE_8K
 from bridge.settings import Settings
 from bridge.telephony.rtp.packet import build_packet, parse_packet
 from tests.helpers.servers import serve
 from tests.sip.conftest import free_udp_port
 
 SILENT_PCMU = b"\xff" * 160
-RATE_HZ = 8000
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -394,13 +394,13 @@ def write_wav(path: Path, pcm8k: bytes, *, ulaw: bool = False) -> Path:
         with wave.open(str(path), "wb") as w:
             w.setnchannels(1)
             w.setsampwidth(2)
-            w.setframerate(RATE_HZ)
+            w.setframerate(RATE_8K)
             w.writeframes(pcm8k)
         return path
     import struct
 
     data = audioop.lin2ulaw(pcm8k, 2)
-    fmt = struct.pack("<HHIIHH", 7, 1, RATE_HZ, RATE_HZ, 1, 8)  # WAVE_FORMAT_MULAW
+    fmt = struct.pack("<HHIIHH", 7, 1, RATE_8K, RATE_8K, 1, 8)  # WAVE_FORMAT_MULAW
     body = b"WAVEfmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     return path
@@ -414,12 +414,12 @@ def read_wav_pcm8k(path: Path) -> bytes:
         raise ValueError(f"{path}: {8 * width}-bit, expected 16")
     if channels == 2:
         pcm = audioop.tomono(pcm, 2, 0.5, 0.5)
-    if rate != RATE_HZ:
+    if rate != RATE_8K:
         import numpy as np
         import soxr
 
         x = np.frombuffer(pcm, dtype="<i2")
-        pcm = soxr.resample(x, rate, RATE_HZ).astype("<i2").tobytes()
+        pcm = soxr.resample(x, rate, RATE_8K).astype("<i2").tobytes()
     return pcm
 
 
