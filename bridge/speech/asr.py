@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bridge.errors import BridgeError
-from bridge.media.g711 import RATE_8K, RATE_16K
+from bridge.media.g711 import FRAME_BYTES_PCM8K, RATE_8K, RATE_16K
 from bridge.speech.models import PHONE_CMNINIT, SharedModels, get_shared_models
 from bridge.speech.words import DIGIT_WORDS
 
@@ -362,7 +362,7 @@ class Recognizer:
             audio_ms=self._audio_samples * 1000 // RATE_8K,
         )
 
-    def recognize(self, pcm16_8k: bytes, chunk_bytes: int = 320) -> Transcript:
+    def recognize(self, pcm16_8k: bytes, chunk_bytes: int = FRAME_BYTES_PCM8K) -> Transcript:
         """One whole turn in one call (begin, feed in 20 ms chunks, end)."""
         self.begin()
         for i in range(0, len(pcm16_8k), chunk_bytes):

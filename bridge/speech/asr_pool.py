@@ -47,6 +47,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from bridge.media.g711 import FRAME_BYTES_PCM8K
 from bridge.speech.asr import RecognizerError, Transcript
 from bridge.speech.asr_messages import (
     Answer,
@@ -590,7 +591,7 @@ class RemoteRecognizer:
             audio_ms=answer.audio_ms,
         )
 
-    def recognize(self, pcm16_8k: bytes, chunk_bytes: int = 320) -> Transcript:
+    def recognize(self, pcm16_8k: bytes, chunk_bytes: int = FRAME_BYTES_PCM8K) -> Transcript:
         """One whole turn in one call (begin, feed in 20 ms chunks, end)."""
         self.begin()
         for i in range(0, len(pcm16_8k), chunk_bytes):
