@@ -144,8 +144,10 @@ class AppObserver:
             view.barge_ins = max(view.barge_ins, call.stats.barge_ins, agent.barge_ins if agent else 0)
         engine = getattr(self.app.state, "engine", None)
         for conn in list(engine.sessions if engine is not None else ()):
-            for item_id, item in list(conn.session._items.items()):
-                if item.data.get("role") != "assistant":
+            conversation = conn.session.conversation
+            for item_id in conversation.ids():
+                item = conversation.get(item_id)
+                if item is None or item.data.get("role") != "assistant":
                     continue
                 view_item = self.engine_items.setdefault(item_id, EngineItemView(item_id))
                 view_item.audio_ms = item.audio_ms
