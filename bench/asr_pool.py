@@ -1,4 +1,4 @@
-"""Speech recognition in worker processes (bridge/engine/asr_pool.py) against the in-process Recognizer.
+"""Speech recognition in worker processes (bridge/speech/asr_pool.py) against the in-process Recognizer.
 
 - an asyncio loop in this process ticking on absolute 20 ms deadlines (what the RTP and Twilio pacers
   do) while N sessions recognise real-time paced phone speech: max lateness and late ticks;
@@ -20,8 +20,8 @@ from typing import Any
 
 import psutil
 
-from bridge.engine.asr import Recognizer
-from bridge.engine.asr_pool import AsrPool, RemoteRecognizer
+from bridge.speech.asr import Recognizer
+from bridge.speech.asr_pool import AsrPool, RemoteRecognizer
 from tests.helpers.speech import chunks, phone_speech, silence
 
 RESULTS = Path(__file__).parent / "results" / "asr_pool.md"
@@ -125,7 +125,7 @@ def main() -> None:
             rec.close()
     pool.close()
     lines = [
-        "# Speech recognition in worker processes (`bridge/engine/asr_pool.py`)",
+        "# Speech recognition in worker processes (`bridge/speech/asr_pool.py`)",
         "",
         f"`.venv/bin/python -m bench asr_pool`, 2 cores. Load average at start: {load[0]:.2f} / "
         f"{load[1]:.2f} (other engineers' work was running; figures may be disturbed by that).",

@@ -1,4 +1,4 @@
-"""Barge-in in the real world: the local detector (bridge/audio/vad.py, default barge-in settings, 20 ms
+"""Barge-in in the real world: the local detector (bridge/media/vad.py, default barge-in settings, 20 ms
 frames exactly as the call feeds it) with and without echo cancellation / noise suppression in front.
 
 Speech: Piper (joe) and espeak-ng speakers (en-us, en-gb, en-us+f3, en-us+m3) through the telephone
@@ -7,7 +7,7 @@ return loss, speaker + room colouring) + caller speech + noise, summed and G.711
 
 Fronts (what sits before the VAD):
   none    raw caller audio
-  numpy   bridge.audio.echo.EchoCanceller (GCC-PHAT delay, MDF NLMS, residual gate)
+  numpy   bridge.media.echo.EchoCanceller (GCC-PHAT delay, MDF NLMS, residual gate)
   speex   libspeexdsp (Debian libspeexdsp1, ctypes): echo canceller with a 500 ms filter (it has no
           delay estimator) + its preprocessor's residual echo suppression and denoiser
   webrtc  WebRTC APM from PyPI `livekit` (AEC3 + NS + HPF, 10 ms frames)
@@ -35,10 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bridge.media.g711 import FRAME_BYTES_PCM8K, FRAME_SAMPLES_8K, RATE_8K
+
 RESULTS = Path(__file__).parent / "results" / "bargein.md"
-RATE = 8000
-FRAME = 160
-FRAME_BYTES = 320
 BOT_DBFS = -20.0
 
 BOT_LINES = [
@@ -109,14 +108,14 @@ class EchoPath:
         ir = rng.standard_normal(n) * np.exp(-np.arange(n) / 48.0)
         ir[0] += 2.0  # direct path
         self.ir = ir / np.sqrt(np.sum(ir**2))
-        self.sos = butter(2, [350.0, 3200.0], btype="bandpass", fs=RATE, output="sos")
+        self.sos = butter(2, [350.0, 3200.0], btype="bandpass", fs=RATE_8K, output="sos")
 
     def apply(self, bot: np.ndarray, delay_ms: float, erl_db: float) -> np.ndarray:
         from scipy.signal import lfilter, sosfilt
 
         y = sosfilt(self.sos, lfilter(self.ir, [1.0], bot))
         y *= np.sqrt(np.mean(bot**2) / max(np.mean(y**2), 1e-12)) * 10 ** (-erl_db / 20)
-        d = int(delay_ms * RATE / 1000)
+        d = int(delay_ms * RATE_8K / 1000)
         return np.concatenate([np.zeros(d), y[: len(bot) - d]])
 
 
@@ -125,14 +124,14 @@ def noise(kind: str, n: int, snr_db: float, rng: np.random.Generator, babble_src
 
     if kind == "pink":
         spec = np.fft.rfft(rng.standard_normal(n))
-        f = np.fft.rfftfreq(n, 1 / RATE)
+        f = np.fft.rfftfreq(n, 1 / RATE_8K)
         spec[1:] /= np.sqrt(f[1:])
         spec[0] = 0
         x = np.fft.irfft(spec, n)
     elif kind == "car":
-        x = sosfilt(butter(2, 250.0, fs=RATE, output="sos"), rng.standard_normal(n))
+        x = sosfilt(butter(2, 250.0, fs=RATE_8K, output="sos"), rng.standard_normal(n))
         x = sosfilt(
-            butter(2, 300.0, btype="highpass", fs=RATE, output="sos"), x + 0.05 * rng.standard_normal(n)
+            butter(2, 300.0, btype="highpass", fs=RATE_8K, output="sos"), x + 0.05 * rng.standard_normal(n)
         )
     elif kind == "babble":
         x = np.zeros(n)
@@ -176,7 +175,7 @@ class NumpyAec(Front):
     name = "numpy"
 
     def __init__(self) -> None:
-        from bridge.audio.echo import EchoCanceller
+        from bridge.media.echo import EchoCanceller
 
         self.ec = EchoCanceller()
 
@@ -221,23 +220,23 @@ class SpeexAec(Front):
     def __init__(self, filter_ms: int = 500) -> None:
         lib = speex_lib()
         self.lib = lib
-        self.st = lib.speex_echo_state_init(FRAME, filter_ms * RATE // 1000)
-        rate = ctypes.c_int(RATE)
+        self.st = lib.speex_echo_state_init(FRAME_SAMPLES_8K, filter_ms * RATE_8K // 1000)
+        rate = ctypes.c_int(RATE_8K)
         lib.speex_echo_ctl(self.st, 24, ctypes.byref(rate))  # SPEEX_ECHO_SET_SAMPLING_RATE
-        self.pp = lib.speex_preprocess_state_init(FRAME, RATE)
+        self.pp = lib.speex_preprocess_state_init(FRAME_SAMPLES_8K, RATE_8K)
         lib.speex_preprocess_ctl(self.pp, 24, ctypes.c_void_p(self.st))  # SPEEX_PREPROCESS_SET_ECHO_STATE
         self.pending: dict[int, bytes] = {}
         self.pos = 0
-        self.out = ctypes.create_string_buffer(FRAME_BYTES)
+        self.out = ctypes.create_string_buffer(FRAME_BYTES_PCM8K)
 
     def far(self, frame: bytes, at_ms: float) -> None:
         self.pending[round(at_ms * 8)] = frame
 
     def near(self, frame: bytes) -> bytes:
-        ref = self.pending.pop(self.pos, bytes(FRAME_BYTES))
-        self.pos += FRAME
+        ref = self.pending.pop(self.pos, bytes(FRAME_BYTES_PCM8K))
+        self.pos += FRAME_SAMPLES_8K
         self.lib.speex_echo_cancellation(self.st, frame, ref, self.out)
-        buf = ctypes.create_string_buffer(self.out.raw, FRAME_BYTES)
+        buf = ctypes.create_string_buffer(self.out.raw, FRAME_BYTES_PCM8K)
         self.lib.speex_preprocess_run(self.pp, buf)
         return buf.raw
 
@@ -267,13 +266,13 @@ class WebrtcApm(Front):
 
     def near(self, frame: bytes) -> bytes:
         rtc = self.rtc
-        ref = self.pending.pop(self.pos, bytes(FRAME_BYTES))
-        self.pos += FRAME
+        ref = self.pending.pop(self.pos, bytes(FRAME_BYTES_PCM8K))
+        self.pos += FRAME_SAMPLES_8K
         out = bytearray()
-        for h in (0, FRAME_BYTES // 2):
-            r = rtc.AudioFrame(bytearray(ref[h : h + 160]), RATE, 1, 80)
+        for h in (0, FRAME_BYTES_PCM8K // 2):
+            r = rtc.AudioFrame(bytearray(ref[h : h + 160]), RATE_8K, 1, 80)
             self.apm.process_reverse_stream(r)
-            f = rtc.AudioFrame(bytearray(frame[h : h + 160]), RATE, 1, 80)
+            f = rtc.AudioFrame(bytearray(frame[h : h + 160]), RATE_8K, 1, 80)
             self.apm.process_stream(f)
             out += bytes(f.data.cast("B"))
         return bytes(out)
@@ -290,10 +289,10 @@ class RnNoise(Front):
 
         self.rn = rnnoise
         self.st = rnnoise.create()
-        self.up = soxr.ResampleStream(RATE, 48000, 1, dtype="float32", quality="HQ")
-        self.down = soxr.ResampleStream(48000, RATE, 1, dtype="float32", quality="HQ")
+        self.up = soxr.ResampleStream(RATE_8K, 48000, 1, dtype="float32", quality="HQ")
+        self.down = soxr.ResampleStream(48000, RATE_8K, 1, dtype="float32", quality="HQ")
         self.buf = np.zeros(0, dtype=np.float32)
-        self.outq = np.zeros(FRAME * 2, dtype=np.float32)  # primes the output queue (the added latency)
+        self.outq = np.zeros(FRAME_SAMPLES_8K * 2, dtype=np.float32)  # primes the output queue (latency)
         self.frame = np.zeros(480, dtype=np.float32)
         self.ptr = self.frame.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
 
@@ -308,10 +307,10 @@ class RnNoise(Front):
             outs.append(self.down.resample_chunk(self.frame.copy()))
         if outs:
             self.outq = np.concatenate([self.outq, *outs])
-        y = self.outq[:FRAME]
-        self.outq = self.outq[FRAME:]
-        if y.size < FRAME:
-            y = np.concatenate((y, np.zeros(FRAME - y.size, dtype=np.float32)))
+        y = self.outq[:FRAME_SAMPLES_8K]
+        self.outq = self.outq[FRAME_SAMPLES_8K:]
+        if y.size < FRAME_SAMPLES_8K:
+            y = np.concatenate((y, np.zeros(FRAME_SAMPLES_8K - y.size, dtype=np.float32)))
         return pcm(y)
 
 
@@ -333,7 +332,7 @@ NS_FRONTS: dict[str, Callable[[], Front]] = {"none": Front, "rnnoise": RnNoise, 
 
 
 def detector(upstream: bool = False):  # type: ignore[no-untyped-def]
-    from bridge.audio.vad import SpeechDetector
+    from bridge.media.vad import SpeechDetector
     from bridge.settings import Settings
 
     if upstream:
@@ -355,23 +354,23 @@ class Run:
 
 def drive(front: Front, near: bytes, far: bytes | None, upstream: bool = True, keep: bool = False) -> Run:
     """Feed 20 ms frames: the far frame that starts playing now, then the caller frame, as the call would."""
-    from bridge.audio.vad import SpeechStart
+    from bridge.media.vad import SpeechStart
 
     det = detector()
     up = detector(upstream=True) if upstream else None
-    run = Run(seconds=len(near) / 2 / RATE)
+    run = Run(seconds=len(near) / 2 / RATE_8K)
     out = bytearray() if keep else None
     cpu = 0.0
     clock = time.thread_time
-    for i in range(0, len(near) - FRAME_BYTES + 1, FRAME_BYTES):
+    for i in range(0, len(near) - FRAME_BYTES_PCM8K + 1, FRAME_BYTES_PCM8K):
         t0 = clock()
         if far is not None and i < len(far):
-            f = far[i : i + FRAME_BYTES]
-            if len(f) == FRAME_BYTES and any(f):
-                front.far(f, i / 2 / RATE * 1000)
-        clean = front.near(near[i : i + FRAME_BYTES])
+            f = far[i : i + FRAME_BYTES_PCM8K]
+            if len(f) == FRAME_BYTES_PCM8K and any(f):
+                front.far(f, i / 2 / RATE_8K * 1000)
+        clean = front.near(near[i : i + FRAME_BYTES_PCM8K])
         cpu += clock() - t0
-        end_ms = (i + FRAME_BYTES) // 16
+        end_ms = (i + FRAME_BYTES_PCM8K) // 16
         for ev in det.feed(clean):
             if isinstance(ev, SpeechStart):
                 run.onsets_ms.append(end_ms)
@@ -406,7 +405,7 @@ def material() -> Material:
         voice = ["piper", *ESPEAK_VOICES][i % 5]
         callers.append(trim(speech(text, voice)))
     backs = [trim(speech(t, v)) for t in BACKCHANNELS for v in ("en-gb", "en-us+f3")]
-    backs = [b[: int(0.5 * RATE)] for b in backs]
+    backs = [b[: int(0.5 * RATE_8K)] for b in backs]
     babble = np.concatenate(
         [trim(speech(t, v)) for t, v in zip(CALLER_LINES, ESPEAK_VOICES * 2, strict=False)]
     )
@@ -416,12 +415,12 @@ def material() -> Material:
 def bot_stream(m: Material, seconds: float, rng: np.random.Generator) -> np.ndarray:
     parts: list[np.ndarray] = []
     total = 0
-    while total < seconds * RATE:
+    while total < seconds * RATE_8K:
         b = db_gain(m.bot[int(rng.integers(len(m.bot)))], BOT_DBFS)
-        gap = np.zeros(int(rng.uniform(0.2, 0.8) * RATE))
+        gap = np.zeros(int(rng.uniform(0.2, 0.8) * RATE_8K))
         parts += [b, gap]
         total += len(b) + len(gap)
-    return np.concatenate(parts)[: int(seconds * RATE)]
+    return np.concatenate(parts)[: int(seconds * RATE_8K)]
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -498,16 +497,16 @@ def main() -> None:
             warm = 0.0 if label.startswith("cold") else 4.0
             bot = bot_stream(m, warm + 4.0, rng)
             caller = db_gain(m.callers[t], level)
-            onset = int((warm + rng.uniform(0.6, 2.0)) * RATE)
+            onset = int((warm + rng.uniform(0.6, 2.0)) * RATE_8K)
             near_x = path.apply(bot, delay, erl)
-            near_x = np.concatenate([near_x, np.zeros(max(0, onset + len(caller) + RATE - len(near_x)))])
+            near_x = np.concatenate([near_x, np.zeros(max(0, onset + len(caller) + RATE_8K - len(near_x)))])
             near_x[onset : onset + len(caller)] += caller
             if nkind is not None:
                 near_x += noise(nkind, len(near_x), snr, rng, m.babble_src)
             near = ulaw(near_x)
             far = pcm(bot)
-            onset_ms = onset * 1000 // RATE
-            end_ms = (onset + len(caller)) * 1000 // RATE
+            onset_ms = onset * 1000 // RATE_8K
+            end_ms = (onset + len(caller)) * 1000 // RATE_8K
             for name, make in fronts.items():
                 r = drive(make(), near, far)
                 st = barge[label][name]
@@ -534,7 +533,7 @@ def main() -> None:
     from tests.helpers.speech import dtmf_tone
 
     others: dict[str, dict[str, tuple[int, int]]] = {}
-    t_music = np.arange(int(4 * RATE)) / RATE
+    t_music = np.arange(int(4 * RATE_8K)) / RATE_8K
     music = sum(
         np.sin(2 * np.pi * f0 * t_music) * (0.5 + 0.5 * np.sin(2 * np.pi * 2 * t_music + f0))
         for f0 in (262, 330, 392, 523)
@@ -562,7 +561,7 @@ def main() -> None:
                 bot = bot_stream(m, 8.0, rng)
                 near_x = path.apply(bot, 150, 15)
                 if tr is not None:
-                    at = int(2.5 * RATE)
+                    at = int(2.5 * RATE_8K)
                     near_x[at : at + len(tr)] += tr if label.startswith("DTMF") else db_gain(tr, BOT_DBFS)
                 if nkind is not None:
                     near_x += noise(nkind, len(near_x), snr, rng, m.babble_src)
@@ -593,8 +592,8 @@ def main() -> None:
         ns_rows[label] = {k: Stat() for k in ns_fronts}
         for t in range(len(m.callers)):
             caller = db_gain(m.callers[t], BOT_DBFS)
-            onset = int(rng.uniform(1.0, 2.0) * RATE)
-            x = np.zeros(onset + len(caller) + RATE)
+            onset = int(rng.uniform(1.0, 2.0) * RATE_8K)
+            x = np.zeros(onset + len(caller) + RATE_8K)
             if nkind != "both":
                 x[onset : onset + len(caller)] += caller
             if nkind == "both":
@@ -604,8 +603,8 @@ def main() -> None:
             elif nkind is not None:
                 x += noise(nkind, len(x), snr, rng, m.babble_src)
             near = ulaw(x)
-            onset_ms = onset * 1000 // RATE
-            end_ms = (onset + len(caller)) * 1000 // RATE
+            onset_ms = onset * 1000 // RATE_8K
+            end_ms = (onset + len(caller)) * 1000 // RATE_8K
             for name, make in ns_fronts.items():
                 r = drive(make(), near, None, upstream=False)
                 ns_cost[name][0] += r.front_cpu_s
@@ -638,7 +637,7 @@ def main() -> None:
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (other helpers running).\n"
     )
     out.append(
-        "Local detector: bridge/audio/vad.py SpeechDetector with the default barge-in settings "
+        "Local detector: bridge/media/vad.py SpeechDetector with the default barge-in settings "
         "(threshold 0.5, min_speech_ms 64, min_silence_ms 300), Silero at 8 kHz, fed 20 ms frames. "
         "Upstream: the same detector with the engine's server-VAD defaults (threshold 0.5, "
         "200 ms) on the signal the front would send upstream. Echo path: loudspeaker band-pass "

@@ -52,7 +52,7 @@ def bench_load() -> list[str]:
 def bench_dtmf_to_prompt() -> list[str]:
     from bridge.dialplan.loader import load_dialplan
     from bridge.dialplan.runner import Runner, Say
-    from bridge.engine.tts import PromptCache, Synthesizer
+    from bridge.speech.tts import PromptCache, Synthesizer
 
     plan = load_dialplan(REPO / "dialplans/examples/business-hours-cloud.yaml")
     runner_us: list[float] = []
@@ -118,13 +118,13 @@ def bench_dtmf_e2e(calls: int = 6) -> list[str]:
 
     sys.path.insert(0, str(REPO))
     from bridge.app import create_app
-    from bridge.audio import codec
+    from bridge.media import g711
     from bridge.settings import Settings
     from tests.helpers.servers import serve
     from tests.helpers.twilio_emulator import TwilioEmulator
 
     def speech(frame: bytes) -> bool:
-        x = np.frombuffer(codec.decode(frame, "pcmu"), dtype=np.int16).astype(np.float64)
+        x = np.frombuffer(g711.decode(frame, "pcmu"), dtype=np.int16).astype(np.float64)
         return float(np.sqrt(np.mean(x * x))) > 150.0
 
     async def one(url: str, n: int, digit: str) -> float:
@@ -177,7 +177,7 @@ def bench_recognition() -> tuple[list[str], list[str]]:
     from bridge.dialplan.loader import load_dialplan
     from bridge.dialplan.matching import match_option, spoken_phrases
     from bridge.dialplan.schema import MenuStep
-    from bridge.engine.asr import Recognizer
+    from bridge.speech.asr import Recognizer
     from tests.helpers.speech import phone_speech, silence
 
     plan = load_dialplan(REPO / "dialplans")
@@ -225,7 +225,7 @@ def main() -> None:
         *rows,
         "",
         "Spoken options: the default menu's grammar (`spoken_phrases`), pocketsphinx via "
-        "`bridge.engine.asr.Recognizer`, phone speech from `tests/helpers/speech.py` (Piper joe or "
+        "`bridge.speech.asr.Recognizer`, phone speech from `tests/helpers/speech.py` (Piper joe or "
         "espeak-ng, band-passed, 8 kHz, µ-law round trip), matched by `match_option`.",
         "",
         "| voice | caller says | expected | recognised | option | |",

@@ -29,7 +29,7 @@ import numpy as np
 import psutil
 import websockets
 
-from bridge.audio import codec
+from bridge.media import g711
 from tests.helpers.servers import bind_ephemeral
 from tests.helpers.speech import phone_speech, silence
 
@@ -213,7 +213,7 @@ async def run_session(
         )
         ready.set()
         for utt in utterances:
-            audio = codec.encode(silence(400) + utt + silence(1000), "pcmu")
+            audio = g711.encode(silence(400) + utt + silence(1000), "pcmu")
             start = time.perf_counter()
             for i, off in enumerate(range(0, len(audio), 160)):
                 payload = base64.b64encode(audio[off : off + 160]).decode()
@@ -251,9 +251,9 @@ async def run_sessions(url: str, n: int, turns: list[bytes]) -> tuple[list[dict[
 
 def accuracy() -> dict[str, Any]:
     """Recogniser (expected phrases of the extension) + matcher, one warm decoder, as in one session."""
-    from bridge.engine.asr import Recognizer
-    from bridge.engine.extension import parse_extension
     from bridge.engine.responder import match_turn
+    from bridge.realtime.local_engine import parse_extension
+    from bridge.speech.asr import Recognizer
 
     ext = parse_extension(EXTENSION)
     rec = Recognizer()

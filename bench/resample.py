@@ -1,6 +1,6 @@
 """Streaming 8k <-> 24k resamplers on 20 ms int16 chunks: speed, added latency, quality.
 
-Compares the bridge's polyphase FIRs (bridge.audio.resample) with python-soxr's
+Compares the bridge's polyphase FIRs (bridge.media.resample) with python-soxr's
 `ResampleStream(quality="HQ")` and stateful `audioop.ratecv`. Writes bench/results/resample.md.
 
 - µs per chunk: median over repeats of the mean time of one `process` call on a 20 ms chunk.
@@ -26,7 +26,7 @@ import numpy as np
 import soxr
 from scipy import signal
 
-from bridge.audio.resample import Downsampler, Upsampler
+from bridge.media.resample import Downsampler, Upsampler
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -204,7 +204,7 @@ async def run(bridge) -> list[str]:  # type: ignore[no-untyped-def]
         "prompt or reply, and again whenever the sender ran dry in the middle of one: each of these calls "
         "speaks one prompt or one answer, so 1.0 means no underflow.",
         "",
-        "History: before speech recognition moved to worker processes (bridge/engine/asr_pool.py; "
+        "History: before speech recognition moved to worker processes (bridge/speech/asr_pool.py; "
         "pocketsphinx never releases the GIL and its end of utterance takes 120-190 ms here), the agent-turn "
         "rows measured max 206 ms / 2 timestamp skips (1 call) and 126 ms / 4 skips (4 calls). Before the "
         "SIP leg got a 40 ms lead (it had none: the call's pacer and the RTP ticker are two unrelated 20 ms "

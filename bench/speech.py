@@ -58,10 +58,10 @@ def rss_mb() -> float:
 
 
 def main() -> None:
-    from bridge.audio.vad import SileroVad, WebRtcVad
-    from bridge.engine.asr import Recognizer
-    from bridge.engine.models import SharedModels
-    from bridge.engine.tts import Synthesizer
+    from bridge.media.vad import SileroVad, WebRtcVad
+    from bridge.speech.asr import Recognizer
+    from bridge.speech.models import SharedModels
+    from bridge.speech.tts import Synthesizer
     from tests.helpers.speech import chunks, phone_speech, silence
 
     load_avg = os.getloadavg()
@@ -70,7 +70,7 @@ def main() -> None:
 
     # -- loads ------------------------------------------------------------------------------------
     shared = SharedModels()
-    import bridge.engine.models as models
+    import bridge.speech.models as models
 
     models._shared = shared  # measure a fresh process-wide holder
     shared.vad_session()

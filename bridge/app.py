@@ -29,11 +29,11 @@ from bridge.call import Call
 from bridge.call.agent import dialplan_chat_backends
 from bridge.call.prompts import prewarm_prompts
 from bridge.dialplan.store import DialplanStore
-from bridge.engine.backends import ChatBackend
 from bridge.engine.server import mount_engine
 from bridge.errors import BridgeError
 from bridge.limits import RateLimiter, Slots
 from bridge.ops_routes import OpsRoutes, RuntimeState
+from bridge.realtime.local_engine import ChatBackend
 from bridge.records import Records
 from bridge.settings import Settings
 from bridge.telephony.leg import Leg

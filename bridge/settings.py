@@ -16,8 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bridge.errors import ConfigError
-
-UpstreamFormat = Literal["pcm24k", "pcmu"]
+from bridge.media.g711 import ConfigurableUpstreamFormat
 
 # Environment variable -> settings field. Keep these names stable: outside tools rely on them.
 ENV_FIELDS: dict[str, str] = {
@@ -122,7 +121,7 @@ class Settings(BaseModel):
     realtime_url: str | None = None
     realtime_model: str = "gpt-realtime"
     dialplans: Path = Path("dialplans")
-    upstream_format: UpstreamFormat = "pcm24k"
+    upstream_format: ConfigurableUpstreamFormat = "pcm24k"
     # Barge-in: how much caller speech, at what Silero probability, stops the bot.
     # 64 ms at 0.5 stops the bot ~90 ms after a real caller starts talking (bench/results/call_path.md);
     # raise them (here or per dialplan `barge_in:`) on noisy lines.

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from bridge.app import create_app
-from bridge.audio import codec
 from bridge.call.prompts import prompt_voice, read_wav_8k
 from bridge.dialplan.runner import GOODBYE
+from bridge.media import g711
 from bridge.settings import Settings
 from tests.helpers.e2e import (
     EngineTap,
@@ -104,7 +104,7 @@ def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]
 
 def ulaw_of_prompt(text: str) -> bytes:
     """The exact µ-law bytes the bridge plays for a cached local prompt (same process, same cache)."""
-    return codec.encode(prompt_voice().render(text, True), "pcmu")
+    return g711.encode(prompt_voice().render(text, True), "pcmu")
 
 
 def heard_ulaw(caller: Any) -> bytes:
@@ -180,7 +180,7 @@ async def test_digit_0_transfers_via_the_connect_action(bridge: tuple[str, Any])
     closed_at = await caller.wait_closed(timeout=30)
     assert caller.twilio.close_code == 1000
     # The chime (byte for byte) and then the announcement were played before the stream closed.
-    chime = codec.encode(read_wav_8k(REPO / "dialplans" / "audio" / "chime.wav"), "pcmu")
+    chime = g711.encode(read_wav_8k(REPO / "dialplans" / "audio" / "chime.wav"), "pcmu")
     heard = heard_ulaw(caller)
     chime_at = heard.find(chime[: len(chime) - len(chime) % 160])
     assert chime_at >= 0

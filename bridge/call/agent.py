@@ -25,19 +25,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bridge.audio import codec
-from bridge.audio.resample import Downsampler, Upsampler
 from bridge.call.bargein import BargeInCore, Cut
 from bridge.dialplan.schema import AgentStep, Dialplan
-from bridge.engine.backends import ChatBackend, chat_backend
-from bridge.engine.extension import EXTENSION_KEY
 from bridge.errors import BridgeError, ConfigError, UpstreamError
+from bridge.media import g711
+from bridge.media.g711 import Encoding, UpstreamFormat
+from bridge.media.resample import Downsampler, Upsampler
 from bridge.realtime import events as rt
 from bridge.realtime.client import RealtimeClient
+from bridge.realtime.local_engine import EXTENSION_KEY, ChatBackend, chat_backend
 from bridge.realtime.providers import Endpoint, resolve_endpoint, session_config
-from bridge.realtime.session import UpstreamFormat
 from bridge.settings import Settings
-from bridge.telephony.leg import Encoding
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +164,7 @@ class CallAudio(Protocol):
     encoding: Encoding
     bargein: BargeInCore
 
-    def play(self, item_id: str, g711: bytes) -> None: ...
+    def play(self, item_id: str, payload: bytes) -> None: ...
 
     def finish_item(self, item_id: str) -> None: ...
 
@@ -252,14 +250,14 @@ class AgentLink:
         elif fmt == self._audio.encoding:
             audio = payload
         else:
-            audio = codec.encode(pcm8k, fmt)
+            audio = g711.encode(pcm8k, fmt)
         message = rt.append_audio_json(base64.b64encode(audio).decode("ascii"))
         if self._ready:
             try:
                 await self._client.send_raw(message)
             except UpstreamError:
                 self._ready = False  # the reader sees the close and ends the step
-        elif not self._closed and len(self._preconnect) * codec.FRAME_MS < PRECONNECT_BUFFER_MS:
+        elif not self._closed and len(self._preconnect) * g711.FRAME_MS < PRECONNECT_BUFFER_MS:
             self._preconnect.append(message)
 
     async def send_text(self, text: str) -> None:
@@ -298,12 +296,12 @@ class AgentLink:
         fmt = self.config.upstream_format
         encoding = self._audio.encoding
         if fmt == "pcm24k":
-            g711 = codec.encode(self._down.process(audio), encoding)
+            out = g711.encode(self._down.process(audio), encoding)
         elif fmt == encoding:
-            g711 = audio
+            out = audio
         else:
-            g711 = codec.transcode(audio, fmt, encoding)
-        self._audio.play(item_id, g711)
+            out = g711.transcode(audio, fmt, encoding)
+        self._audio.play(item_id, out)
 
     def _queue_tool(self, event: rt.ResponseFunctionCallArgumentsDone) -> None:
         try:

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bridge.audio import codec
-from bridge.realtime.session import BYTES_PER_MS, UpstreamFormat
+from bridge.media import g711
+from bridge.media.g711 import BYTES_PER_MS, UpstreamFormat
 
 PROMPT_PREFIX = "prompt:"
 
@@ -64,7 +64,7 @@ class Cut:
 class BargeInCore:
     """Marks in flight, prompts, and the agent session's audio of one call, as facts came in."""
 
-    def __init__(self, frame_ms: int = codec.FRAME_MS) -> None:
+    def __init__(self, frame_ms: int = g711.FRAME_MS) -> None:
         self.frame_ms = frame_ms
         # Frames sent, not yet played, in sending order: mark -> (item id, end ms, sent at).
         self._in_flight: dict[str, tuple[str, int, float]] = {}

@@ -27,15 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, assert_never
 
-from bridge.audio import codec
-from bridge.audio.playout import Playout
-from bridge.audio.vad import SpeechDetector, SpeechStart
 from bridge.call.agent import AgentLink, agent_config
 from bridge.call.bargein import BargeInCore, Cut
 from bridge.call.prompts import PromptVoice, prompt_voice, read_wav_8k
 from bridge.dialplan import runner as dp
 from bridge.dialplan.schema import Dialplan
 from bridge.errors import BridgeError
+from bridge.media import g711
+from bridge.media.playout import Playout
+from bridge.media.vad import SpeechDetector, SpeechStart
 from bridge.settings import Settings
 from bridge.telephony.leg import AudioIn, CallEnded, CallStarted, Dtmf, Leg, MarkPlayed
 
@@ -155,7 +155,7 @@ class Call:
         self.agent: AgentLink | None = None
         self._voice = voice
         self._loop = asyncio.get_running_loop()
-        self._playout = Playout(lead_ms=leg.lead_ms, silence_byte=codec.silence_byte(leg.encoding))
+        self._playout = Playout(lead_ms=leg.lead_ms, silence_byte=g711.silence_byte(leg.encoding))
         self.bargein = BargeInCore()
         self._mark_seq = 0
         self._wake = asyncio.Event()
@@ -212,7 +212,7 @@ class Call:
             elif isinstance(event, CallStarted):
                 self.started = event
                 self.encoding = self.leg.encoding
-                silence = codec.silence_byte(self.encoding)
+                silence = g711.silence_byte(self.encoding)
                 self._playout = Playout(lead_ms=self.leg.lead_ms, silence_byte=silence)
                 assert self._tg is not None
                 self._tg.create_task(self._pacer())
@@ -226,7 +226,7 @@ class Call:
         raise _CallOver("closed")
 
     async def _on_caller_audio(self, payload: bytes) -> None:
-        pcm8k = codec.decode(payload, self.encoding)
+        pcm8k = g711.decode(payload, self.encoding)
         agent = self.agent
         vad = self._vad
         if vad is not None:
@@ -254,8 +254,8 @@ class Call:
 
     # -- audio out (CallAudio for the agent link) ------------------------------------------------
 
-    def play(self, item_id: str, g711: bytes) -> None:
-        self._playout.push(item_id, g711)
+    def play(self, item_id: str, payload: bytes) -> None:
+        self._playout.push(item_id, payload)
         self._wake.set()
 
     def finish_item(self, item_id: str) -> None:
@@ -430,7 +430,7 @@ class Call:
             raise _CallOver(f"hangup: {action.reason}")
 
     async def _speak(self, item_id: str, pcm8k: bytes) -> None:
-        self.play(item_id, codec.encode(pcm8k, self.encoding))
+        self.play(item_id, g711.encode(pcm8k, self.encoding))
         self.finish_item(item_id)
 
     async def _say(self, action: dp.Say) -> None:
@@ -460,7 +460,7 @@ class Call:
     def _listen(self, action: dp.Listen) -> None:
         if self._listener is None:
             from bridge.dialplan.listener import MenuListener
-            from bridge.engine.asr_pool import RemoteRecognizer  # decoding in the ASR worker pool
+            from bridge.speech.asr_pool import RemoteRecognizer  # decoding in the ASR worker pool
 
             self._listener = MenuListener(
                 lambda text: self._post(Heard(text)), recognizer_factory=RemoteRecognizer, loop=self._loop

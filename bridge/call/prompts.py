@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge.audio import codec
 from bridge.dialplan.store import DialplanStore
 from bridge.errors import BridgeError
+from bridge.media import g711
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,9 @@ class PromptVoice:
     """Fixed prompts spoken by the local synthesizer at 8 kHz, cached process-wide."""
 
     def __init__(self) -> None:
-        from bridge.engine.tts import Synthesizer
+        from bridge.speech.tts import Synthesizer
 
-        self._synth = Synthesizer(out_rate=codec.RATE_8K)
+        self._synth = Synthesizer(out_rate=g711.RATE_8K)
 
     def render(self, text: str, cache: bool) -> bytes:
         audio = self._synth.cached(text) if cache else self._synth.synthesize(text)
@@ -57,10 +57,10 @@ def read_wav_8k(path: Path) -> bytes:
         if w.getnchannels() > 1:
             data = data.reshape(-1, w.getnchannels()).mean(axis=1).astype(np.int16)
         rate = w.getframerate()
-    if rate != codec.RATE_8K:
+    if rate != g711.RATE_8K:
         import soxr
 
-        data = soxr.resample(data, rate, codec.RATE_8K).astype(np.int16)
+        data = soxr.resample(data, rate, g711.RATE_8K).astype(np.int16)
     return data.astype("<i2").tobytes()
 
 

@@ -17,14 +17,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from bridge.audio.vad import SpeechDetector, SpeechStart, SpeechStop
-from bridge.dialplan.matching import DIGIT_WORDS
+from bridge.media.g711 import FRAME_BYTES_PCM8K, PCM8K_BYTES_PER_MS
+from bridge.media.vad import SpeechDetector, SpeechStart, SpeechStop
+from bridge.speech.words import DIGIT_WORDS
 
 log = logging.getLogger(__name__)
 
-FRAME_BYTES = 320  # 20 ms of PCM16 at 8 kHz
-BYTES_PER_MS = 16
-FLUSH_BYTES = 5 * FRAME_BYTES  # hand audio to the worker every 100 ms
+FLUSH_BYTES = 5 * FRAME_BYTES_PCM8K  # hand audio to the worker every 100 ms
 
 
 class TranscriptLike(Protocol):
@@ -33,7 +32,7 @@ class TranscriptLike(Protocol):
 
 
 class RecognizerLike(Protocol):
-    """A blocking recognizer (`bridge.engine.asr_pool.RemoteRecognizer` in calls); used from one worker
+    """A blocking recognizer (`bridge.speech.asr_pool.RemoteRecognizer` in calls); used from one worker
     thread only. It may also have `close()`, called when the listener closes."""
 
     def set_expected(self, phrases: Sequence[str] | None) -> None: ...
@@ -61,7 +60,7 @@ class MenuListener:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="menu-asr")
         self._recognizer: RecognizerLike | None = None
         self._preroll: deque[bytes] = deque(maxlen=max(1, preroll_ms // 20))
-        self._max_turn_bytes = max_turn_ms * BYTES_PER_MS
+        self._max_turn_bytes = max_turn_ms * PCM8K_BYTES_PER_MS
         self._listening = False
         self._generation = 0  # bumps on every listen/stop: late results of an old menu are dropped
         self._in_turn = False

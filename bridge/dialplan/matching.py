@@ -1,7 +1,7 @@
 """Words to options and digits: how the runner reads what the caller said. No I/O.
 
-The one home of the spoken-digit vocabulary (`DIGIT_WORDS`) and of the DTMF keys; the engine's
-recognizer grammars and the menu listener import them from here.
+The one home of the DTMF keys; the spoken-digit vocabulary (`DIGIT_WORDS`, `NUMBER_WORDS`) lives
+lower, in `bridge.speech.words`, shared with the recognizers.
 """
 
 from __future__ import annotations
@@ -9,18 +9,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from bridge.speech.words import DIGIT_WORDS, NUMBER_WORDS
+
 if TYPE_CHECKING:
     from bridge.dialplan.schema import MenuStep
 
 DTMF_KEYS = frozenset("0123456789*#ABCD")
-# "zero" .. "nine": DIGIT_WORDS[d] is how the digit d is said.
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-# Spoken words that mean a digit (with the "oh" of phone numbers).
-NUMBER_WORDS: dict[str, str] = {
-    **{word: str(digit) for digit, word in enumerate(DIGIT_WORDS)},
-    "oh": "0",
-    "o": "0",
-}
 _PUNCT = re.compile(r"[^\w\s]+")
 
 

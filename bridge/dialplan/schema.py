@@ -31,6 +31,8 @@ from pydantic_core import PydanticCustomError
 
 from bridge.dialplan.hours import WINDOW_RE, Window, parse_window
 from bridge.dialplan.matching import DTMF_KEYS
+from bridge.media.g711 import ConfigurableUpstreamFormat
+from bridge.realtime.providers import Provider
 from bridge.settings import CHAT_KEY_ENVS
 
 # ---------------------------------------------------------------- scalar helpers
@@ -341,10 +343,6 @@ class Intent(_Model):
         return self
 
 
-Provider = Literal["local", "openai", "azure", "url"]
-UpstreamFormat = Literal["pcm24k", "pcmu"]
-
-
 class AgentStep(StepBase):
     kind: ClassVar[Literal["agent"]] = "agent"
     provider: Provider | None = None  # None: defaults.provider (itself default local)
@@ -361,7 +359,7 @@ class AgentStep(StepBase):
     no_input_reply: str | None = None  # local engine: said when the caller stays silent
     chat_completions: ChatCompletions | None = None  # local engine: free-text answers
     barge_in: BargeIn | None = None
-    format: UpstreamFormat | None = None
+    format: ConfigurableUpstreamFormat | None = None
     max_duration_ms: DurationMs = Field(900_000, alias="max_duration")
     on_error: Target | None = None  # None: apologise and hang up
     error_prompt: str = "Sorry, I'm having trouble right now."
@@ -551,7 +549,7 @@ class Defaults(_Model):
     prompt_voice: str | None = None  # local synthesizer voice for say/menu prompts
     language: str = "en"
     barge_in: BargeIn = BargeIn()
-    format: UpstreamFormat | None = None
+    format: ConfigurableUpstreamFormat | None = None
     transfer_to: str | None = None  # where the agents' transfer tool and dtmf `transfer` go
 
     @field_validator("transfer_to")

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from bridge.audio.vad import SpeechStart, SpeechStop
 from bridge.engine.responder import Turn
+from bridge.media.vad import SpeechStart, SpeechStop
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,7 @@ Command = (
 
 
 class Detector(Protocol):
-    """What the session needs from a speech detector (bridge.audio.vad.SpeechDetector)."""
+    """What the session needs from a speech detector (bridge.media.vad.SpeechDetector)."""
 
     def feed(self, pcm16_8k: bytes) -> list[SpeechStart | SpeechStop]: ...
 

@@ -16,9 +16,8 @@ from typing import Any, Literal
 
 import httpx
 
-from bridge.engine.backends import ChatBackend
-from bridge.engine.extension import EngineExtension
 from bridge.engine.redact import error_text
+from bridge.realtime.local_engine import ChatBackend, EngineExtension
 
 log = logging.getLogger(__name__)
 

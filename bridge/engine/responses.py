@@ -16,13 +16,11 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from bridge.audio import codec
-from bridge.engine.backends import ChatBackend
 from bridge.engine.commands import CancelWork, GenerateReply, Synthesize
 from bridge.engine.conversation import Conversation, Item
-from bridge.engine.extension import EngineExtension
 from bridge.engine.outbox import Outbox
 from bridge.engine.responder import Reply, ToolCall, Turn, TurnKind
+from bridge.media import g711
 from bridge.realtime.events import (
     ResponseContentPartAdded,
     ResponseContentPartDone,
@@ -38,6 +36,7 @@ from bridge.realtime.events import (
     ResponseOutputTextDelta,
     ResponseOutputTextDone,
 )
+from bridge.realtime.local_engine import ChatBackend, EngineExtension
 
 DELTA_MS = 200  # audio per response.output_audio.delta
 CancelReason = Literal["turn_detected", "client_cancelled"]
@@ -173,7 +172,7 @@ class Responses:
         self._out.emit(ResponseContentPartAdded(*resp.locator(item), part))
         if audio:
             data["content"] = [{"type": "output_audio", "transcript": ""}]
-            rate = 24000 if resp.out_format["type"] == "audio/pcm" else 8000
+            rate = g711.RATE_24K if resp.out_format["type"] == "audio/pcm" else g711.RATE_8K
             self._out.command(Synthesize(resp.id, data["id"], reply.text, rate, reply.source != "chat"))
             return
         data["content"] = [{"type": "output_text", "text": reply.text}]
@@ -202,7 +201,7 @@ class Responses:
         if fmt == "audio/pcm":
             payload, bytes_per_ms = pcm16, 48
         else:
-            payload = codec.encode(pcm16[: len(pcm16) & ~1], "pcmu" if fmt == "audio/pcmu" else "pcma")
+            payload = g711.encode(pcm16[: len(pcm16) & ~1], "pcmu" if fmt == "audio/pcmu" else "pcma")
             bytes_per_ms = 8
         if resp.first_audio_at_ms is None and payload:
             resp.first_audio_at_ms = now_ms

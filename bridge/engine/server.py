@@ -5,7 +5,7 @@ the session runs on the event loop; the blocking work runs elsewhere and comes b
 `loop.call_soon_threadsafe`:
 
 - speech recognition on one worker thread per session (`_AsrWorker`), which drives the session's
-  decoder in an ASR worker process (bridge/engine/asr_pool.py; pocketsphinx kept warm there);
+  decoder in an ASR worker process (bridge/speech/asr_pool.py; pocketsphinx kept warm there);
 - speech synthesis on one worker thread per session (Piper, one onnxruntime thread);
 - replies as asyncio tasks (the chat-completions fallback is an httpx call).
 
@@ -17,7 +17,8 @@ or `api-key` (compared in constant time; HTTP 401, and HTTP 429 once a source's 
 exceed the per-source rate), and at most `max_engine_sessions` sessions (HTTP 503). Each refusal
 answers the handshake and is counted in
 /metrics. Where the engine may send requests and with which key is the operator's registry
-(bridge/engine/backends.py), never a session's choice; error events never carry a secret.
+(bridge/engine/backends.py, over the contract in bridge/realtime/local_engine.py), never a
+session's choice; error events never carry a secret.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from bridge.engine.backends import ChatBackend, ChatBackends, chat_key
+from bridge.engine.backends import ChatBackends, chat_key
 from bridge.engine.commands import (
     AsrAudio,
     AsrBegin,
@@ -61,7 +62,9 @@ from bridge.engine.redact import error_text
 from bridge.engine.responder import Reply, Responder
 from bridge.engine.session import EngineSession
 from bridge.limits import RateLimiter, Slots
+from bridge.media.g711 import RATE_8K, RATE_24K
 from bridge.metrics import METRICS
+from bridge.realtime.local_engine import ChatBackend
 from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -118,7 +121,7 @@ class EngineServices:
         if self.recognizer_factory is None:
             self.recognizer_factory = _pocketsphinx_recognizer
         if self.recognizer_factory is _pocketsphinx_recognizer:
-            from bridge.engine.asr_pool import get_asr_pool
+            from bridge.speech.asr_pool import get_asr_pool
 
             get_asr_pool().acquire()  # released by close_all(): the last user stops the workers
             self._holds_asr_pool = True
@@ -165,17 +168,17 @@ class EngineServices:
 
     def preload(self) -> dict[str, float]:
         """Load every model now (start-up), returning the load times in ms by model."""
-        from bridge.engine.models import get_shared_models
+        from bridge.speech.models import get_shared_models
 
         start = time.perf_counter()
         pooled_asr = self.recognizer_factory is _pocketsphinx_recognizer  # decoders live in the ASR pool
         get_shared_models().preload(asr=not pooled_asr)
-        self.synthesizer(24000)
-        self.synthesizer(8000)
+        self.synthesizer(RATE_24K)
+        self.synthesizer(RATE_8K)
         report = dict(get_shared_models().load_report())
         if pooled_asr:
-            from bridge.engine.asr import RecognizerError
-            from bridge.engine.asr_pool import get_asr_pool
+            from bridge.speech.asr import RecognizerError
+            from bridge.speech.asr_pool import get_asr_pool
 
             try:  # start the speech workers now, so the first call does not wait for them
                 report.update({f"asr_worker_{k}": v for k, v in get_asr_pool().start().items()})
@@ -193,14 +196,14 @@ class EngineServices:
             self._http = None
             self.responder = None
         if self._holds_asr_pool:
-            from bridge.engine.asr_pool import get_asr_pool
+            from bridge.speech.asr_pool import get_asr_pool
 
             self._holds_asr_pool = False
             await asyncio.to_thread(get_asr_pool().release)
 
 
 def _silero_detector(threshold: float, min_speech_ms: int, min_silence_ms: int) -> Detector:
-    from bridge.audio.vad import SpeechDetector, create_vad
+    from bridge.media.vad import SpeechDetector, create_vad
 
     return SpeechDetector(
         threshold=threshold,
@@ -212,13 +215,13 @@ def _silero_detector(threshold: float, min_speech_ms: int, min_silence_ms: int) 
 
 def _pocketsphinx_recognizer() -> Any:
     """pocketsphinx in the process-wide ASR worker pool: decoding never holds this process's GIL."""
-    from bridge.engine.asr_pool import RemoteRecognizer
+    from bridge.speech.asr_pool import RemoteRecognizer
 
     return RemoteRecognizer()
 
 
 def _piper_synthesizer(rate_hz: int) -> Any:
-    from bridge.engine.tts import Synthesizer
+    from bridge.speech.tts import Synthesizer
 
     return Synthesizer(out_rate=rate_hz)
 

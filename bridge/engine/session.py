@@ -23,10 +23,8 @@ import secrets
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from bridge.engine.backends import OPERATOR_ONLY, ChatBackend
 from bridge.engine.commands import Command, DetectorFactory, EgressRefused, Prewarm, SetExpected
 from bridge.engine.conversation import Conversation
-from bridge.engine.extension import EXTENSION_KEY, EngineExtension, parse_extension
 from bridge.engine.outbox import Outbox
 from bridge.engine.responder import DEFAULT_GREETING, Reply
 from bridge.engine.responses import ReplyContext, Response, Responses
@@ -38,7 +36,8 @@ from bridge.engine.session_config import (
     require,
     response_params,
 )
-from bridge.engine.turns import RATE_HZ, Turns
+from bridge.engine.turns import Turns
+from bridge.media.g711 import RATE_8K, RATE_24K
 from bridge.realtime.dialect import BETA, GA
 from bridge.realtime.events import (
     InputAudioTranscriptionCompleted,
@@ -46,6 +45,13 @@ from bridge.realtime.events import (
     InputAudioTranscriptionFailed,
     SessionCreated,
     SessionUpdated,
+)
+from bridge.realtime.local_engine import (
+    EXTENSION_KEY,
+    OPERATOR_ONLY,
+    ChatBackend,
+    EngineExtension,
+    parse_extension,
 )
 
 _EXTRA_KEYS = (EXTENSION_KEY,)  # the engine's own session key, passed through in both dialects
@@ -160,7 +166,7 @@ class EngineSession:
             self.turns.set_turn_detection(new_in["turn_detection"])
         out_format = new["audio"]["output"]["format"]
         if new[EXTENSION_KEY] and (extension_changed or out_format != old["audio"]["output"]["format"]):
-            rate = 24000 if out_format["type"] == "audio/pcm" else RATE_HZ
+            rate = RATE_24K if out_format["type"] == "audio/pcm" else RATE_8K
             self._out.command(Prewarm(self._fixed_replies(), rate))
         self._out.emit(SessionUpdated(self.dialect.session(self.config, _EXTRA_KEYS)))
 

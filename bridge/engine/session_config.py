@@ -13,10 +13,10 @@ import copy
 import time
 from typing import Any
 
-from bridge.engine.backends import EgressNotAllowed
-from bridge.engine.extension import EXTENSION_KEY, parse_extension
 from bridge.errors import ConfigError
+from bridge.media.g711 import RATE_8K, RATE_24K
 from bridge.realtime.dialect import PCM24K, ClientEventError, beta_response_params
+from bridge.realtime.local_engine import EXTENSION_KEY, EgressNotAllowed, parse_extension
 
 SESSION_TTL_S = 3600
 
@@ -134,13 +134,13 @@ def audio_format(value: Any, param: str) -> dict[str, Any]:
     _unknown(obj, {"type", "rate"}, param)
     kind = obj.get("type")
     if kind == "audio/pcm":
-        rate = obj.get("rate", 24000)
-        if rate != 24000:
-            raise _bad(f"{param}.rate", f"audio/pcm supports only 24000 Hz, got {rate!r}")
+        rate = obj.get("rate", RATE_24K)
+        if rate != RATE_24K:
+            raise _bad(f"{param}.rate", f"audio/pcm supports only {RATE_24K} Hz, got {rate!r}")
         return dict(PCM24K)
     if kind in ("audio/pcmu", "audio/pcma"):
-        if "rate" in obj and obj["rate"] != 8000:
-            raise _bad(f"{param}.rate", f"{kind} is 8000 Hz, got {obj['rate']!r}")
+        if "rate" in obj and obj["rate"] != RATE_8K:
+            raise _bad(f"{param}.rate", f"{kind} is {RATE_8K} Hz, got {obj['rate']!r}")
         return {"type": kind}
     raise _bad(f"{param}.type", f"expected 'audio/pcm', 'audio/pcmu' or 'audio/pcma', got {kind!r}")
 

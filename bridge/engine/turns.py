@@ -17,12 +17,13 @@ import base64
 import binascii
 from typing import Any, Protocol
 
-from bridge.audio import codec
-from bridge.audio.resample import Downsampler
-from bridge.audio.vad import SpeechStart, SpeechStop
 from bridge.engine.commands import AsrAudio, AsrBegin, AsrDiscard, AsrEnd, Detector, DetectorFactory
 from bridge.engine.outbox import Outbox
 from bridge.engine.session_config import SEMANTIC_SILENCE_MS, EventError, require
+from bridge.media import g711
+from bridge.media.g711 import PCM8K_BYTES_PER_MS, RATE_8K
+from bridge.media.resample import Downsampler
+from bridge.media.vad import SpeechStart, SpeechStop
 from bridge.realtime.events import (
     InputAudioBufferCleared,
     InputAudioBufferCommitted,
@@ -31,8 +32,6 @@ from bridge.realtime.events import (
     InputAudioBufferTimeoutTriggered,
 )
 
-RATE_HZ = 8000
-BYTES_PER_MS_8K = RATE_HZ * 2 // 1000  # 16
 PREROLL_MS = 300  # audio before the VAD onset the recogniser gets
 MIN_SPEECH_MS = 150  # speech needed before the VAD reports an onset
 MIN_COMMIT_MS = 100  # a manual commit of less is `input_audio_buffer_commit_empty`
@@ -62,7 +61,7 @@ class TurnHost(Protocol):
 
 
 def decode_g711(raw: bytes, fmt: str) -> bytes:
-    return codec.decode(raw, "pcmu" if fmt == "audio/pcmu" else "pcma")
+    return g711.decode(raw, "pcmu" if fmt == "audio/pcmu" else "pcma")
 
 
 class Turns:
@@ -177,9 +176,9 @@ class Turns:
             if self._speech_item is None:
                 td = self._td
                 keep_ms = max(td.get("prefix_padding_ms", 300) if td else 0, PREROLL_MS) + MIN_SPEECH_MS + 500
-                if len(self._buf) > 2 * keep_ms * BYTES_PER_MS_8K:
+                if len(self._buf) > 2 * keep_ms * PCM8K_BYTES_PER_MS:
                     self._trim_to(self.audio_ms - keep_ms)
-        elif len(self._buf) > MAX_BUFFER_MS * BYTES_PER_MS_8K:
+        elif len(self._buf) > MAX_BUFFER_MS * PCM8K_BYTES_PER_MS:
             self._trim_to(self.audio_ms - MAX_BUFFER_MS)
 
     def response_started(self) -> None:
@@ -212,14 +211,14 @@ class Turns:
     # -- internals ---------------------------------------------------------------------------------
 
     def _offset(self, ms: float) -> int:
-        return max(0, int((ms - self._buf_start_ms) * RATE_HZ / 1000)) * 2
+        return max(0, int((ms - self._buf_start_ms) * RATE_8K / 1000)) * 2
 
     def _trim_to(self, ms: float) -> None:
         if ms <= self._buf_start_ms:
             return
         cut = min(self._offset(ms), len(self._buf))
         del self._buf[:cut]
-        self._buf_start_ms += cut / BYTES_PER_MS_8K
+        self._buf_start_ms += cut / PCM8K_BYTES_PER_MS
 
     def _speech_started(self, onset_ms: float) -> None:
         td = self._td or {}

@@ -1,1 +1,2 @@
-"""OpenAI Realtime GA protocol: typed events, session state, websocket client."""
+"""OpenAI Realtime GA protocol: typed events, dialects, websocket client, providers, and the contract
+shared with the embedded engine (local_engine.py)."""

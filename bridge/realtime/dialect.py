@@ -21,6 +21,7 @@ from collections.abc import Collection
 from typing import Any, Final
 
 from bridge.errors import ProtocolError
+from bridge.media.g711 import RATE_24K
 
 
 class ClientEventError(ProtocolError):
@@ -51,7 +52,7 @@ BETA_TO_GA_EVENT: Final[dict[str, str]] = {b: g for g, b in GA_TO_BETA_EVENT.ite
 GA_TO_BETA_PART: Final[dict[str, str]] = {"output_audio": "audio", "output_text": "text"}
 BETA_TO_GA_PART: Final[dict[str, str]] = {b: g for g, b in GA_TO_BETA_PART.items()}
 
-PCM24K: Final[dict[str, Any]] = {"type": "audio/pcm", "rate": 24000}
+PCM24K: Final[dict[str, Any]] = {"type": "audio/pcm", "rate": RATE_24K}
 PCMU: Final[dict[str, Any]] = {"type": "audio/pcmu"}
 PCMA: Final[dict[str, Any]] = {"type": "audio/pcma"}
 BETA_FORMATS: Final[dict[str, dict[str, Any]]] = {"pcm16": PCM24K, "g711_ulaw": PCMU, "g711_alaw": PCMA}

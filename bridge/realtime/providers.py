@@ -17,18 +17,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import quote, urlsplit
 
 from bridge.errors import ConfigError
+from bridge.media.g711 import UpstreamFormat
+from bridge.realtime.dialect import PCM24K, PCMA, PCMU
 from bridge.settings import Settings
 
 OPENAI_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 LOCAL_BEARER = "local"  # a dummy bearer for `url` providers (and a local engine without a token set)
-PROVIDERS = ("local", "openai", "azure", "url")
+Provider = Literal["local", "openai", "azure", "url"]
+PROVIDERS: tuple[Provider, ...] = get_args(Provider)
 _WS_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 
-SessionFormat = Literal["pcm24k", "pcmu", "pcma"]
 
 # GA server_vad defaults (reference 3.3), spelled out so the session is explicit on the wire.
 SERVER_VAD_DEFAULTS: dict[str, Any] = {
@@ -46,11 +48,7 @@ SEMANTIC_VAD_DEFAULTS: dict[str, Any] = {
     "interrupt_response": True,
 }
 
-AUDIO_FORMATS: dict[str, dict[str, Any]] = {
-    "pcm24k": {"type": "audio/pcm", "rate": 24000},
-    "pcmu": {"type": "audio/pcmu"},
-    "pcma": {"type": "audio/pcma"},
-}
+AUDIO_FORMATS: dict[UpstreamFormat, dict[str, Any]] = {"pcm24k": PCM24K, "pcmu": PCMU, "pcma": PCMA}
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -198,7 +196,7 @@ def _turn_detection(value: Mapping[str, Any] | Literal[False] | None) -> dict[st
 
 
 def session_config(
-    fmt: SessionFormat,
+    fmt: UpstreamFormat,
     *,
     instructions: str | None = None,
     voice: str | None = None,

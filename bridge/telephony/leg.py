@@ -13,19 +13,19 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from bridge.media.g711 import Encoding
+
 __all__ = [
     "AudioIn",
     "CallEnded",
     "CallStarted",
     "Dtmf",
-    "Encoding",
     "Leg",
     "LegEvent",
     "LegKind",
     "MarkPlayed",
 ]
 
-Encoding = Literal["pcmu", "pcma"]
 # Which telephony a leg speaks (metrics labels, logs); a constant of each leg class.
 LegKind = Literal["twilio", "sip"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bridge.call.bargein import PROMPT_PREFIX, BargeInCore, Cut
-from bridge.realtime.session import UpstreamFormat
+from bridge.media.g711 import UpstreamFormat
 
 PCM24K_MS = 48  # bytes per ms of 24 kHz PCM16
 PCMU_MS = 8

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from bridge.app import create_app
-from bridge.audio import codec
+from bridge.media import g711
 from bridge.settings import Settings
 from tests.helpers.realtime_schema import validate_client_event
 from tests.helpers.realtime_standin import AGENT_ONLY, StandinRealtime, StandinSession
@@ -105,7 +105,7 @@ async def test_one_turn_with_tone_fidelity_both_ways(bridge_url: str, standin: S
     await asyncio.sleep(0.1)
     heard = [p for p in twilio.played[played_before:] if p.payload != b"\xff" * FRAME_BYTES]
     assert 50 <= len(heard) <= 51
-    down = samples(codec.decode(b"".join(p.payload for p in heard), "pcmu"))
+    down = samples(g711.decode(b"".join(p.payload for p in heard), "pcmu"))
     assert sinad_db(down[80:-240], 440, 8000) > 33
     gaps = np.diff([p.at for p in heard])
     assert gaps.max() < 0.06  # played back to back, no holes

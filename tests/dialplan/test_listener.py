@@ -8,18 +8,19 @@ from dataclasses import dataclass
 
 import pytest
 
-from bridge.dialplan.listener import FRAME_BYTES, MenuListener
+from bridge.dialplan.listener import MenuListener
 from bridge.dialplan.loader import load_dialplan
 from bridge.dialplan.matching import match_option, spoken_phrases
 from bridge.dialplan.schema import MenuStep
-from bridge.engine.asr_pool import RemoteRecognizer
+from bridge.media.g711 import FRAME_BYTES_PCM8K
+from bridge.speech.asr_pool import RemoteRecognizer
 from tests.dialplan.conftest import REPO
 from tests.helpers import speech
 
 
 def frames(pcm: bytes) -> list[bytes]:
-    pcm += b"\0" * (-len(pcm) % FRAME_BYTES)
-    return [pcm[i : i + FRAME_BYTES] for i in range(0, len(pcm), FRAME_BYTES)]
+    pcm += b"\0" * (-len(pcm) % FRAME_BYTES_PCM8K)
+    return [pcm[i : i + FRAME_BYTES_PCM8K] for i in range(0, len(pcm), FRAME_BYTES_PCM8K)]
 
 
 async def wait_for(cond: object, limit_s: float = 30.0) -> None:

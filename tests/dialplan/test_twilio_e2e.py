@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bridge.app import create_app
-from bridge.audio import codec
+from bridge.media import g711
 from bridge.settings import Settings
 from tests.helpers import speech
 from tests.helpers.servers import serve
@@ -111,7 +111,7 @@ async def test_spoken_menu_word_reaches_its_step(bridge: tuple[str, Any, Path]) 
     words = await asyncio.to_thread(speech.phone_speech, "sales")
     twilio, call = await dial(url, app)
     audio = speech.silence(400) + words + speech.silence(1500)
-    await twilio.stream_audio(codec.encode(audio, "pcmu"))
+    await twilio.stream_audio(g711.encode(audio, "pcmu"))
     await wait_until(lambda: call.runner.position == ("sales", 0), "in sales by voice", timeout=30)
     assert call.runner.variables["choice"] == "2"
     await twilio.stop()

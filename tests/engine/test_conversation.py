@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from bridge.audio import codec
 from bridge.engine.commands import (
     AsrBegin,
     GenerateReply,
@@ -15,6 +14,7 @@ from bridge.engine.commands import (
 from bridge.engine.conversation import Conversation, Item
 from bridge.engine.outbox import Outbox
 from bridge.engine.session_config import EventError
+from bridge.media import g711
 from bridge.realtime.dialect import BETA
 from tests.helpers.engine_session import Harness, pcmu_session, start_reply, tone
 
@@ -106,7 +106,7 @@ def test_function_call_output_turn() -> None:
 
 def test_manual_transcript_for_item_audio() -> None:
     h = pcmu_session()
-    payload = base64.b64encode(codec.encode(tone(300), "pcmu")).decode()
+    payload = base64.b64encode(g711.encode(tone(300), "pcmu")).decode()
     h.send(
         {
             "type": "conversation.item.create",

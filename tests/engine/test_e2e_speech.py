@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from bridge.audio import codec
 from bridge.engine.responder import tokens
 from bridge.engine.server import EngineServices, mount_engine
+from bridge.media import g711
 from bridge.settings import Settings
 from tests.engine.test_server import TEST_TOKEN, Client, connect
 from tests.helpers.servers import serve
@@ -98,11 +98,11 @@ def _answer_audio(events: list[dict[str, Any]], response_id: str) -> bytes:
         for e in events
         if e["type"] == "response.output_audio.delta" and e["response_id"] == response_id
     )
-    return codec.decode(mulaw, "pcmu")
+    return g711.decode(mulaw, "pcmu")
 
 
 def _recognise_back(pcm8k: bytes) -> str:
-    from bridge.engine.asr import Recognizer
+    from bridge.speech.asr import Recognizer
 
     rec = Recognizer()
     rec.set_expected(None)  # the open language model: nothing forces the expected words

@@ -27,13 +27,13 @@ from openai import AsyncOpenAI
 from bridge.app import create_app
 from bridge.call.agent import agent_config, dialplan_chat_backends
 from bridge.dialplan.schema import AgentStep
-from bridge.engine.backends import ChatBackend
 from bridge.engine.redact import REDACTED, error_text, redact
 from bridge.engine.responder import Reply, Responder, Turn
 from bridge.engine.server import EngineServices, mount_engine
 from bridge.metrics import METRICS
 from bridge.realtime import events as rt
 from bridge.realtime.client import RealtimeClient
+from bridge.realtime.local_engine import ChatBackend
 from bridge.realtime.providers import resolve_endpoint
 from bridge.settings import Settings
 from tests.engine.test_server import TEST_TOKEN, Client, connect, fast_services
@@ -286,8 +286,9 @@ def test_registry_refuses_keys_that_are_not_chat_keys() -> None:
     """Built without the dialplan's own validation (which may refuse the same), so the registry's check
     is the one tested: a backend naming a non-chat key is never registered; earlier ones stay."""
     from bridge.dialplan.schema import ChatCompletions, Dialplan, SayStep
-    from bridge.engine.backends import ChatBackends, chat_backend
+    from bridge.engine.backends import ChatBackends
     from bridge.errors import ConfigError
+    from bridge.realtime.local_engine import chat_backend
 
     def plan(key_env: str) -> Dialplan:
         chat = ChatCompletions.model_construct(url="http://127.0.0.1:9/v1", model="m", api_key_env=key_env)

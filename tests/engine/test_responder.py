@@ -6,10 +6,17 @@ import json
 
 import pytest
 
-from bridge.engine.backends import ChatBackend, EgressNotAllowed, chat_backend, chat_key
-from bridge.engine.extension import DEFAULT_FALLBACK_REPLY, EngineExtension, parse_extension
+from bridge.engine.backends import chat_key
 from bridge.engine.responder import Responder, Turn, match_turn, spoken_instruction
 from bridge.errors import ConfigError
+from bridge.realtime.local_engine import (
+    DEFAULT_FALLBACK_REPLY,
+    ChatBackend,
+    EgressNotAllowed,
+    EngineExtension,
+    chat_backend,
+    parse_extension,
+)
 from bridge.settings import Settings
 from tests.helpers.chat_standin import ChatStandin
 

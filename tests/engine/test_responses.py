@@ -12,12 +12,12 @@ from bridge.engine.commands import (
     Synthesize,
 )
 from bridge.engine.conversation import Conversation
-from bridge.engine.extension import EngineExtension
 from bridge.engine.outbox import Outbox
 from bridge.engine.responder import Reply, ToolCall
 from bridge.engine.responses import DELTA_MS, ReplyContext, Responses
 from bridge.realtime.dialect import BETA, GA, Dialect
 from bridge.realtime.events import ResponseOutputAudioDelta
+from bridge.realtime.local_engine import EngineExtension
 from tests.helpers.engine_session import Harness, pcmu_session, speak_turn, start_reply, tone
 
 

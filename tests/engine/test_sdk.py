@@ -15,9 +15,9 @@ import pytest
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
-from bridge.audio import codec
-from bridge.audio.resample import Upsampler
 from bridge.engine.server import EngineServices, mount_engine
+from bridge.media import g711
+from bridge.media.resample import Upsampler
 from bridge.settings import Settings
 from tests.engine.test_server import INTENTS, fast_services
 from tests.helpers.engine_session import quiet, tone
@@ -44,7 +44,7 @@ def fast_engine() -> Iterator[tuple[str, EngineServices]]:
 
 def _b64_pcmu(pcm8k: bytes) -> list[str]:
     return [
-        base64.b64encode(codec.encode(pcm8k[i : i + 320], "pcmu")).decode() for i in range(0, len(pcm8k), 320)
+        base64.b64encode(g711.encode(pcm8k[i : i + 320], "pcmu")).decode() for i in range(0, len(pcm8k), 320)
     ]
 
 

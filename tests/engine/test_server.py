@@ -18,11 +18,11 @@ import pytest
 import websockets
 from fastapi import FastAPI
 
-from bridge.audio import codec
-from bridge.engine.asr import Transcript
 from bridge.engine.server import EngineServices, mount_engine
-from bridge.engine.tts import PromptCache, Synthesizer
+from bridge.media import g711
 from bridge.settings import Settings
+from bridge.speech.asr import Transcript
+from bridge.speech.tts import PromptCache, Synthesizer
 from tests.helpers.engine_session import energy_detector, quiet, tone
 from tests.helpers.servers import serve
 
@@ -126,7 +126,7 @@ class Client:
     async def append_pcmu(self, pcm: bytes, frame_ms: int = 20) -> None:
         step = frame_ms * 16
         for i in range(0, len(pcm), step):
-            payload = base64.b64encode(codec.encode(pcm[i : i + step], "pcmu")).decode()
+            payload = base64.b64encode(g711.encode(pcm[i : i + step], "pcmu")).decode()
             await self.send({"type": "input_audio_buffer.append", "audio": payload})
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bridge.audio import codec
+from bridge.media import g711
 from tests.helpers.twilio_emulator import FRAME_BYTES, FRAME_S, ULAW_SILENCE, Played, TwilioEmulator
 
 SPEECH_RMS = 150.0  # a 20 ms frame louder than this (PCM16 RMS) is bot speech, not silence or dither
@@ -75,7 +75,7 @@ class Caller:
     async def say(self, pcm8k: bytes, *, tail_s: float = 0.0) -> tuple[float, float]:
         """Talk (PCM16 8 kHz, sent as µ-law), then `tail_s` of silence; returns when all of it has
         gone out, with the (start, end-of-speech) times it was sent."""
-        ulaw = codec.encode(pcm8k, "pcmu")
+        ulaw = g711.encode(pcm8k, "pcmu")
         ulaw += ULAW_SILENCE[: (-len(ulaw)) % FRAME_BYTES]
         self._sent.clear()
         start = time.monotonic() + FRAME_S * len(self._frames)
@@ -108,7 +108,7 @@ class Caller:
     def heard(self, after: float = 0.0, before: float = float("inf")) -> bytes:
         """PCM16 8 kHz of everything played between the two times (silence included)."""
         frames = [p.payload for p in list(self.twilio.played) if after <= p.at < before]
-        return codec.decode(b"".join(frames), "pcmu")
+        return g711.decode(b"".join(frames), "pcmu")
 
     async def wait_speech(self, after: float, timeout: float = 10.0) -> float:
         """When the bot started being heard after `after`."""
@@ -144,7 +144,7 @@ class Caller:
 
 
 def is_speech(ulaw_frame: bytes) -> bool:
-    x = np.frombuffer(codec.decode(ulaw_frame, "pcmu"), dtype="<i2").astype(np.float64)
+    x = np.frombuffer(g711.decode(ulaw_frame, "pcmu"), dtype="<i2").astype(np.float64)
     return bool(x.size) and float(np.sqrt(np.mean(x * x))) > SPEECH_RMS
 
 
@@ -267,7 +267,7 @@ def recognise(pcm8k: bytes, phrases: Sequence[str] | None = None) -> str:
     """What pocketsphinx hears in `pcm8k`: the open language model, or a small LM of `phrases`
     (with its garbage loop, so nothing is forced onto them). Two passes: the first adapts the
     cepstral mean to this voice and line."""
-    from bridge.engine.asr import Recognizer
+    from bridge.speech.asr import Recognizer
 
     rec = Recognizer()
     rec.set_expected(list(phrases) if phrases else None)

@@ -13,15 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from bridge.audio import codec
-from bridge.audio.vad import SpeechDetector
 from bridge.engine.commands import GenerateReply, Synthesize
 from bridge.engine.responder import Reply
 from bridge.engine.session import EngineSession
+from bridge.media import g711
+from bridge.media.vad import SpeechDetector
 
 
 class EnergyVad:
-    """1.0 for a 20 ms window louder than -40 dBFS, else 0.0 (the Vad protocol of bridge.audio.vad)."""
+    """1.0 for a 20 ms window louder than -40 dBFS, else 0.0 (the Vad protocol of bridge.media.vad)."""
 
     window_samples = 160
 
@@ -85,7 +85,7 @@ class Harness:
         out = []
         step = frame_ms * 16
         for i in range(0, len(pcm), step):
-            payload = codec.encode(pcm[i : i + step], enc)  # type: ignore[arg-type]
+            payload = g711.encode(pcm[i : i + step], enc)  # type: ignore[arg-type]
             out += self.send(
                 {"type": "input_audio_buffer.append", "audio": base64.b64encode(payload).decode()}
             )

@@ -6,7 +6,7 @@ import wave
 
 import numpy as np
 
-from bridge.audio import codec
+from bridge.media import g711
 from tests.helpers.sysdeps import asterisk_sound
 
 
@@ -25,7 +25,7 @@ def samples(pcm16: bytes) -> np.ndarray:
 
 
 def ulaw(samples_8k: np.ndarray) -> bytes:
-    return codec.encode(pcm(samples_8k), "pcmu")
+    return g711.encode(pcm(samples_8k), "pcmu")
 
 
 def sinad_db(signal: np.ndarray, freq_hz: float, rate: int) -> float:

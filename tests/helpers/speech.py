@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bridge.media.g711 import RATE_8K
 from tests.helpers.sysdeps import asterisk_sound, require_binary
 
-RATE_HZ = 8000
 SPEECH_DBFS = -20.0  # active speech RMS of phone_speech(); pink_noise(snr_db) is relative to it
 DTMF_HZ = {
     "1": (697, 1209), "2": (697, 1336), "3": (697, 1477), "A": (697, 1633),
@@ -46,7 +46,7 @@ def cache_dir() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _piper_voice():  # type: ignore[no-untyped-def]
-    from bridge.engine.models import get_shared_models
+    from bridge.speech.models import get_shared_models
 
     return get_shared_models().piper_voice()
 
@@ -86,8 +86,8 @@ def telephone_chain(audio: np.ndarray, rate_hz: int, level_dbfs: float = SPEECH_
 
     sos = butter(4, [300.0, 3400.0], btype="bandpass", fs=rate_hz, output="sos")
     x = sosfiltfilt(sos, audio)
-    if rate_hz != RATE_HZ:
-        x = soxr.resample(x, rate_hz, RATE_HZ, quality="HQ")
+    if rate_hz != RATE_8K:
+        x = soxr.resample(x, rate_hz, RATE_8K, quality="HQ")
     rms = active_rms(x)
     if rms > 0:
         gain = min(10 ** (level_dbfs / 20) / rms, 10 ** (-1 / 20) / max(np.max(np.abs(x)), 1e-9))
@@ -128,7 +128,7 @@ def asterisk_prompt(name: str) -> bytes:
     A missing prompt fails the calling test (or skips it where packages cannot be installed)."""
     path = asterisk_sound(name)
     with wave.open(str(path)) as w:
-        if w.getframerate() != RATE_HZ or w.getsampwidth() != 2 or w.getnchannels() != 1:
+        if w.getframerate() != RATE_8K or w.getsampwidth() != 2 or w.getnchannels() != 1:
             raise ValueError(f"{path}: expected 8 kHz 16-bit mono")
         pcm = w.readframes(w.getnframes())
     return audioop.ulaw2lin(audioop.lin2ulaw(pcm, 2), 2)
@@ -139,15 +139,15 @@ def asterisk_prompt(name: str) -> bytes:
 
 
 def silence(ms: int) -> bytes:
-    return bytes(ms * RATE_HZ // 1000 * 2)
+    return bytes(ms * RATE_8K // 1000 * 2)
 
 
 def pink_noise(ms: int, snr_db: float, seed: int = 1) -> bytes:
     """Pink noise whose RMS is `snr_db` below the phone_speech() level (SPEECH_DBFS)."""
-    n = ms * RATE_HZ // 1000
+    n = ms * RATE_8K // 1000
     rng = np.random.default_rng(seed)
     spectrum = np.fft.rfft(rng.standard_normal(n + 1))
-    freqs = np.fft.rfftfreq(n + 1, 1 / RATE_HZ)
+    freqs = np.fft.rfftfreq(n + 1, 1 / RATE_8K)
     spectrum[1:] /= np.sqrt(freqs[1:])
     spectrum[0] = 0
     x = np.fft.irfft(spectrum, n + 1)[:n]
@@ -158,7 +158,7 @@ def pink_noise(ms: int, snr_db: float, seed: int = 1) -> bytes:
 def dtmf_tone(digit: str, ms: int, dbfs: float = -10.0) -> bytes:
     """A DTMF digit, each of its two tones at `dbfs` peak."""
     low, high = DTMF_HZ[digit.upper()]
-    t = np.arange(ms * RATE_HZ // 1000) / RATE_HZ
+    t = np.arange(ms * RATE_8K // 1000) / RATE_8K
     amp = 10 ** (dbfs / 20)
     x = amp * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t))
     return np.clip(np.rint(x * 32768), -32768, 32767).astype("<i2").tobytes()
@@ -179,7 +179,7 @@ def speech_span_ms(pcm: bytes, below_peak_db: float = 35.0) -> tuple[int, int]:
     """(first, last) ms of the signal whose 10 ms energy is within `below_peak_db` of the loudest:
     the true speech boundaries of a clean utterance."""
     x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    frame = RATE_HZ // 100
+    frame = RATE_8K // 100
     n = len(x) // frame
     energies = np.mean(x[: n * frame].reshape(n, frame) ** 2, axis=1)
     active = np.nonzero(energies >= energies.max() * 10 ** (-below_peak_db / 10))[0]
@@ -187,9 +187,9 @@ def speech_span_ms(pcm: bytes, below_peak_db: float = 35.0) -> tuple[int, int]:
 
 
 def duration_ms(pcm: bytes) -> int:
-    return len(pcm) // 2 * 1000 // RATE_HZ
+    return len(pcm) // 2 * 1000 // RATE_8K
 
 
 def chunks(pcm: bytes, ms: int = 20) -> list[bytes]:
-    step = ms * RATE_HZ // 1000 * 2
+    step = ms * RATE_8K // 1000 * 2
     return [pcm[i : i + step] for i in range(0, len(pcm), step)]

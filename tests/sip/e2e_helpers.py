@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge.media.g711 import RATE_8K
 from bridge.settings import Settings
 from bridge.telephony.rtp.packet import build_packet, parse_packet
 from tests.helpers.servers import serve
 from tests.sip.conftest import free_udp_port
 
 SILENT_PCMU = b"\xff" * 160
-RATE_HZ = 8000
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,9 +147,7 @@ class AppObserver:
             conversation = conn.session.conversation
             for item_id in conversation.ids():
                 item = conversation.get(item_id)
-                if item is None:
-                    continue
-                if item.data.get("role") != "assistant":
+                if item is None or item.data.get("role") != "assistant":
                     continue
                 view_item = self.engine_items.setdefault(item_id, EngineItemView(item_id))
                 view_item.audio_ms = item.audio_ms
@@ -398,13 +396,13 @@ def write_wav(path: Path, pcm8k: bytes, *, ulaw: bool = False) -> Path:
         with wave.open(str(path), "wb") as w:
             w.setnchannels(1)
             w.setsampwidth(2)
-            w.setframerate(RATE_HZ)
+            w.setframerate(RATE_8K)
             w.writeframes(pcm8k)
         return path
     import struct
 
     data = audioop.lin2ulaw(pcm8k, 2)
-    fmt = struct.pack("<HHIIHH", 7, 1, RATE_HZ, RATE_HZ, 1, 8)  # WAVE_FORMAT_MULAW
+    fmt = struct.pack("<HHIIHH", 7, 1, RATE_8K, RATE_8K, 1, 8)  # WAVE_FORMAT_MULAW
     body = b"WAVEfmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     return path
@@ -418,12 +416,12 @@ def read_wav_pcm8k(path: Path) -> bytes:
         raise ValueError(f"{path}: {8 * width}-bit, expected 16")
     if channels == 2:
         pcm = audioop.tomono(pcm, 2, 0.5, 0.5)
-    if rate != RATE_HZ:
+    if rate != RATE_8K:
         import numpy as np
         import soxr
 
         x = np.frombuffer(pcm, dtype="<i2")
-        pcm = soxr.resample(x, rate, RATE_HZ).astype("<i2").tobytes()
+        pcm = soxr.resample(x, rate, RATE_8K).astype("<i2").tobytes()
     return pcm
 
 
@@ -434,7 +432,7 @@ def read_wav_pcm8k(path: Path) -> bytes:
 def recognise(pcm8k: bytes, phrases: list[str] | None = None) -> str:
     """pocketsphinx on phone audio: open language model when `phrases` is None, else the engine's
     small domain LM built from `phrases` (distractors included by the caller of this function)."""
-    from bridge.engine.asr import Recognizer
+    from bridge.speech.asr import Recognizer
 
     rec = Recognizer()
     rec.set_expected(phrases)

@@ -11,10 +11,10 @@ import struct
 import pytest
 
 from bridge.errors import ProtocolError
+from bridge.media.g711 import FRAME_BYTES_G711
 from bridge.telephony.rtp.endpoint import RtpEndpoint, open_rtp
 from bridge.telephony.rtp.jitter import RtpReceiver
 from bridge.telephony.rtp.packet import (
-    FRAME_BYTES,
     RtpError,
     RtpStats,
     build_packet,
@@ -152,7 +152,7 @@ def test_sender_marks_clear_and_continuous_timestamps() -> None:
     assert tx.clear() == ["b"]  # barge-in: the rest never plays, its mark is reported at once
     p2, m2 = tx.tick()
     assert m2 is None
-    assert parse_packet(p2).payload == b"\xd5" * FRAME_BYTES
+    assert parse_packet(p2).payload == b"\xd5" * FRAME_BYTES_G711
     a, b = parse_packet(p1), parse_packet(p2)
     assert (b.sequence - a.sequence) & 0xFFFF == 1
     assert (b.timestamp - a.timestamp) == 160

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bridge.audio import codec
+from bridge.media import g711
 from tests.helpers.speech import phone_speech, silence, speech_span_ms
 from tests.helpers.sysdeps import require_binary, require_file
 from tests.sip.conftest import Kamailio, dtmf_pcap, free_udp_port, render, run_sipp
@@ -265,11 +265,11 @@ async def test_sipp_dtmf_reaches_the_menu_and_the_option_plays(bridge: BridgeApp
     # the bridge's cached local synthesis of it, G.711-encoded, every frame in order
     from bridge.call import prompt_voice
 
-    sales = voiced_span(codec.encode(prompt_voice().render(SALES_PROMPT, True), "pcmu"))
+    sales = voiced_span(g711.encode(prompt_voice().render(SALES_PROMPT, True), "pcmu"))
     assert len(sales) > 8000, "the sales prompt is not speech"
     assert sales in peer.heard_ulaw(), "the sales prompt did not reach the caller intact"
     heard = trim_silence(peer.heard_ulaw())
-    support = trim_silence(codec.encode(prompt_voice().render(SUPPORT_PROMPT, True), "pcmu"))
+    support = trim_silence(g711.encode(prompt_voice().render(SUPPORT_PROMPT, True), "pcmu"))
     assert support[:1600] not in heard
     menu_audio = heard[: heard.find(sales)]
     assert 0 < len(menu_audio) < 8000 * 5, "the menu prompt was not cut when the digit arrived"
@@ -291,7 +291,7 @@ async def test_ten_concurrent_sipp_calls_each_reach_their_option(bridge: BridgeA
         assert "sales" in [flow for _, flow, _ in view.positions], view.positions
     from bridge.call import prompt_voice
 
-    sales = voiced_span(codec.encode(prompt_voice().render(SALES_PROMPT, True), "pcmu"))
+    sales = voiced_span(g711.encode(prompt_voice().render(SALES_PROMPT, True), "pcmu"))
     streams = peer.streams()
     assert len(streams) == 10
     for ssrc in streams:  # each call's own stream carries its prompt intact, nothing of another call in it

@@ -3,8 +3,8 @@
 A small reordering jitter buffer with G.711 loss concealment, and `RtpReceiver`, which turns one
 call's inbound datagrams into ready frames and digits (source and payload-type checks, RFC 3550
 interarrival jitter). Audio stays G.711 end to end; only concealment decodes to 16-bit linear
-(through `audioop`, the same G.711 tables the Twilio path uses) to fade a repeated frame. Nothing
-here logs, formats or allocates more than one packet per frame on the audio path.
+(through `bridge.media.g711`, the same tables the Twilio path uses) to fade a repeated frame.
+Nothing here logs, formats or allocates more than one packet per frame on the audio path.
 """
 
 from __future__ import annotations
@@ -12,11 +12,8 @@ from __future__ import annotations
 import audioop
 import ipaddress
 
+from bridge.media.g711 import FRAME_BYTES_G711, RATE_8K, SILENCE_BYTE, Encoding, decode, encode
 from bridge.telephony.rtp.packet import (
-    FRAME_BYTES,
-    SAMPLE_RATE_HZ,
-    SILENCE_BYTE,
-    Codec,
     DtmfReceiver,
     RtpError,
     RtpPacket,
@@ -25,22 +22,14 @@ from bridge.telephony.rtp.packet import (
 )
 
 
-def _decode(codec: Codec, frame: bytes) -> bytes:
-    return audioop.ulaw2lin(frame, 2) if codec == "pcmu" else audioop.alaw2lin(frame, 2)
-
-
-def _encode(codec: Codec, pcm: bytes) -> bytes:
-    return audioop.lin2ulaw(pcm, 2) if codec == "pcmu" else audioop.lin2alaw(pcm, 2)
-
-
 class Concealer:
     """Packet-loss concealment for G.711: repeat the last good frame, fading by half per lost frame,
     and fall to silence after `max_repeats`. A lost packet never becomes a full-scale click."""
 
-    def __init__(self, codec: Codec, max_repeats: int = 3) -> None:
+    def __init__(self, codec: Encoding, max_repeats: int = 3) -> None:
         self.codec = codec
         self.max_repeats = max_repeats
-        self._silence = bytes([SILENCE_BYTE[codec]]) * FRAME_BYTES
+        self._silence = bytes([SILENCE_BYTE[codec]]) * FRAME_BYTES_G711
         self._last: bytes | None = None
         self._last_pcm: bytes | None = None
         self._run = 0
@@ -54,12 +43,12 @@ class Concealer:
     def conceal(self) -> bytes:
         self._run += 1
         last = self._last
-        if last is None or self._run > self.max_repeats or len(last) != FRAME_BYTES:
+        if last is None or self._run > self.max_repeats or len(last) != FRAME_BYTES_G711:
             return self._silence
         if self._last_pcm is None:
-            self._last_pcm = _decode(self.codec, last)
+            self._last_pcm = decode(last, self.codec)
         factor = 0.5**self._run
-        return _encode(self.codec, audioop.mul(self._last_pcm, 2, factor))
+        return encode(audioop.mul(self._last_pcm, 2, factor), self.codec)
 
 
 def _seq_diff(a: int, b: int) -> int:
@@ -77,7 +66,7 @@ class JitterBuffer:
     seconds of audio. `push` returns the frames now ready, in order.
     """
 
-    def __init__(self, codec: Codec, stats: RtpStats, depth: int = 3, max_gap: int = 25) -> None:
+    def __init__(self, codec: Encoding, stats: RtpStats, depth: int = 3, max_gap: int = 25) -> None:
         self.depth = depth
         self.max_gap = max_gap
         self.stats = stats
@@ -148,7 +137,7 @@ class RtpReceiver:
     malformed, are counted and dropped. Any port of the expected address is accepted.
     """
 
-    def __init__(self, codec: Codec, audio_pt: int, dtmf_pt: int | None,
+    def __init__(self, codec: Encoding, audio_pt: int, dtmf_pt: int | None,
                  remote: tuple[str, int] | None, stats: RtpStats | None = None,
                  latch: bool = False) -> None:
         self.codec = codec
@@ -200,7 +189,7 @@ class RtpReceiver:
         transit = int(arrival_ms * 8) - timestamp  # both in 8 kHz ticks
         if self._transit is not None:
             d = abs(transit - self._transit)
-            if d < SAMPLE_RATE_HZ * 10:  # ignore resync jumps
+            if d < RATE_8K * 10:  # ignore resync jumps
                 self._jitter_ts += (d - self._jitter_ts) / 16.0
                 self.stats.jitter_ms = self._jitter_ts / 8.0
         self._transit = transit

@@ -1,6 +1,6 @@
 """RTP packets for the SIP leg (RFC 3550 / 3551) and RFC 2833/4733 telephone-events: no I/O.
 
-Header parse/build, the G.711 constants every other RTP module uses, stream statistics, and the
+Header parse/build, the static payload types, stream statistics, and the
 DTMF events in both directions (digits from received events; the payloads that send one).
 """
 
@@ -9,21 +9,14 @@ from __future__ import annotations
 import struct
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
 
 from bridge.errors import ProtocolError
-
-Codec = Literal["pcmu", "pcma"]
+from bridge.media.g711 import FRAME_MS, FRAME_SAMPLES_8K, Encoding
 
 RTP_VERSION = 2
-SAMPLE_RATE_HZ = 8000
-FRAME_MS = 20
-FRAME_SAMPLES = SAMPLE_RATE_HZ * FRAME_MS // 1000  # 160
-FRAME_BYTES = FRAME_SAMPLES  # G.711: one byte per sample
 PT_PCMU = 0
 PT_PCMA = 8
-STATIC_PT: dict[Codec, int] = {"pcmu": PT_PCMU, "pcma": PT_PCMA}
-SILENCE_BYTE: dict[Codec, int] = {"pcmu": 0xFF, "pcma": 0xD5}
+STATIC_PT: dict[Encoding, int] = {"pcmu": PT_PCMU, "pcma": PT_PCMA}
 DTMF_EVENTS = "0123456789*#ABCD"
 
 _HEADER = struct.Struct("!BBHII")
@@ -123,7 +116,7 @@ def dtmf_packets(digit: str, duration_ms: int = 100) -> list[tuple[bytes, bool, 
     steps = max(1, duration_ms // FRAME_MS)
     out: list[tuple[bytes, bool, bool]] = []
     for i in range(1, steps + 1):
-        dur = i * FRAME_SAMPLES
+        dur = i * FRAME_SAMPLES_8K
         last = i == steps
         flags = (0x80 if last else 0) | volume
         payload = struct.pack("!BBH", event, flags, dur & 0xFFFF)

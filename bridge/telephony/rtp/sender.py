@@ -10,15 +10,8 @@ import random
 from collections import deque
 
 from bridge.errors import ProtocolError
-from bridge.telephony.rtp.packet import (
-    FRAME_BYTES,
-    FRAME_SAMPLES,
-    SILENCE_BYTE,
-    Codec,
-    RtpStats,
-    build_packet,
-    dtmf_packets,
-)
+from bridge.media.g711 import FRAME_BYTES_G711, FRAME_SAMPLES_8K, SILENCE_BYTE, Encoding
+from bridge.telephony.rtp.packet import RtpStats, build_packet, dtmf_packets
 
 
 class RtpSender:
@@ -30,7 +23,7 @@ class RtpSender:
     comfort silence so timestamps stay continuous and NAT bindings stay open.
     """
 
-    def __init__(self, codec: Codec, payload_type: int, dtmf_pt: int | None = None,
+    def __init__(self, codec: Encoding, payload_type: int, dtmf_pt: int | None = None,
                  ssrc: int | None = None, stats: RtpStats | None = None) -> None:
         self.codec = codec
         self.payload_type = payload_type
@@ -39,7 +32,7 @@ class RtpSender:
         self.sequence = random.getrandbits(16)
         self.timestamp = random.getrandbits(32)
         self.stats = stats or RtpStats()
-        self.silence = bytes([SILENCE_BYTE[codec]]) * FRAME_BYTES
+        self.silence = bytes([SILENCE_BYTE[codec]]) * FRAME_BYTES_G711
         self._queue: deque[bytes | str] = deque()  # bytes = frame, str = mark name
         self._dtmf: deque[tuple[bytes, bool, bool]] = deque()
         self._dtmf_ts = 0
@@ -48,8 +41,8 @@ class RtpSender:
         self.queued_frames = 0
 
     def queue_frame(self, frame: bytes) -> None:
-        if len(frame) != FRAME_BYTES:
-            frame = (frame + self.silence)[:FRAME_BYTES]
+        if len(frame) != FRAME_BYTES_G711:
+            frame = (frame + self.silence)[:FRAME_BYTES_G711]
         self._queue.append(frame)
         self.queued_frames += 1
 
@@ -98,11 +91,11 @@ class RtpSender:
                 marks = marks or []
                 marks.append(queue.popleft())  # type: ignore[arg-type]
         self.sequence = (self.sequence + 1) & 0xFFFF
-        self.timestamp = (self.timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
+        self.timestamp = (self.timestamp + FRAME_SAMPLES_8K) & 0xFFFFFFFF
         self.stats.sent += 1
         return packet, marks
 
     def skip(self, frames: int) -> None:
         """Advance the media clock without sending (the loop stalled too long to catch up)."""
-        self.timestamp = (self.timestamp + FRAME_SAMPLES * frames) & 0xFFFFFFFF
+        self.timestamp = (self.timestamp + FRAME_SAMPLES_8K * frames) & 0xFFFFFFFF
         self._marker_next = True

@@ -8,8 +8,8 @@ import contextlib
 import logging
 import weakref
 
+from bridge.media.g711 import FRAME_MS
 from bridge.telephony.rtp.endpoint import RtpEndpoint
-from bridge.telephony.rtp.packet import FRAME_MS
 
 log = logging.getLogger(__name__)
 

@@ -11,17 +11,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from bridge.media.g711 import FRAME_MS, Encoding
 from bridge.telephony.leg import (
     AudioIn,
     CallEnded,
     CallStarted,
     Dtmf,
-    Encoding,
     LegEvent,
     LegKind,
     MarkPlayed,
 )
-from bridge.telephony.rtp.packet import FRAME_MS, RtpStats
+from bridge.telephony.rtp.packet import RtpStats
 from bridge.telephony.rtp.sender import RtpSender
 
 

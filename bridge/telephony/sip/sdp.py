@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bridge.errors import ProtocolError
-from bridge.telephony.leg import Encoding
+from bridge.media.g711 import Encoding
 from bridge.telephony.rtp.packet import PT_PCMA, PT_PCMU
 from bridge.telephony.sip.message import SipParseError
 

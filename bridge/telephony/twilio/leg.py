@@ -20,7 +20,8 @@ from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from bridge.errors import BridgeError
-from bridge.telephony.leg import CallEnded, CallStarted, Encoding, LegEvent, LegKind, MarkPlayed
+from bridge.media.g711 import Encoding
+from bridge.telephony.leg import CallEnded, CallStarted, LegEvent, LegKind, MarkPlayed
 from bridge.telephony.twilio.call_registry import Transfer
 from bridge.telephony.twilio.continuation import TwilioContinuer
 from bridge.telephony.twilio.messages import MAX_MESSAGE_BYTES, TwilioProtocolError

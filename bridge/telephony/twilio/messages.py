@@ -24,13 +24,12 @@ from functools import lru_cache
 from typing import Any
 
 from bridge.errors import ProtocolError
-from bridge.telephony.leg import Encoding
+from bridge.media.g711 import Encoding
 
 MAX_MESSAGE_BYTES = 65536
 
 # Twilio mediaFormat.encoding -> leg encoding.
 ENCODINGS: dict[str, Encoding] = {"audio/x-mulaw": "pcmu", "audio/x-alaw": "pcma"}
-SAMPLE_RATE_HZ = 8000
 
 _SID_RE = re.compile(r"[A-Za-z0-9]+")
 _DIGITS = frozenset("0123456789*#ABCD")

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import base64
 
+from bridge.media.g711 import RATE_8K
 from bridge.telephony.leg import AudioIn, CallEnded, CallStarted, Dtmf, LegEvent, MarkPlayed
 from bridge.telephony.twilio.messages import (
     ENCODINGS,
-    SAMPLE_RATE_HZ,
     DtmfMessage,
     Mark,
     Media,
@@ -114,10 +114,10 @@ class TwilioStream:
         encoding = ENCODINGS.get(fmt.encoding)
         if encoding is None:
             raise TwilioProtocolError(f"twilio start: unsupported mediaFormat.encoding {fmt.encoding!r}")
-        if fmt.sample_rate != SAMPLE_RATE_HZ or fmt.channels != 1:
+        if fmt.sample_rate != RATE_8K or fmt.channels != 1:
             raise TwilioProtocolError(
                 f"twilio start: unsupported mediaFormat {fmt.sample_rate} Hz x {fmt.channels} channels "
-                f"(expected {SAMPLE_RATE_HZ} Hz mono)"
+                f"(expected {RATE_8K} Hz mono)"
             )
         self._media_prefix = media_prefix(msg.stream_sid)  # validates the sid for the builders
         self.stream_sid = msg.stream_sid

@@ -18,13 +18,14 @@ from typing import Protocol
 import numpy as np
 
 from bridge.errors import ConfigError
+from bridge.media.g711 import FRAME_SAMPLES_8K, RATE_8K
+from bridge.media.model_files import silero_session
 
 log = logging.getLogger(__name__)
 
-RATE_HZ = 8000
 SILERO_WINDOW_SAMPLES = 256
 SILERO_CONTEXT_SAMPLES = 32
-WEBRTC_FRAME_SAMPLES = 160
+WEBRTC_FRAME_SAMPLES = FRAME_SAMPLES_8K  # webrtcvad takes 10, 20 or 30 ms: one 20 ms frame
 _INT16_SCALE = np.float32(1.0 / 32768.0)
 _TAIL_ENERGY_RATIO = 10.0 ** (-30.0 / 10.0)  # offset = last window within 30 dB of the utterance's peak
 _DIGITAL_SILENCE_ENERGY = (2.0 / 32768.0) ** 2  # a window no louder than 2 LSB RMS
@@ -46,15 +47,13 @@ class SileroVad:
     window_samples = SILERO_WINDOW_SAMPLES
 
     def __init__(self) -> None:
-        from bridge.engine.models import get_shared_models
-
-        self._session = get_shared_models().vad_session()
+        self._session = silero_session()
         # [32 context samples | 256 window samples]; filled in place.
         self._input = np.zeros((1, SILERO_CONTEXT_SAMPLES + SILERO_WINDOW_SAMPLES), dtype=np.float32)
         self._buf = self._input[0]
         self._fill = SILERO_CONTEXT_SAMPLES
         self._state = np.zeros((2, 1, 128), dtype=np.float32)
-        self._sr = np.array(RATE_HZ, dtype=np.int64)
+        self._sr = np.array(RATE_8K, dtype=np.int64)
         self._feeds = {"input": self._input, "state": self._state, "sr": self._sr}
         self._odd = b""
         self.energies: list[float] = []  # mean square of each window returned by the last process()
@@ -131,7 +130,7 @@ class WebRtcVad:
             return []
         is_speech = self._vad.is_speech
         out = [
-            1.0 if is_speech(bytes(pending[i * frame_bytes : (i + 1) * frame_bytes]), RATE_HZ) else 0.0
+            1.0 if is_speech(bytes(pending[i * frame_bytes : (i + 1) * frame_bytes]), RATE_8K) else 0.0
             for i in range(n)
         ]
         del pending[: n * frame_bytes]
@@ -187,8 +186,8 @@ class SpeechDetector:
             raise ConfigError(f"VAD neg_threshold {self.neg_threshold} is above threshold {threshold}")
         self.vad: Vad = vad if vad is not None else create_vad()
         self._window = self.vad.window_samples
-        self._min_speech_samples = min_speech_ms * RATE_HZ // 1000
-        self._min_silence_samples = min_silence_ms * RATE_HZ // 1000
+        self._min_speech_samples = min_speech_ms * RATE_8K // 1000
+        self._min_silence_samples = min_silence_ms * RATE_8K // 1000
         self._pos = 0  # samples of completed VAD windows
         self._fed = 0  # bytes fed
         self._speaking = False
@@ -205,7 +204,7 @@ class SpeechDetector:
     @property
     def position_ms(self) -> int:
         """How much audio has been fed, in ms from the start of the stream."""
-        return self._fed // 2 * 1000 // RATE_HZ
+        return self._fed // 2 * 1000 // RATE_8K
 
     def reset(self) -> None:
         """Forget everything (VAD state and position): the next feed starts a new stream at 0 ms."""
@@ -249,7 +248,7 @@ class SpeechDetector:
                         stop = self._last_voiced_end
                         if self._start is not None and self._start < self._last_loud_end < stop:
                             stop = self._last_loud_end  # Silero holds on over quiet tails: trim them
-                        events.append(SpeechStop(stop * 1000 // RATE_HZ))
+                        events.append(SpeechStop(stop * 1000 // RATE_8K))
                         self._peak_energy = 0.0
                         self._speaking = False
                         self._start = None
@@ -271,4 +270,4 @@ class SpeechDetector:
         self._speaking = True
         self._silence_start = None
         self._last_voiced_end = self._pos
-        events.append(SpeechStart(self._start * 1000 // RATE_HZ))
+        events.append(SpeechStart(self._start * 1000 // RATE_8K))

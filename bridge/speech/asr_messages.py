@@ -1,4 +1,4 @@
-"""What goes through the pipe between the bridge and a speech worker (bridge/engine/asr_pool.py).
+"""What goes through the pipe between the bridge and a speech worker (bridge/speech/asr_pool.py).
 
 Both ways a pipe write is a list of these messages (a batch). They are frozen, slotted dataclasses,
 defined at module level so that a "spawn" worker unpickles them by name. `Feed` (one per 20 ms frame

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from bridge.audio import resample
-from bridge.audio.codec import CodecError
-from bridge.audio.resample import Downsampler, Resampler, Upsampler
+from bridge.media import resample
+from bridge.media.g711 import CodecError
+from bridge.media.resample import Downsampler, Resampler, Upsampler
 
 RNG_SEED = 20261123
 

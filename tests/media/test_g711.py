@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 import pytest
 
-from bridge.audio import codec
-from bridge.audio.codec import CodecError, decode, encode, silence, transcode
 from bridge.errors import BridgeError
+from bridge.media import g711
+from bridge.media.g711 import CodecError, decode, encode, silence, transcode
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -20,13 +20,13 @@ ALL_PCM = np.arange(-32768, 32768, dtype="<i2").tobytes()
 
 
 def test_constants_describe_a_20ms_frame() -> None:
-    assert codec.RATE_8K == 8000
-    assert codec.RATE_24K == 24000
-    assert codec.FRAME_MS == 20
-    assert codec.FRAME_SAMPLES_8K == 160
-    assert codec.FRAME_BYTES_G711 == 160
-    assert codec.SAMPLE_BYTES == 2
-    assert codec.FRAME_BYTES_PCM24K == 960
+    assert g711.RATE_8K == 8000
+    assert g711.RATE_24K == 24000
+    assert g711.FRAME_MS == 20
+    assert g711.FRAME_SAMPLES_8K == 160
+    assert g711.FRAME_BYTES_G711 == 160
+    assert g711.SAMPLE_BYTES == 2
+    assert g711.FRAME_BYTES_PCM24K == 960
 
 
 @pytest.mark.parametrize(
@@ -71,8 +71,8 @@ def test_silence_is_digital_zero() -> None:
     assert decode(silence("pcmu"), "pcmu") == bytes(320)
     # A-law has no exact zero: its smallest step is +8, what audioop encodes zero as.
     assert silence("pcma", 1) == encode(b"\x00\x00", "pcma")
-    assert codec.silence_byte("pcmu") == 0xFF
-    assert codec.silence_byte("pcma") == 0xD5
+    assert g711.silence_byte("pcmu") == 0xFF
+    assert g711.silence_byte("pcma") == 0xD5
 
 
 def test_transcode_between_laws() -> None:
@@ -105,10 +105,10 @@ def test_empty_input() -> None:
 
 
 def test_ms_byte_helpers() -> None:
-    assert codec.g711_ms_to_bytes(20) == 160
-    assert codec.g711_ms_to_bytes(0.5) == 4
-    assert codec.g711_bytes_to_ms(160) == 20.0
-    assert codec.g711_bytes_to_ms(4) == 0.5
-    assert codec.pcm16_ms_to_bytes(20, 24000) == 960
-    assert codec.pcm16_ms_to_bytes(20, 8000) == 320
-    assert codec.pcm16_bytes_to_ms(960, 24000) == 20.0
+    assert g711.g711_ms_to_bytes(20) == 160
+    assert g711.g711_ms_to_bytes(0.5) == 4
+    assert g711.g711_bytes_to_ms(160) == 20.0
+    assert g711.g711_bytes_to_ms(4) == 0.5
+    assert g711.pcm16_ms_to_bytes(20, 24000) == 960
+    assert g711.pcm16_ms_to_bytes(20, 8000) == 320
+    assert g711.pcm16_bytes_to_ms(960, 24000) == 20.0

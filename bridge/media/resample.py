@@ -6,7 +6,7 @@ a Downsampler fed a length not divisible by 3 keeps at most 2 input samples for 
 add only their linear-phase group delay (`delay_ms`: 1.29 ms up, 1.92 ms down).
 
 The filters are equiripple (Parks-McClellan) designs at 24 kHz, shipped as coefficients so that
-importing this module does not import scipy (0.7 s). tests/audio/test_resample.py re-derives them:
+importing this module does not import scipy (0.7 s). tests/media/test_resample.py re-derives them:
 
 - up (8k -> 24k, image rejection): `remez(63, [0, 3400, 4600, 12000], [1, 0], weight=[1, 30], fs=24000)`,
   times 3 for the zero-stuffing gain. Stop band >= 72 dB from 4600 Hz (the image of 3400 Hz),
@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
 
-from bridge.audio.codec import RATE_8K, RATE_24K, CodecError
+from bridge.media.g711 import RATE_8K, RATE_24K, CodecError
 
 FACTOR: Final = RATE_24K // RATE_8K  # 3
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.audio.codec import silence, silence_byte
-from bridge.audio.playout import Frame, Playout
+from bridge.media.g711 import silence, silence_byte
+from bridge.media.playout import Frame, Playout
 
 
 def _audio(n_bytes: int, fill: int = 0x55) -> bytes:

@@ -26,15 +26,17 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from bridge.engine.models import ModelUnavailableError, SharedModels, get_shared_models
 from bridge.errors import BridgeError, ConfigError
+from bridge.media.g711 import RATE_8K, RATE_16K, RATE_24K
+from bridge.media.model_files import ModelUnavailableError
+from bridge.speech.models import SharedModels, get_shared_models
 
 if TYPE_CHECKING:
     from piper import PiperVoice
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_RATES_HZ = (8000, 16000, 22050, 24000)
+SUPPORTED_RATES_HZ = (RATE_8K, RATE_16K, 22050, RATE_24K)  # 22050: the voice's native rate
 TARGET_RMS_DBFS = -16.0
 PEAK_LIMIT_DBFS = -1.0
 FIRST_CHUNK_MAX_WORDS = 12
@@ -304,7 +306,7 @@ class Synthesizer:
     def __init__(
         self,
         *,
-        out_rate: int = 24000,
+        out_rate: int = RATE_24K,
         engine: str = "piper",
         shared: SharedModels | None = None,
         cache: PromptCache | None = None,

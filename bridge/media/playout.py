@@ -24,6 +24,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
+from bridge.media.g711 import FRAME_BYTES_G711, FRAME_MS, SILENCE_BYTE
+
 _IDLE: Final = float("-inf")
 
 
@@ -36,7 +38,12 @@ class Frame:
 
 class Playout:
     def __init__(
-        self, *, lead_ms: int = 100, frame_ms: int = 20, frame_bytes: int = 160, silence_byte: int = 0xFF
+        self,
+        *,
+        lead_ms: int = 100,
+        frame_ms: int = FRAME_MS,
+        frame_bytes: int = FRAME_BYTES_G711,
+        silence_byte: int = SILENCE_BYTE["pcmu"],
     ) -> None:
         if lead_ms < 0 or frame_ms <= 0 or frame_bytes <= 0 or not 0 <= silence_byte <= 0xFF:
             raise ValueError(

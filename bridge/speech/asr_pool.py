@@ -47,8 +47,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from bridge.engine.asr import RecognizerError, Transcript
-from bridge.engine.asr_messages import (
+from bridge.media.g711 import FRAME_BYTES_PCM8K
+from bridge.speech.asr import RecognizerError, Transcript
+from bridge.speech.asr_messages import (
     Answer,
     Begin,
     Close,
@@ -67,10 +68,10 @@ from bridge.engine.asr_messages import (
     Stop,
     TurnEnded,
 )
-from bridge.engine.models import PHONE_CMNINIT
+from bridge.speech.models import PHONE_CMNINIT
 
 if TYPE_CHECKING:
-    from bridge.engine.asr import Recognizer
+    from bridge.speech.asr import Recognizer
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,8 @@ def _worker_main(conn: Connection, niceness: int) -> None:
     with contextlib.suppress(OSError):
         os.nice(niceness)
     try:
-        from bridge.engine.asr import Recognizer
-        from bridge.engine.models import get_shared_models
+        from bridge.speech.asr import Recognizer
+        from bridge.speech.models import get_shared_models
 
         shared = get_shared_models()
         shared.sphinx()
@@ -590,7 +591,7 @@ class RemoteRecognizer:
             audio_ms=answer.audio_ms,
         )
 
-    def recognize(self, pcm16_8k: bytes, chunk_bytes: int = 320) -> Transcript:
+    def recognize(self, pcm16_8k: bytes, chunk_bytes: int = FRAME_BYTES_PCM8K) -> Transcript:
         """One whole turn in one call (begin, feed in 20 ms chunks, end)."""
         self.begin()
         for i in range(0, len(pcm16_8k), chunk_bytes):

@@ -42,12 +42,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from bridge.errors import BridgeError
+from bridge.media.g711 import FRAME_BYTES_PCM8K, FRAME_SAMPLES_8K, RATE_8K
 
-RATE_HZ = 8000
-FRAME_SAMPLES = 160  # one 20 ms frame: the canceller's block
-FRAME_BYTES = FRAME_SAMPLES * 2
-_FFT = 2 * FRAME_SAMPLES
-_BINS = FRAME_SAMPLES + 1
+# The canceller's block is one 20 ms frame (FRAME_SAMPLES_8K).
+_FFT = 2 * FRAME_SAMPLES_8K
+_BINS = FRAME_SAMPLES_8K + 1
 _RING = 1 << 15  # samples of history per stream (4.1 s): max lead of `far` + max delay + estimator window
 _EST_WINDOW = 4096  # near samples per delay estimate (512 ms)
 _EST_FFT = 8192
@@ -98,8 +97,8 @@ class EchoCanceller:
             raise EchoCancellerError(f"max_delay_ms must be within 20..1000, got {max_delay_ms}")
         if not 20 <= tail_ms <= 200:
             raise EchoCancellerError(f"tail_ms must be within 20..200, got {tail_ms}")
-        self.max_delay_samples = max_delay_ms * RATE_HZ // 1000
-        self.partitions = max(1, -(-tail_ms * RATE_HZ // 1000 // FRAME_SAMPLES))
+        self.max_delay_samples = max_delay_ms * RATE_8K // 1000
+        self.partitions = max(1, -(-tail_ms * RATE_8K // 1000 // FRAME_SAMPLES_8K))
         self.suppress = suppress
         self.mu = mu
         self.stats = EchoStats()
@@ -117,10 +116,10 @@ class EchoCanceller:
         self._xpow = np.zeros(_BINS, dtype=np.float64)
         self._x2 = np.zeros(_FFT, dtype=np.float64)
         self._e2 = np.zeros(_FFT, dtype=np.float64)
-        self._d = np.zeros(FRAME_SAMPLES, dtype=np.float64)
-        self._e = np.zeros(FRAME_SAMPLES, dtype=np.float64)
-        self._ramp = np.arange(1, FRAME_SAMPLES + 1, dtype=np.float64) / FRAME_SAMPLES
-        self._out = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        self._d = np.zeros(FRAME_SAMPLES_8K, dtype=np.float64)
+        self._e = np.zeros(FRAME_SAMPLES_8K, dtype=np.float64)
+        self._ramp = np.arange(1, FRAME_SAMPLES_8K + 1, dtype=np.float64) / FRAME_SAMPLES_8K
+        self._out = np.zeros(FRAME_SAMPLES_8K, dtype=np.int16)
         self._constrain_next = 0
         self._delay: int | None = None
         self._x_valid = False  # _X holds the spectra for the current delay
@@ -137,10 +136,10 @@ class EchoCanceller:
         self._acc_n = 0
         self._candidate: int | None = None
         self._band = np.zeros(_EST_FFT // 2 + 1, dtype=bool)
-        freqs = np.fft.rfftfreq(_EST_FFT, 1.0 / RATE_HZ)
+        freqs = np.fft.rfftfreq(_EST_FFT, 1.0 / RATE_8K)
         self._band[(freqs >= 250.0) & (freqs <= 3500.0)] = True
         if initial_delay_ms is not None:
-            self._set_delay(int(initial_delay_ms * RATE_HZ / 1000))
+            self._set_delay(int(initial_delay_ms * RATE_8K / 1000))
             self.stats.delay_changes = 0
 
     # ------------------------------------------------------------------------------------------
@@ -149,11 +148,11 @@ class EchoCanceller:
     @property
     def position_ms(self) -> float:
         """Caller audio processed so far (ms): the clock `far(..., at_ms=...)` is expressed in."""
-        return self._pos * 1000.0 / RATE_HZ
+        return self._pos * 1000.0 / RATE_8K
 
     @property
     def delay_ms(self) -> float | None:
-        return None if self._delay is None else self._delay * 1000.0 / RATE_HZ
+        return None if self._delay is None else self._delay * 1000.0 / RATE_8K
 
     def far(self, pcm16: bytes, at_ms: float | None = None) -> None:
         """What the bridge played: PCM16 8 kHz (any whole number of samples), starting at `at_ms` on
@@ -163,13 +162,13 @@ class EchoCanceller:
         n = len(pcm16) // 2
         if n == 0:
             return
-        start = max(self._far_end, self._pos) if at_ms is None else round(at_ms * RATE_HZ / 1000.0)
+        start = max(self._far_end, self._pos) if at_ms is None else round(at_ms * RATE_8K / 1000.0)
         end = start + n
         oldest = self._pos - self.max_delay_samples - _EST_WINDOW - _FFT
         if end > oldest + _RING:
             raise EchoCancellerError(
-                f"far audio at {start * 1000 // RATE_HZ} ms is too far ahead of the caller audio "
-                f"({self._pos * 1000 // RATE_HZ} ms processed)"
+                f"far audio at {start * 1000 // RATE_8K} ms is too far ahead of the caller audio "
+                f"({self._pos * 1000 // RATE_8K} ms processed)"
             )
         if start > self._far_end:  # a gap: nothing was played there
             gap_from = max(self._far_end, oldest)
@@ -210,29 +209,29 @@ class EchoCanceller:
 
     def near(self, pcm16: bytes) -> bytes:
         """One 20 ms frame of caller audio (320 bytes PCM16 8 kHz) -> the same frame with the echo removed."""
-        if len(pcm16) != FRAME_BYTES:
+        if len(pcm16) != FRAME_BYTES_PCM8K:
             raise EchoCancellerError(
-                f"near audio must be one 20 ms frame of PCM16 at 8 kHz ({FRAME_BYTES} bytes), "
+                f"near audio must be one 20 ms frame of PCM16 at 8 kHz ({FRAME_BYTES_PCM8K} bytes), "
                 f"got {len(pcm16)}"
             )
         pos = self._pos
-        if self._far_end < pos + FRAME_SAMPLES:
+        if self._far_end < pos + FRAME_SAMPLES_8K:
             # Nothing was played up to here: the ring must read as silence, not as audio of 4 s ago.
             start = max(self._far_end, pos - self.max_delay_samples - _EST_WINDOW - _FFT)
-            self._write(self._far, start, self._zeros[: pos + FRAME_SAMPLES - start])
-            self._far_end = pos + FRAME_SAMPLES
+            self._write(self._far, start, self._zeros[: pos + FRAME_SAMPLES_8K - start])
+            self._far_end = pos + FRAME_SAMPLES_8K
         d = self._d
         np.multiply(np.frombuffer(pcm16, dtype="<i2"), _SCALE, out=d)
         self._write(self._near, pos, d)
         self.stats.frames += 1
-        self._pos = pos + FRAME_SAMPLES
+        self._pos = pos + FRAME_SAMPLES_8K
         if self._pos >= self._next_estimate:
             self._next_estimate = self._pos + _EST_WINDOW // 2
             if self._far_last_active > self._pos - self.max_delay_samples - _EST_WINDOW:
                 # Every 250 ms until a delay is found, then every 500 ms to track changes.
                 self._next_estimate = self._pos + (_EST_EVERY if self._delay is None else 2 * _EST_EVERY)
                 self._estimate_delay()
-        span_start = pos - self.max_delay_samples - self.partitions * FRAME_SAMPLES
+        span_start = pos - self.max_delay_samples - self.partitions * FRAME_SAMPLES_8K
         if self._far_last_active <= span_start:
             # Nothing played that could still echo: pass the audio through untouched.
             self._gain = 1.0
@@ -246,15 +245,15 @@ class EchoCanceller:
         """Delay unknown: suppress frames no louder than the loudest reference frame in the delay range
         could echo back at the weakest echo return loss allowed."""
         x = self._far
-        lo = (pos - self.max_delay_samples - FRAME_SAMPLES) % _RING
-        hi = (pos + FRAME_SAMPLES) % _RING
+        lo = (pos - self.max_delay_samples - FRAME_SAMPLES_8K) % _RING
+        hi = (pos + FRAME_SAMPLES_8K) % _RING
         seg = x[lo:hi] if lo < hi else np.concatenate((x[lo:], x[:hi]))
-        m = seg.size // FRAME_SAMPLES
+        m = seg.size // FRAME_SAMPLES_8K
         far_pow = float(
-            np.max(np.mean(np.square(seg[: m * FRAME_SAMPLES]).reshape(m, FRAME_SAMPLES), axis=1))
+            np.max(np.mean(np.square(seg[: m * FRAME_SAMPLES_8K]).reshape(m, FRAME_SAMPLES_8K), axis=1))
         )
         d = self._d
-        near_pow = float(np.dot(d, d)) / FRAME_SAMPLES
+        near_pow = float(np.dot(d, d)) / FRAME_SAMPLES_8K
         self._track_noise(near_pow)
         echo = 2.0 * _MIN_ERL * far_pow
         gain = 1.0 - echo / max(near_pow - self._noise, 1e-12)
@@ -263,7 +262,7 @@ class EchoCanceller:
     def _cancel(self, pos: int) -> bytes:
         assert self._delay is not None
         P = self.partitions
-        B = FRAME_SAMPLES
+        B = FRAME_SAMPLES_8K
         base = pos - self._delay + _PRE_SAMPLES  # far index aligned with near index `pos` at tap 0
         X = self._X
         if not self._x_valid:
@@ -416,5 +415,5 @@ class EchoCanceller:
         self._kappa_db = _MIN_ERL_DB
         self._near_s = self._err_s = 0.0
         self._dt_hold = 0
-        self.stats.delay_ms = self._delay * 1000.0 / RATE_HZ
+        self.stats.delay_ms = self._delay * 1000.0 / RATE_8K
         self.stats.delay_changes += 1

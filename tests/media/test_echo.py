@@ -1,4 +1,4 @@
-"""bridge/audio/echo.py: the echo canceller on real (Piper) bot speech through a synthetic echo path."""
+"""bridge/media/echo.py: the echo canceller on real (Piper) bot speech through a synthetic echo path."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy.signal import butter, lfilter, sosfilt
 
-from bridge.audio.echo import FRAME_BYTES, EchoCanceller, EchoCancellerError
+from bridge.media.echo import EchoCanceller, EchoCancellerError
+from bridge.media.g711 import FRAME_BYTES_PCM8K
 from tests.helpers.speech import phone_speech, silence
 
 BOT_LINES = [
@@ -49,12 +50,12 @@ def run(ec: EchoCanceller, near: bytes, far: bytes | None, *, skip_silent_far: b
     """Feed 20 ms frames as the call does: the far frame that starts playing now (only while the bot
     speaks, unless skip_silent_far is False), then the caller's frame."""
     out = bytearray()
-    for i in range(0, len(near) - FRAME_BYTES + 1, FRAME_BYTES):
-        if far is not None and i + FRAME_BYTES <= len(far):
-            frame = far[i : i + FRAME_BYTES]
+    for i in range(0, len(near) - FRAME_BYTES_PCM8K + 1, FRAME_BYTES_PCM8K):
+        if far is not None and i + FRAME_BYTES_PCM8K <= len(far):
+            frame = far[i : i + FRAME_BYTES_PCM8K]
             if any(frame) or not skip_silent_far:
                 ec.far(frame, at_ms=ec.position_ms)
-        out += ec.near(near[i : i + FRAME_BYTES])
+        out += ec.near(near[i : i + FRAME_BYTES_PCM8K])
     return np.frombuffer(bytes(out), dtype="<i2").astype(np.float64)
 
 
@@ -112,7 +113,7 @@ def test_tracks_a_change_of_delay(bot: np.ndarray) -> None:
 
 def test_no_reference_passes_audio_unchanged(caller: np.ndarray) -> None:
     near = to_pcm(np.concatenate([caller, caller * 0.3]))
-    near = near[: len(near) // FRAME_BYTES * FRAME_BYTES]
+    near = near[: len(near) // FRAME_BYTES_PCM8K * FRAME_BYTES_PCM8K]
     ec = EchoCanceller()
     assert run(ec, near, None).astype("<i2").tobytes() == near
     # An all-zero reference (the bot "playing" digital silence) is no reference.
@@ -124,7 +125,7 @@ def test_reference_long_ago_passes_audio_unchanged(bot: np.ndarray, caller: np.n
     ec = EchoCanceller()
     run(ec, to_pcm(echo_path(bot[:40000], 150, 15)), to_pcm(bot[:40000]))
     later = to_pcm(np.concatenate([np.zeros(8000), caller]))
-    later = later[: len(later) // FRAME_BYTES * FRAME_BYTES]
+    later = later[: len(later) // FRAME_BYTES_PCM8K * FRAME_BYTES_PCM8K]
     out = run(ec, later, None)
     # Once the last reference is older than the longest echo path (500 ms + the filter), audio is untouched.
     assert out[4800:].astype("<i2").tobytes() == later[4800 * 2 :]

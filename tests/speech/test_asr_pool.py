@@ -1,4 +1,4 @@
-"""Speech recognition in worker processes (bridge/engine/asr_pool.py): same transcripts as the
+"""Speech recognition in worker processes (bridge/speech/asr_pool.py): same transcripts as the
 in-process Recognizer, sessions in parallel, a killed or wedged worker is reported and replaced, and
 the point of it all: an event loop in this process keeps its 20 ms deadlines while a turn decodes."""
 
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge.engine.asr import Recognizer, RecognizerError, Transcript
-from bridge.engine.asr_pool import AsrPool, AsrWorkerError, RemoteRecognizer
+from bridge.speech.asr import Recognizer, RecognizerError, Transcript
+from bridge.speech.asr_pool import AsrPool, AsrWorkerError, RemoteRecognizer
 from tests.helpers.speech import chunks, phone_speech, silence
 
 pytestmark = pytest.mark.slow

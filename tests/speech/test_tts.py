@@ -8,9 +8,9 @@ import threading
 import numpy as np
 import pytest
 
-from bridge.engine.asr import Recognizer
-from bridge.engine.tts import PromptCache, Synthesizer, split_sentences
 from bridge.errors import ConfigError
+from bridge.speech.asr import Recognizer
+from bridge.speech.tts import PromptCache, Synthesizer, split_sentences
 from tests.helpers.speech import active_rms, silence, telephone_chain
 
 REPLY = "Thanks for calling. Your order has shipped. It will arrive on Monday."

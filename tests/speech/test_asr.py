@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.engine.asr import (
+from bridge.speech.asr import (
     GENERAL_SEARCH,
     Recognizer,
     RecognizerError,

@@ -29,16 +29,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bridge.dialplan.matching import DIGIT_WORDS
-from bridge.engine.models import PHONE_CMNINIT, SharedModels, get_shared_models
 from bridge.errors import BridgeError
+from bridge.media.g711 import FRAME_BYTES_PCM8K, RATE_8K, RATE_16K
+from bridge.speech.models import PHONE_CMNINIT, SharedModels, get_shared_models
+from bridge.speech.words import DIGIT_WORDS
 
 if TYPE_CHECKING:
     from pocketsphinx import Decoder
 
 GENERAL_SEARCH = "_default"
-IN_RATE_HZ = 8000
-DECODER_RATE_HZ = 16000
 MAX_GRAMMARS_PER_DECODER = 8
 # How often each expected phrase appears in a domain LM's training text (against 1 per garbage word).
 PHRASE_REPEATS = 12
@@ -305,7 +304,7 @@ class Recognizer:
             decoder.set_cmn(self._cmn)
             decoder.start_utt()
         self._active = decoder
-        self._resampler = soxr.ResampleStream(IN_RATE_HZ, DECODER_RATE_HZ, 1, dtype="int16", quality="HQ")
+        self._resampler = soxr.ResampleStream(RATE_8K, RATE_16K, 1, dtype="int16", quality="HQ")
         self._audio_samples = 0
         self._odd = b""
 
@@ -347,7 +346,7 @@ class Recognizer:
                 decoder.process_raw(tail.tobytes(), False, False)
             decoder.end_utt()
             hyp = decoder.hyp()
-            if self._audio_samples >= IN_RATE_HZ // 4:  # keep the adapted mean for the next turn
+            if self._audio_samples >= RATE_8K // 4:  # keep the adapted mean for the next turn
                 self._cmn = str(decoder.get_cmn())
         self._active = None
         self._resampler = None
@@ -360,10 +359,10 @@ class Recognizer:
             search=self._search,
             elapsed_ms=(time.perf_counter() - start) * 1000.0,
             in_grammar=in_grammar,
-            audio_ms=self._audio_samples * 1000 // IN_RATE_HZ,
+            audio_ms=self._audio_samples * 1000 // RATE_8K,
         )
 
-    def recognize(self, pcm16_8k: bytes, chunk_bytes: int = 320) -> Transcript:
+    def recognize(self, pcm16_8k: bytes, chunk_bytes: int = FRAME_BYTES_PCM8K) -> Transcript:
         """One whole turn in one call (begin, feed in 20 ms chunks, end)."""
         self.begin()
         for i in range(0, len(pcm16_8k), chunk_bytes):

@@ -1,24 +1,33 @@
-"""G.711 (µ-law / A-law) <-> PCM16 little-endian, and the frame arithmetic of the audio path.
+"""G.711 (µ-law / A-law) <-> PCM16 little-endian, and the one source of rates and encodings.
 
 Conversions go through `audioop` (stdlib up to Python 3.12, the `audioop-lts` package from 3.13;
 both import as `audioop`). A 20 ms frame costs well under a microsecond each way.
 
-Every rate, frame size and byte count the audio path uses is defined here, so the rest of the
-bridge never multiplies by 160 or 2 on its own.
+Every rate, frame size and byte count the audio path uses is defined here, and so are the names of
+the audio formats: `Encoding` (what a phone leg carries) and `UpstreamFormat` (what a realtime
+session carries), so the rest of the bridge never multiplies by 160 or 2 on its own and never
+spells a format list twice.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Final
+from typing import Final, Literal
 
 from bridge.errors import BridgeError
-from bridge.telephony.leg import Encoding
 
 with warnings.catch_warnings():
     # Python 3.11/3.12 warn that the stdlib module goes away in 3.13; audioop-lts replaces it there.
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
+
+# G.711 on a phone leg: µ-law or A-law, 8 kHz, one byte per sample.
+Encoding = Literal["pcmu", "pcma"]
+# The audio a realtime session carries upstream and back: PCM16 at 24 kHz, or G.711 passed through.
+UpstreamFormat = Literal["pcm24k", "pcmu", "pcma"]
+# The formats an operator may choose (settings, dialplan agent steps); A-law upstream is used only
+# internally, when a leg's own encoding is passed through.
+ConfigurableUpstreamFormat = Literal["pcm24k", "pcmu"]
 
 RATE_8K: Final = 8000
 RATE_16K: Final = 16000
@@ -30,10 +39,17 @@ FRAME_SAMPLES_24K: Final = RATE_24K * FRAME_MS // 1000  # 480
 FRAME_BYTES_G711: Final = FRAME_SAMPLES_8K  # one byte per sample: 160
 FRAME_BYTES_PCM8K: Final = FRAME_SAMPLES_8K * SAMPLE_BYTES  # 320
 FRAME_BYTES_PCM24K: Final = FRAME_SAMPLES_24K * SAMPLE_BYTES  # 960
+PCM8K_BYTES_PER_MS: Final = RATE_8K * SAMPLE_BYTES // 1000  # 16
+# Bytes of one millisecond of audio in each upstream format.
+BYTES_PER_MS: Final[dict[UpstreamFormat, int]] = {
+    "pcm24k": RATE_24K * SAMPLE_BYTES // 1000,  # 48
+    "pcmu": RATE_8K // 1000,  # 8
+    "pcma": RATE_8K // 1000,
+}
 
 # The G.711 code of digital zero. µ-law: 0xFF (+0). A-law: 0xD5 (+8, the smallest positive step;
 # ITU-T G.711's A-law has no exact zero, and audioop.lin2alaw(0) gives 0xD5).
-SILENCE_BYTE: Final[dict[str, int]] = {"pcmu": 0xFF, "pcma": 0xD5}
+SILENCE_BYTE: Final[dict[Encoding, int]] = {"pcmu": 0xFF, "pcma": 0xD5}
 
 
 class CodecError(BridgeError):

@@ -1,1 +1,0 @@
-"""Audio core: G.711 codec, streaming resampler, paced playout, voice activity detection."""
