@@ -247,9 +247,13 @@ def main() -> None:
             f"| {fmt} | {load['calls']} | {load['cpu_s_per_call_s']:.4f} | {load['rss_idle_mb']:.0f} | "
             f"{load['rss_per_call_mb']:.2f} |"
         )
-    lines += ["", "Barge-in runs use the local Silero VAD with the default settings (threshold 0.5, "
-              f"min_speech_ms 64) on real prompts ({', '.join(PROMPTS)}, asterisk-core-sounds-en); "
-              "onset is the first 10 ms window above -35 dBFS. Truncate error compares audio_end_ms "
-              "with the frames the Twilio emulator had started playing when the clear arrived.", ""]
+    lines += [
+        "",
+        "Barge-in runs use the local Silero VAD with the default settings (threshold 0.5, "
+        f"min_speech_ms 64) on real prompts ({', '.join(PROMPTS)}, asterisk-core-sounds-en); "
+        "onset is the first 10 ms window above -35 dBFS. Truncate error compares audio_end_ms "
+        "with the frames the Twilio emulator had started playing when the clear arrived.",
+        "",
+    ]
     RESULTS.write_text("\n".join(lines))
     print("wrote", RESULTS)

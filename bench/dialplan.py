@@ -17,11 +17,24 @@ EXAMPLES = ("dialplans", "dialplans/examples/business-hours-cloud.yaml")
 
 # What callers might say to the default menu, and the option each should reach (None: no option).
 UTTERANCES: tuple[tuple[str, str | None], ...] = (
-    ("questions", "1"), ("question", "1"), ("I have a question", "1"), ("help", "1"),
-    ("help please", "1"), ("opening hours", "1"), ("hours", "1"), ("one", "1"),
-    ("operator", "0"), ("operator please", "0"), ("a person", "0"), ("human", "0"),
-    ("representative", "0"), ("zero", "0"), ("I want to talk to a person", "0"), ("person please", "0"),
-    ("pizza delivery", None), ("what's the weather like", None),
+    ("questions", "1"),
+    ("question", "1"),
+    ("I have a question", "1"),
+    ("help", "1"),
+    ("help please", "1"),
+    ("opening hours", "1"),
+    ("hours", "1"),
+    ("one", "1"),
+    ("operator", "0"),
+    ("operator please", "0"),
+    ("a person", "0"),
+    ("human", "0"),
+    ("representative", "0"),
+    ("zero", "0"),
+    ("I want to talk to a person", "0"),
+    ("person please", "0"),
+    ("pizza delivery", None),
+    ("what's the weather like", None),
 )
 
 
@@ -44,8 +57,10 @@ def bench_load() -> list[str]:
             start = time.perf_counter()
             load_dialplan(path)
             times.append((time.perf_counter() - start) * 1000.0)
-        rows.append(f"| load + validate `{rel}` | first {first_ms:.1f} ms; then median "
-                    f"{statistics.median(times):.2f} ms, p95 {_pct(times, 0.95):.2f} ms (n=50) |")
+        rows.append(
+            f"| load + validate `{rel}` | first {first_ms:.1f} ms; then median "
+            f"{statistics.median(times):.2f} ms, p95 {_pct(times, 0.95):.2f} ms (n=50) |"
+        )
     return rows
 
 
@@ -128,8 +143,12 @@ def bench_dtmf_e2e(calls: int = 6) -> list[str]:
         return float(np.sqrt(np.mean(x * x))) > 150.0
 
     async def one(url: str, n: int, digit: str) -> float:
-        twilio = TwilioEmulator(url.replace("http://", "ws://") + "/twilio/media", call_sid=f"CA{n:032d}",
-                                stream_sid=f"MZ{n:032d}", custom_parameters={"caller": f"+1555{n:07d}"})
+        twilio = TwilioEmulator(
+            url.replace("http://", "ws://") + "/twilio/media",
+            call_sid=f"CA{n:032d}",
+            stream_sid=f"MZ{n:032d}",
+            custom_parameters={"caller": f"+1555{n:07d}"},
+        )
         await twilio.open()
         await twilio.start()
         try:
@@ -202,8 +221,10 @@ def bench_recognition() -> tuple[list[str], list[str]]:
                 right += got == want
             mark = "ok" if got == want else "MISS"
             detail.append(f"| {voice} | {text} | {want or '-'} | {got_text!r} | {got or '-'} | {mark} |")
-        rows.append(f"| spoken option accuracy, {voice} voice ({total} in-menu utterances) | "
-                    f"{right}/{total} = {right / total:.0%}; out-of-menu rejected {rejected_oog}/{oog} |")
+        rows.append(
+            f"| spoken option accuracy, {voice} voice ({total} in-menu utterances) | "
+            f"{right}/{total} = {right / total:.0%}; out-of-menu rejected {rejected_oog}/{oog} |"
+        )
     return rows, detail
 
 
@@ -213,26 +234,28 @@ def main() -> None:
     rec_rows, detail = bench_recognition()
     rows += rec_rows
     after = os.getloadavg()
-    text = "\n".join([
-        "# Dialplan figures",
-        "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores; load average "
-        f"{load[0]:.1f} before / {after[0]:.1f} after (other engineers' work was running).",
-        "Command: `.venv/bin/python -m bench dialplan`.",
-        "",
-        "| what | figure |",
-        "|---|---|",
-        *rows,
-        "",
-        "Spoken options: the default menu's grammar (`spoken_phrases`), pocketsphinx via "
-        "`bridge.speech.asr.Recognizer`, phone speech from `tests/helpers/speech.py` (Piper joe or "
-        "espeak-ng, band-passed, 8 kHz, µ-law round trip), matched by `match_option`.",
-        "",
-        "| voice | caller says | expected | recognised | option | |",
-        "|---|---|---|---|---|---|",
-        *detail,
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# Dialplan figures",
+            "",
+            f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores; load average "
+            f"{load[0]:.1f} before / {after[0]:.1f} after (other engineers' work was running).",
+            "Command: `.venv/bin/python -m bench dialplan`.",
+            "",
+            "| what | figure |",
+            "|---|---|",
+            *rows,
+            "",
+            "Spoken options: the default menu's grammar (`spoken_phrases`), pocketsphinx via "
+            "`bridge.speech.asr.Recognizer`, phone speech from `tests/helpers/speech.py` (Piper joe or "
+            "espeak-ng, band-passed, 8 kHz, µ-law round trip), matched by `match_option`.",
+            "",
+            "| voice | caller says | expected | recognised | option | |",
+            "|---|---|---|---|---|---|",
+            *detail,
+            "",
+        ]
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text, encoding="utf-8")
     print(text)

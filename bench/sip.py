@@ -82,16 +82,24 @@ def timing_row(name: str, arrivals: list[tuple[float, bytes]]) -> str:
         jitter += (d - jitter) / 16
     p99 = sorted(intervals)[int(len(intervals) * 0.99)]
     mean, stdev = statistics.mean(intervals), statistics.pstdev(intervals)
-    return (f"| {name} | {len(arrivals)} | {mean:.3f} | {stdev:.2f} "
-            f"| {p99:.2f} | {max(intervals):.1f} | {jitter / 8:.2f} | {drift_ms_min:+.1f} |")
+    return (
+        f"| {name} | {len(arrivals)} | {mean:.3f} | {stdev:.2f} "
+        f"| {p99:.2f} | {max(intervals):.1f} | {jitter / 8:.2f} | {drift_ms_min:+.1f} |"
+    )
 
 
 async def ours_timing() -> str:
     loop = asyncio.get_running_loop()
     sink = Sink()
     sender = RtpSender("pcmu", 0)
-    ep = RtpEndpoint(RtpReceiver("pcmu", 0, None, ("127.0.0.1", sink.port)), sender, lambda f: None,
-                     lambda d: None, lambda m: None, loop.time)
+    ep = RtpEndpoint(
+        RtpReceiver("pcmu", 0, None, ("127.0.0.1", sink.port)),
+        sender,
+        lambda f: None,
+        lambda d: None,
+        lambda m: None,
+        loop.time,
+    )
     await open_rtp("127.0.0.1", None, ep)
     ticker_for_loop().add(ep)
     await asyncio.sleep(TIMING_S)
@@ -110,8 +118,9 @@ def pyvoip_timing() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    client = RTP.RTPClient({0: RTP.PayloadType.PCMU}, "127.0.0.1", port, "127.0.0.1", sink.port,
-                           RTP.TransmitType.SENDRECV)
+    client = RTP.RTPClient(
+        {0: RTP.PayloadType.PCMU}, "127.0.0.1", port, "127.0.0.1", sink.port, RTP.TransmitType.SENDRECV
+    )
     client.start()
     client.write(b"\x80" * int(8000 * (TIMING_S + 2)))
     time.sleep(TIMING_S)
@@ -133,8 +142,10 @@ def snr_rows() -> list[str]:
 
     ours = audioop.ulaw2lin(ulaw, 2)  # the bridge passes G.711 bytes through (bit-exact, tested)
     eight = audioop.lin2lin(audioop.ulaw2lin(ulaw, 1), 1, 2)  # pyVoIP: u-law -> 8-bit linear -> app
-    return [f"| ivr-bridge (G.711 bytes kept, 16-bit decode) | {snr(ours):.1f} |",
-            f"| pyVoIP 1.6.8 read_audio() (8-bit linear) | {snr(eight):.1f} |"]
+    return [
+        f"| ivr-bridge (G.711 bytes kept, 16-bit decode) | {snr(ours):.1f} |",
+        f"| pyVoIP 1.6.8 read_audio() (8-bit linear) | {snr(eight):.1f} |",
+    ]
 
 
 async def cpu_per_call(n: int, talk_ms: int = 10_000) -> str:
@@ -153,17 +164,41 @@ async def cpu_per_call(n: int, talk_ms: int = 10_000) -> str:
     svc = await start_sip(settings, echo, bind_host="127.0.0.1", rtp_ports=None)
     with tempfile.TemporaryDirectory() as tmp:
         ulaw = Path(tmp) / "u.wav"
-        sox = await asyncio.create_subprocess_exec("sox", str(SPEECH), "-t", "wav", "-e", "u-law", "-b", "8",
-                                                   str(ulaw))
+        sox = await asyncio.create_subprocess_exec(
+            "sox", str(SPEECH), "-t", "wav", "-e", "u-law", "-b", "8", str(ulaw)
+        )
         await sox.wait()
         text = (Path(__file__).parent.parent / "tests/sip/peers/uac_stream.xml").read_text()
         scen = Path(tmp) / "s.xml"
         scen.write_text(text.replace("@CALLER_ULAW_WAV@", str(ulaw)).replace("@TALK_MS@", str(talk_ms)))
         proc = await asyncio.create_subprocess_exec(
-            "sipp", f"127.0.0.1:{svc.port}", "-sf", str(scen), "-s", "bridge", "-i", "127.0.0.1", "-p",
-            str(free_udp_port()), "-mi", "127.0.0.1", "-mp", str(free_udp_port()), "-m", str(n), "-l", str(n),
-            "-r", str(n), "-nostdin", "-timeout", "60s", stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, cwd=tmp)
+            "sipp",
+            f"127.0.0.1:{svc.port}",
+            "-sf",
+            str(scen),
+            "-s",
+            "bridge",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(free_udp_port()),
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            str(free_udp_port()),
+            "-m",
+            str(n),
+            "-l",
+            str(n),
+            "-r",
+            str(n),
+            "-nostdin",
+            "-timeout",
+            "60s",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            cwd=tmp,
+        )
         # measure the steady state: all calls up, 6 s window
         for _ in range(300):
             if svc.status()["calls_active"] >= n:
@@ -177,16 +212,24 @@ async def cpu_per_call(n: int, talk_ms: int = 10_000) -> str:
     status = svc.status()
     await svc.stop()
     cpu = (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) / (t1 - t0) * 100
-    return (f"| {n} | {active} | {cpu:.1f} % | {cpu / max(active, 1):.2f} % | "
-            f"{status['calls_total']} answered, SIPp exit {rc} |")
+    return (
+        f"| {n} | {active} | {cpu:.1f} % | {cpu / max(active, 1):.2f} % | "
+        f"{status['calls_total']} answered, SIPp exit {rc} |"
+    )
 
 
 async def barge_in_rows(trials: int = 20) -> str:
     loop = asyncio.get_running_loop()
     sink = Sink()
     sender = RtpSender("pcmu", 0)
-    ep = RtpEndpoint(RtpReceiver("pcmu", 0, None, ("127.0.0.1", sink.port)), sender, lambda f: None,
-                     lambda d: None, lambda m: None, loop.time)
+    ep = RtpEndpoint(
+        RtpReceiver("pcmu", 0, None, ("127.0.0.1", sink.port)),
+        sender,
+        lambda f: None,
+        lambda d: None,
+        lambda m: None,
+        loop.time,
+    )
     leg = SipLeg(CallStarted("c", "s"), sender, control=None)  # type: ignore[arg-type]
     await open_rtp("127.0.0.1", None, ep)
     ticker_for_loop().add(ep)
@@ -206,8 +249,10 @@ async def barge_in_rows(trials: int = 20) -> str:
     ep.close()
     sink.close()
     delays.sort()
-    return (f"| clear() -> first silent RTP packet on the wire | {statistics.mean(delays):.1f} ms | "
-            f"{delays[len(delays) // 2]:.1f} ms | {delays[-1]:.1f} ms |")
+    return (
+        f"| clear() -> first silent RTP packet on the wire | {statistics.mean(delays):.1f} ms | "
+        f"{delays[len(delays) // 2]:.1f} ms | {delays[-1]:.1f} ms |"
+    )
 
 
 def main() -> None:

@@ -98,8 +98,9 @@ async def answer_trials(bridge, speech: bytes) -> tuple[list[float], int]:  # ty
         with tempfile.TemporaryDirectory() as tmp:
             async with RtpPeer() as peer:
                 scen = sipp_caller(Path(tmp), peer.port, "", wait_bye_ms=25_000)
-                sipp = asyncio.create_task(run_sipp(scen, bridge.sip_port, service="answer",
-                                                    workdir=Path(tmp), timeout_s=35))
+                sipp = asyncio.create_task(
+                    run_sipp(scen, bridge.sip_port, service="answer", workdir=Path(tmp), timeout_s=35)
+                )
                 await peer.wait_media()
                 await asyncio.sleep(0.5)
                 start = await peer.send_pcm(speech + silence(1500))
@@ -122,14 +123,27 @@ async def rtp_timing(bridge, service: str, calls: int, question_wav: Path) -> st
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rtp.jsonl"
-        rec = await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.sip.rtp_recorder", str(out),
-                                                   stdout=asyncio.subprocess.PIPE, cwd=str(ROOT))
+        rec = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.sip.rtp_recorder",
+            str(out),
+            stdout=asyncio.subprocess.PIPE,
+            cwd=str(ROOT),
+        )
         assert rec.stdout is not None
         port = int((await rec.stdout.readline()).split()[1])
         actions = stream_action(question_wav, 300) if service == "answer" else ""
         scen = sipp_caller(Path(tmp), port, actions, wait_bye_ms=30_000)
-        result = await run_sipp(scen, bridge.sip_port, service=service, calls=calls, rate=calls * 10,
-                                workdir=Path(tmp), timeout_s=45)
+        result = await run_sipp(
+            scen,
+            bridge.sip_port,
+            service=service,
+            calls=calls,
+            rate=calls * 10,
+            workdir=Path(tmp),
+            timeout_s=45,
+        )
         rec.terminate()
         await rec.wait()
         packets = load(out)
@@ -152,9 +166,11 @@ async def rtp_timing(bridge, service: str, calls: int, question_wav: Path) -> st
     seconds = sum(intervals) / 1000
     label = {"prompt": "prompt only (Piper, cached)", "answer": "agent turn (pocketsphinx + Piper)"}[service]
     status = "ok" if result.returncode == 0 else f"SIPp exit {result.returncode}"
-    return (f"| {label} | {calls} | {len(streams)} | {len(packets)} | {statistics.mean(intervals):.2f} "
-            f"| {p99:.1f} | {max(intervals):.1f} | {late / seconds * 60:.1f} | {skips} "
-            f"| {restarts / len(streams):.1f} | {status} |")
+    return (
+        f"| {label} | {calls} | {len(streams)} | {len(packets)} | {statistics.mean(intervals):.2f} "
+        f"| {p99:.1f} | {max(intervals):.1f} | {late / seconds * 60:.1f} | {skips} "
+        f"| {restarts / len(streams):.1f} | {status} |"
+    )
 
 
 async def run(bridge) -> list[str]:  # type: ignore[no-untyped-def]
@@ -166,8 +182,11 @@ async def run(bridge) -> list[str]:  # type: ignore[no-untyped-def]
     latency, failed_a = await answer_trials(bridge, speech)
     with tempfile.TemporaryDirectory() as tmp:
         wav = write_wav(Path(tmp) / "q.wav", silence(300) + speech + silence(1200), ulaw=True)
-        timing = [await rtp_timing(bridge, "prompt", 1, wav), await rtp_timing(bridge, "answer", 1, wav),
-                  await rtp_timing(bridge, "answer", 4, wav)]
+        timing = [
+            await rtp_timing(bridge, "prompt", 1, wav),
+            await rtp_timing(bridge, "answer", 1, wav),
+            await rtp_timing(bridge, "answer", 4, wav),
+        ]
     return [
         "## Barge-in through the real call (caller talks over the agent's greeting)",
         "",

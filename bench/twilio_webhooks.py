@@ -138,9 +138,12 @@ def main() -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "BRIDGE_"))}
     env.update(
-        TWILIO_AUTH_TOKEN=TOKEN, BRIDGE_PUBLIC_URL=f"http://127.0.0.1:{port}", BRIDGE_LOG_LEVEL="ERROR",
+        TWILIO_AUTH_TOKEN=TOKEN,
+        BRIDGE_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        BRIDGE_LOG_LEVEL="ERROR",
         # Every client is on 127.0.0.1: lift the per-source limit (this measures the webhook path).
-        BRIDGE_RATE_PER_SOURCE_PER_S="100000", BRIDGE_RATE_BURST="1000000",
+        BRIDGE_RATE_PER_SOURCE_PER_S="100000",
+        BRIDGE_RATE_BURST="1000000",
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge", "serve", "--port", str(port)],

@@ -90,8 +90,9 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
             from bridge.telephony.sip.service import start_sip
 
             try:
-                runtime.sip = await start_sip(settings, run_call, bind_host=settings.host,
-                                              admission=call_slots)
+                runtime.sip = await start_sip(
+                    settings, run_call, bind_host=settings.host, admission=call_slots
+                )
             except BridgeError as exc:
                 log.error("SIP leg not started: %s", exc)
                 runtime.sip_error = str(exc)
@@ -144,8 +145,9 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
         except KeyError:
             return None
 
-    twilio = TwilioRoutes(settings, run_call, flow_for=flow_for, call_slots=call_slots,
-                          rate_limiter=webhook_rate)
+    twilio = TwilioRoutes(
+        settings, run_call, flow_for=flow_for, call_slots=call_slots, rate_limiter=webhook_rate
+    )
     ops = OpsRoutes(settings, runtime, calls=calls, call_slots=call_slots, dialplans=store)
     app.include_router(twilio.router())
     app.include_router(ops.router())

@@ -267,9 +267,7 @@ class BridgeMetrics(MetricsRegistry):
             "Session events that tried to choose an outbound endpoint or key (refused).",
         )
         # Call records (bridge/records): writes never block a call; what could not be kept is counted.
-        self.records_written = self.counter(
-            p + "records_written_total", "Call-record rows stored.", ["kind"]
-        )
+        self.records_written = self.counter(p + "records_written_total", "Call-record rows stored.", ["kind"])
         self.records_lost = self.counter(
             p + "records_lost_total",
             "Call-record rows or recording audio given up (queue_full, rejected by the database,"

@@ -148,8 +148,12 @@ async def test_digit_1_reaches_the_assistant_which_answers_and_hangs_up_on_goodb
     assert last - first > 3.0
     # Recognised among everything the assistant can say (Piper's synthesis varies run to run,
     # the open language model would make this check a coin toss).
-    lines = [DEFAULT_ASSISTANT_GREETING, HOURS_ANSWER, "Thanks for calling Acme. Goodbye.",
-             "Connecting you to an operator."]
+    lines = [
+        DEFAULT_ASSISTANT_GREETING,
+        HOURS_ANSWER,
+        "Thanks for calling Acme. Goodbye.",
+        "Connecting you to an operator.",
+    ]
     heard_greeting = trim_silence(caller.heard(first - 0.1, last + 0.1))
     greeting = await asyncio.to_thread(recognise, heard_greeting, lines)
     assert overlap(DEFAULT_ASSISTANT_GREETING, greeting) >= 0.4, greeting

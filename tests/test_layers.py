@@ -170,8 +170,9 @@ def test_imports_go_only_down() -> None:
     violations: list[Violation] = []
     for path in bridge_modules():
         rel = str(path.relative_to(ROOT))
-        violations += check_source(rel, path.read_text(encoding="utf-8"), module_name(path),
-                                   path.name == "__init__.py")
+        violations += check_source(
+            rel, path.read_text(encoding="utf-8"), module_name(path), path.name == "__init__.py"
+        )
     assert not violations, "imports against the layers:\n" + "\n".join(map(str, violations))
 
 
@@ -193,9 +194,17 @@ def test_exceptions_are_explained_and_current() -> None:
 
 def _check(module: str, source: str, tmp_path: Path) -> list[str]:
     """Check `source` as bridge module `module` against a fake tree holding the modules it names."""
-    for name in ("bridge.call.agent", "bridge.engine.server", "bridge.media.g711",
-                 "bridge.telephony.sip.uas", "bridge.telephony.twilio.leg", "bridge.telephony.leg",
-                 "bridge.telephony.rtp.packet", "bridge.speech.asr", "bridge.dialplan.runner"):
+    for name in (
+        "bridge.call.agent",
+        "bridge.engine.server",
+        "bridge.media.g711",
+        "bridge.telephony.sip.uas",
+        "bridge.telephony.twilio.leg",
+        "bridge.telephony.leg",
+        "bridge.telephony.rtp.packet",
+        "bridge.speech.asr",
+        "bridge.dialplan.runner",
+    ):
         path = tmp_path.joinpath(*name.split(".")).with_suffix(".py")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
@@ -210,35 +219,78 @@ def _check(module: str, source: str, tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize(
     ("module", "source", "expected"),
     [
-        ("bridge.media.vad", "from bridge.call import agent\n",
-         ["bridge/media/vad.py:1 imports bridge.call.agent (layer media may not import layer call)"]),
-        ("bridge.media.vad", "def f():\n    from bridge.speech.asr import x\n",
-         ["bridge/media/vad.py:2 imports bridge.speech.asr (layer media may not import layer speech)"]),
-        ("bridge.media.vad", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import bridge.call\n",
-         ["bridge/media/vad.py:3 imports bridge.call (layer media may not import layer call)"]),
-        ("bridge.media.vad", "from ..call.agent import X\n",
-         ["bridge/media/vad.py:1 imports bridge.call.agent (layer media may not import layer call)"]),
-        ("bridge.speech.asr", "from bridge.dialplan.runner import Runner\n",
-         ["bridge/speech/asr.py:1 imports bridge.dialplan.runner "
-          "(layer speech may not import layer dialplan)"]),
-        ("bridge.engine.server", "from bridge.dialplan import runner\n",
-         ["bridge/engine/server.py:1 imports bridge.dialplan.runner "
-          "(layer engine may not import layer dialplan: same layer)"]),
-        ("bridge.call.agent", "from bridge.engine.server import mount_engine\n",
-         ["bridge/call/agent.py:1 imports bridge.engine.server "
-          "(layer call may not import layer engine: only app, web may)"]),
-        ("bridge.telephony.twilio.leg", "from bridge.telephony.sip.uas import Uas\n",
-         ["bridge/telephony/twilio/leg.py:1 imports bridge.telephony.sip.uas "
-          "(telephony/twilio may not import telephony/sip)"]),
-        ("bridge.telephony.leg", "from bridge.telephony.rtp import packet\n",
-         ["bridge/telephony/leg.py:1 imports bridge.telephony.rtp.packet "
-          "(telephony/base may not import telephony/rtp)"]),
-        ("bridge.newthing", "from bridge.media import g711\n",
-         ["bridge/newthing.py:1 imports bridge.media.g711 ('newthing' is in no layer: add it to LAYERS)"]),
+        (
+            "bridge.media.vad",
+            "from bridge.call import agent\n",
+            ["bridge/media/vad.py:1 imports bridge.call.agent (layer media may not import layer call)"],
+        ),
+        (
+            "bridge.media.vad",
+            "def f():\n    from bridge.speech.asr import x\n",
+            ["bridge/media/vad.py:2 imports bridge.speech.asr (layer media may not import layer speech)"],
+        ),
+        (
+            "bridge.media.vad",
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import bridge.call\n",
+            ["bridge/media/vad.py:3 imports bridge.call (layer media may not import layer call)"],
+        ),
+        (
+            "bridge.media.vad",
+            "from ..call.agent import X\n",
+            ["bridge/media/vad.py:1 imports bridge.call.agent (layer media may not import layer call)"],
+        ),
+        (
+            "bridge.speech.asr",
+            "from bridge.dialplan.runner import Runner\n",
+            [
+                "bridge/speech/asr.py:1 imports bridge.dialplan.runner "
+                "(layer speech may not import layer dialplan)"
+            ],
+        ),
+        (
+            "bridge.engine.server",
+            "from bridge.dialplan import runner\n",
+            [
+                "bridge/engine/server.py:1 imports bridge.dialplan.runner "
+                "(layer engine may not import layer dialplan: same layer)"
+            ],
+        ),
+        (
+            "bridge.call.agent",
+            "from bridge.engine.server import mount_engine\n",
+            [
+                "bridge/call/agent.py:1 imports bridge.engine.server "
+                "(layer call may not import layer engine: only app, web may)"
+            ],
+        ),
+        (
+            "bridge.telephony.twilio.leg",
+            "from bridge.telephony.sip.uas import Uas\n",
+            [
+                "bridge/telephony/twilio/leg.py:1 imports bridge.telephony.sip.uas "
+                "(telephony/twilio may not import telephony/sip)"
+            ],
+        ),
+        (
+            "bridge.telephony.leg",
+            "from bridge.telephony.rtp import packet\n",
+            [
+                "bridge/telephony/leg.py:1 imports bridge.telephony.rtp.packet "
+                "(telephony/base may not import telephony/rtp)"
+            ],
+        ),
+        (
+            "bridge.newthing",
+            "from bridge.media import g711\n",
+            ["bridge/newthing.py:1 imports bridge.media.g711 ('newthing' is in no layer: add it to LAYERS)"],
+        ),
         # allowed: downward, own package, telephony legs on the base and RTP, the app on the engine
         ("bridge.call.agent", "from bridge.media import g711\nfrom bridge.call import bargein\n", []),
-        ("bridge.telephony.sip.uas",
-         "from bridge.telephony.leg import X\nfrom bridge.telephony.rtp import packet\n", []),
+        (
+            "bridge.telephony.sip.uas",
+            "from bridge.telephony.leg import X\nfrom bridge.telephony.rtp import packet\n",
+            [],
+        ),
         ("bridge.app", "from bridge.engine.server import mount_engine\nimport bridge\n", []),
         ("bridge.media.vad", "import numpy\nfrom collections import deque\n", []),
     ],

@@ -25,8 +25,27 @@ import pytest
 
 from tests.helpers.sysdeps import REPO, SYSDEPS_LIST, binaries, cannot_install, listed, parse
 
-SYSTEM_ROOTS = ("usr", "etc", "opt", "var", "lib", "lib64", "bin", "sbin", "srv", "run", "tmp", "proc",
-                "dev", "sys", "home", "root", "mnt", "media", "snap")
+SYSTEM_ROOTS = (
+    "usr",
+    "etc",
+    "opt",
+    "var",
+    "lib",
+    "lib64",
+    "bin",
+    "sbin",
+    "srv",
+    "run",
+    "tmp",
+    "proc",
+    "dev",
+    "sys",
+    "home",
+    "root",
+    "mnt",
+    "media",
+    "snap",
+)
 ABS_PATH = re.compile(r"(?<![\w.:/@-])/(?:" + "|".join(SYSTEM_ROOTS) + r")(?:/[\w.+@-]+)*/?(?![\w])")
 # Not provided by any package: the kernel's and the machine's own places.
 NOT_PACKAGED = {
@@ -42,16 +61,74 @@ NOT_NEEDED_COMMANDS = {
     "apt-get": "tests/helpers/sysdeps.py only asks whether it exists (can packages be installed here?)",
 }
 # Peers and tools the suite drives or may drive: a literal naming one must be covered by the list.
-KNOWN_TOOLS = frozenset({
-    "sipp", "kamailio", "baresip", "sox", "espeak-ng", "espeak", "chromium", "chromium-browser",
-    "google-chrome", "chromedriver", "firefox", "geckodriver", "redis-server", "redis-cli", "postgres",
-    "psql", "pg_ctl", "initdb", "pg_ctlcluster", "createdb", "ffmpeg", "ffprobe", "asterisk", "freeswitch",
-    "rtpengine", "pjsua", "linphonec", "nginx", "haproxy", "openssl", "tcpdump", "tshark", "curl", "wget",
-    "docker", "minio", "coturn", "turnserver", "gst-launch-1.0", "arecord", "aplay", "pulseaudio",
-})
-SPAWNERS = frozenset({"run", "Popen", "call", "check_call", "check_output", "getoutput", "getstatusoutput",
-                      "create_subprocess_exec", "create_subprocess_shell", "system", "popen",
-                      "execv", "execvp", "execvpe", "execl", "execlp", "spawnlp", "spawnvp"})
+KNOWN_TOOLS = frozenset(
+    {
+        "sipp",
+        "kamailio",
+        "baresip",
+        "sox",
+        "espeak-ng",
+        "espeak",
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "chromedriver",
+        "firefox",
+        "geckodriver",
+        "redis-server",
+        "redis-cli",
+        "postgres",
+        "psql",
+        "pg_ctl",
+        "initdb",
+        "pg_ctlcluster",
+        "createdb",
+        "ffmpeg",
+        "ffprobe",
+        "asterisk",
+        "freeswitch",
+        "rtpengine",
+        "pjsua",
+        "linphonec",
+        "nginx",
+        "haproxy",
+        "openssl",
+        "tcpdump",
+        "tshark",
+        "curl",
+        "wget",
+        "docker",
+        "minio",
+        "coturn",
+        "turnserver",
+        "gst-launch-1.0",
+        "arecord",
+        "aplay",
+        "pulseaudio",
+    }
+)
+SPAWNERS = frozenset(
+    {
+        "run",
+        "Popen",
+        "call",
+        "check_call",
+        "check_output",
+        "getoutput",
+        "getstatusoutput",
+        "create_subprocess_exec",
+        "create_subprocess_shell",
+        "system",
+        "popen",
+        "execv",
+        "execvp",
+        "execvpe",
+        "execl",
+        "execlp",
+        "spawnlp",
+        "spawnvp",
+    }
+)
 NAME_ARG = frozenset({"which", "require_binary"})
 LIBRARY_ARG = frozenset({"find_library", "CDLL"})
 
@@ -164,7 +241,7 @@ def test_every_path_and_command_the_code_uses_is_in_the_sysdeps_list() -> None:
 
 
 def test_the_scan_catches_what_the_list_lacks() -> None:
-    source = '''
+    source = """
 import ctypes, shutil, subprocess
 SOUNDS = "/usr/share/asterisk/sounds/en/hello-world.wav"
 subprocess.run(["ffmpeg", "-i", "x"])
@@ -173,7 +250,7 @@ shutil.which("redis-server")
 ctypes.CDLL("libportaudio.so.2")
 SCRATCH = "/tmp/ivr"
 URL = "http://host/usr/share/not-a-path"
-'''
+"""
     entries = parse("sip-tester /usr/bin/sipp\nsox /usr/bin/sox\n")
     problems = uncovered(scan_python(source, "x.py"), entries)
     assert problems == [
@@ -202,13 +279,15 @@ def test_install_script_checks_the_list_and_names_what_is_missing(tmp_path: Path
     fake = tmp_path / "sysdeps.txt"
     fake.write_text("# a package that cannot exist\nno-such-package-ivr /usr/share/no-such-dir/prompt.wav\n")
     env = {**os.environ, "SYSDEPS_LIST": str(fake)}
-    done = subprocess.run(["bash", str(script), "--check"], env=env, capture_output=True, text=True,
-                          timeout=30, check=False)
+    done = subprocess.run(
+        ["bash", str(script), "--check"], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
     assert done.returncode == 1
     assert "/usr/share/no-such-dir/prompt.wav (Debian package no-such-package-ivr)" in done.stderr
     fake.write_text("no-such-package-ivr usr/share/relative\n")
-    done = subprocess.run(["bash", str(script), "--check"], env=env, capture_output=True, text=True,
-                          timeout=30, check=False)
+    done = subprocess.run(
+        ["bash", str(script), "--check"], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
     assert done.returncode == 1, done.stderr
     assert "malformed line" in done.stderr, done.stderr
     assert script.parent / "sysdeps.txt" == SYSDEPS_LIST  # the list the tests read is the script's

@@ -128,8 +128,13 @@ def agent_config(step: AgentStep, settings: Settings) -> AgentConfig:
         extra[EXTENSION_KEY] = {
             "greeting": step.greeting,
             "intents": [
-                {"name": i.name, "phrases": list(i.phrases), "reply": i.reply, "tool": i.tool,
-                 "arguments": dict(i.arguments)}
+                {
+                    "name": i.name,
+                    "phrases": list(i.phrases),
+                    "reply": i.reply,
+                    "tool": i.tool,
+                    "arguments": dict(i.arguments),
+                }
                 for i in step.intents
             ],
             "faq": [{"questions": list(f.questions), "answer": f.answer} for f in step.faq],

@@ -79,6 +79,10 @@ async def prewarm_prompts(store: DialplanStore) -> None:
                     await loop.run_in_executor(None, prompt_voice().render, text, True)
                 except BridgeError as exc:
                     log.warning("prompt %r not prepared: %s", text, exc)
-            log.info("dialplan v%d: %d prompts prepared in %.2f s", done_version, len(texts),
-                     time.perf_counter() - t0)
+            log.info(
+                "dialplan v%d: %d prompts prepared in %.2f s",
+                done_version,
+                len(texts),
+                time.perf_counter() - t0,
+            )
         await asyncio.sleep(PREWARM_POLL_S)

@@ -108,8 +108,10 @@ def plan_problems(view: PlanView) -> list[Problem]:
                 for var in text_fields(text):
                     if var not in variables:
                         problems.append(
-                            (("flows", name, i, *sub),
-                             f"unknown variable {{{var}}}; known: {', '.join(sorted(variables))}")
+                            (
+                                ("flows", name, i, *sub),
+                                f"unknown variable {{{var}}}; known: {', '.join(sorted(variables))}",
+                            )
                         )
             if isinstance(step, AgentStep) and view.defaults is not None:
                 problems += _agent_problems(step, view.defaults, ("flows", name, i, "agent"))
@@ -163,14 +165,16 @@ def _loops_without_input(view: PlanView, edges: Mapping[Node, Sequence[Node]]) -
             if nxt not in quiet:
                 continue
             if color.get(nxt) == 1:
-                cycle = path[path.index(nxt):]
+                cycle = path[path.index(nxt) :]
                 key = frozenset(cycle)
                 if key not in reported:
                     reported.add(key)
                     route = " -> ".join(f"{f}[{i}]" for f, i in [*cycle, nxt])
                     problems.append(
-                        (("flows", nxt[0], nxt[1]),
-                         f"loop without input: {route} repeats forever without waiting for the caller")
+                        (
+                            ("flows", nxt[0], nxt[1]),
+                            f"loop without input: {route} repeats forever without waiting for the caller",
+                        )
                     )
             elif color.get(nxt) is None:
                 dfs(nxt)
@@ -231,8 +235,11 @@ def step_texts(step: StepBase) -> list[tuple[Loc, str]]:
         case PlayStep():
             return [(("play", "fallback"), step.fallback)]
         case MenuStep():
-            return [(("menu", "prompt"), step.prompt), (("menu", "no_input_prompt"), step.no_input_prompt),
-                    (("menu", "no_match_prompt"), step.no_match_prompt)]
+            return [
+                (("menu", "prompt"), step.prompt),
+                (("menu", "no_input_prompt"), step.no_input_prompt),
+                (("menu", "no_match_prompt"), step.no_match_prompt),
+            ]
         case CollectStep():
             out: list[tuple[Loc, str]] = [(("collect", "prompt"), step.prompt)] if step.prompt else []
             return [*out, (("collect", "no_input_prompt"), step.no_input_prompt)]
@@ -251,8 +258,12 @@ def _agent_problems(agent: AgentStep, defaults: Defaults, loc: Loc) -> list[Prob
     transfer = agent.tool("transfer")
     needs_target = (transfer is not None and transfer.target is None) or "transfer" in agent.dtmf.values()
     if needs_target and (transfer is None or transfer.target is None) and defaults.transfer_to is None:
-        problems.append((loc, "transfer needs a target: give the tool one (transfer: \"+1...\") "
-                              "or set defaults.transfer_to"))
+        problems.append(
+            (
+                loc,
+                'transfer needs a target: give the tool one (transfer: "+1...") or set defaults.transfer_to',
+            )
+        )
     provider = agent.provider or defaults.provider
     if provider == "url" and not (agent.url or defaults.url):
         problems.append((loc, "provider url needs `url:` here or in defaults"))

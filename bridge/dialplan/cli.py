@@ -76,8 +76,9 @@ def describe(action: Action) -> str:
     if isinstance(action, StartAgent):
         a = action.agent
         tools = ", ".join(t.name for t in a.tools) or "none"
-        return (f"START AGENT provider={a.provider} model={a.model or '-'} voice={a.voice or '-'} "
-                f"tools={tools}")
+        return (
+            f"START AGENT provider={a.provider} model={a.model or '-'} voice={a.voice or '-'} tools={tools}"
+        )
     if isinstance(action, StopAgent):
         return "STOP AGENT"
     if isinstance(action, SendToAgent):

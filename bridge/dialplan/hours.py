@@ -34,7 +34,7 @@ class Window(BaseModel):
 def parse_window(text: str) -> Window:
     m = WINDOW_RE.match(text.lower())
     if not m:
-        raise ValueError(f"expected a window like \"mon-fri 09:00-17:00\", got {text!r}")
+        raise ValueError(f'expected a window like "mon-fri 09:00-17:00", got {text!r}')
     days: set[int] = set()
     for part in m.group("days").split(","):
         ends = [p.strip() for p in part.split("-")]

@@ -156,8 +156,10 @@ def _bool(text: str) -> str:
 
 def _value_trap(text: str, tag: str) -> str | None:
     if tag == _BOOL and text.lower() not in ("true", "false"):
-        return (f'YAML reads {text} as the boolean {_bool(text)}; write {_bool(text)}, '
-                f'or quote it ("{text}") if you mean the word')
+        return (
+            f"YAML reads {text} as the boolean {_bool(text)}; write {_bool(text)}, "
+            f'or quote it ("{text}") if you mean the word'
+        )
     if tag == _INT and _LEADING_ZERO.match(text):
         return f'YAML reads {text} as an octal number ({int(text.replace("_", ""), 8)}); quote it: "{text}"'
     if tag in (_INT, _FLOAT) and ":" in text:
@@ -231,7 +233,7 @@ def _message(err: ErrorDetails, reader_plain: dict[Loc, tuple[str, str]]) -> tup
     kind = err["type"]
     msg = str(err["msg"])
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     if kind == "missing":
         return loc[:-1], loc[:-1], f"missing required key `{loc[-1]}`"
     if kind == "extra_forbidden":
@@ -243,10 +245,10 @@ def _message(err: ErrorDetails, reader_plain: dict[Loc, tuple[str, str]]) -> tup
     elif kind in ("list_type", "tuple_type"):
         msg = "expected a list (lines starting with `- `)"
     elif msg.startswith("Input should be"):
-        msg = "expected" + msg[len("Input should be"):]
+        msg = "expected" + msg[len("Input should be") :]
     plain = reader_plain.get(loc)
     if plain and kind in ("string_type", "literal_error"):
-        msg += f" (YAML read {plain[1]} as {plain[0].rsplit(':', 1)[-1]}; quote it: \"{plain[1]}\")"
+        msg += f' (YAML read {plain[1]} as {plain[0].rsplit(":", 1)[-1]}; quote it: "{plain[1]}")'
     return loc, loc, msg
 
 
@@ -318,8 +320,14 @@ def load_dialplan(*paths: str | Path) -> Dialplan:
                 if sub in merged[key]:
                     dropped = True
                     first = where.get((key, sub), ("?", 0))
-                    problems.append((name, reader.lines.get((key, sub), line), format_loc((key, sub)),
-                                     f"{sub!r} is already defined in {first[0]}:{first[1]}"))
+                    problems.append(
+                        (
+                            name,
+                            reader.lines.get((key, sub), line),
+                            format_loc((key, sub)),
+                            f"{sub!r} is already defined in {first[0]}:{first[1]}",
+                        )
+                    )
                 else:
                     merged[key][sub] = v
         for loc, line in reader.lines.items():
@@ -359,8 +367,9 @@ def load_dialplan(*paths: str | Path) -> Dialplan:
         report(_audio_problems(view))
     if problems:
         problems.sort(key=lambda p: (p[0], p[1]))
-        raise DialplanInvalid([f"{f}:{line} {path}: {msg}" if path else f"{f}:{line} {msg}"
-                               for f, line, path, msg in problems])
+        raise DialplanInvalid(
+            [f"{f}:{line} {path}: {msg}" if path else f"{f}:{line} {msg}" for f, line, path, msg in problems]
+        )
     assert plan is not None
     plan._sources = tuple(files)
     return plan
@@ -374,11 +383,12 @@ def _salvage(merged: dict[str, Any]) -> PlanView:
     raw_numbers = merged.get("numbers")
     numbers = (
         {k: v for k, v in raw_numbers.items() if isinstance(k, str) and isinstance(v, str)}
-        if isinstance(raw_numbers, dict) else {}
+        if isinstance(raw_numbers, dict)
+        else {}
     )
     flows: dict[str, list[StepBase | Unparsed]] = {}
     raw_flows = merged.get("flows")
-    for name, raw_steps in (raw_flows.items() if isinstance(raw_flows, dict) else ()):
+    for name, raw_steps in raw_flows.items() if isinstance(raw_flows, dict) else ():
         if not isinstance(name, str):
             continue
         if not isinstance(raw_steps, list):

@@ -118,8 +118,16 @@ class HangUp:
 
 
 Action = (
-    Say | Play | StopPrompts | Listen | StopListening | StartAgent | StopAgent | SendToAgent
-    | Transfer | HangUp
+    Say
+    | Play
+    | StopPrompts
+    | Listen
+    | StopListening
+    | StartAgent
+    | StopAgent
+    | SendToAgent
+    | Transfer
+    | HangUp
 )
 
 # ------------------------------------------------------------------------------------ states
@@ -148,32 +156,40 @@ class Trigger(enum.Enum):
 
 
 # From every state that walks the flow, the next step can be of any kind.
-_WALK: Mapping[Trigger, State] = MappingProxyType({
-    Trigger.PROMPT: State.PROMPT,
-    Trigger.MENU: State.MENU,
-    Trigger.COLLECT: State.COLLECT,
-    Trigger.AGENT: State.AGENT,
-    Trigger.TRANSFER: State.TRANSFER,
-    Trigger.CLOSE: State.CLOSING,
-    Trigger.HANG_UP: State.DONE,
-    Trigger.CALLER_HUNG_UP: State.DONE,
-})
-
-TRANSITIONS: Mapping[State, Mapping[Trigger, State]] = MappingProxyType({
-    State.NEW: _WALK,  # start() runs the first steps
-    State.PROMPT: _WALK,  # the prompt ended, failed, or a key skipped it
-    State.MENU: _WALK,  # an option, or no input / no match
-    State.COLLECT: _WALK,  # digits done, or no input
-    State.AGENT: _WALK,  # the agent ended, failed, a tool or a key shortcut
-    State.TRANSFER: _WALK,  # the transfer failed: on_error
-    State.CLOSING: MappingProxyType({
-        Trigger.HANG_UP: State.DONE,  # the last line has played
+_WALK: Mapping[Trigger, State] = MappingProxyType(
+    {
+        Trigger.PROMPT: State.PROMPT,
+        Trigger.MENU: State.MENU,
+        Trigger.COLLECT: State.COLLECT,
+        Trigger.AGENT: State.AGENT,
+        Trigger.TRANSFER: State.TRANSFER,
+        Trigger.CLOSE: State.CLOSING,
+        Trigger.HANG_UP: State.DONE,
         Trigger.CALLER_HUNG_UP: State.DONE,
-    }),
-    State.DONE: MappingProxyType({
-        Trigger.CALLER_HUNG_UP: State.DONE,  # the leg reports the end of a call the runner ended
-    }),
-})
+    }
+)
+
+TRANSITIONS: Mapping[State, Mapping[Trigger, State]] = MappingProxyType(
+    {
+        State.NEW: _WALK,  # start() runs the first steps
+        State.PROMPT: _WALK,  # the prompt ended, failed, or a key skipped it
+        State.MENU: _WALK,  # an option, or no input / no match
+        State.COLLECT: _WALK,  # digits done, or no input
+        State.AGENT: _WALK,  # the agent ended, failed, a tool or a key shortcut
+        State.TRANSFER: _WALK,  # the transfer failed: on_error
+        State.CLOSING: MappingProxyType(
+            {
+                Trigger.HANG_UP: State.DONE,  # the last line has played
+                Trigger.CALLER_HUNG_UP: State.DONE,
+            }
+        ),
+        State.DONE: MappingProxyType(
+            {
+                Trigger.CALLER_HUNG_UP: State.DONE,  # the leg reports the end of a call the runner ended
+            }
+        ),
+    }
+)
 
 
 class RunnerStateError(BridgeError):
@@ -349,10 +365,7 @@ class Runner:
         if self._watchdog is not None and now_ms >= self._watchdog and self._waiting is not None:
             log.warning("prompt %s: end never reported; moving on", self._waiting)
             actions += self.on_prompt_done(self._waiting, now_ms)
-        if (
-            self._agent_deadline is not None and now_ms >= self._agent_deadline
-            and self._state is State.AGENT
-        ):
+        if self._agent_deadline is not None and now_ms >= self._agent_deadline and self._state is State.AGENT:
             log.info("agent step reached max_duration")
             self._agent_deadline = None
             actions += [StopAgent(), *self._agent_finished(now_ms)]

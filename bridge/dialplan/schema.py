@@ -413,7 +413,7 @@ class AgentStep(StepBase):
 def check_transfer_target(v: str) -> str:
     if _E164_RE.match(v) or re.match(r"^sips?:[^\s@]+(@[^\s]+)?$", v):
         return v
-    raise ValueError(f"expected an E.164 number like \"+15550199\" or a SIP URI like sip:100@pbx, got {v!r}")
+    raise ValueError(f'expected an E.164 number like "+15550199" or a SIP URI like sip:100@pbx, got {v!r}')
 
 
 class TransferStep(StepBase):
@@ -445,7 +445,15 @@ class HangUpStep(StepBase):
 STEP_TYPES: dict[str, type[StepBase]] = {
     t.kind: t
     for t in (
-        SayStep, PlayStep, MenuStep, CollectStep, HoursStep, GotoStep, AgentStep, TransferStep, HangUpStep
+        SayStep,
+        PlayStep,
+        MenuStep,
+        CollectStep,
+        HoursStep,
+        GotoStep,
+        AgentStep,
+        TransferStep,
+        HangUpStep,
     )
 }
 STEP_KINDS = tuple(STEP_TYPES)
@@ -580,7 +588,7 @@ class Dialplan(_Model):
         for key in v:
             if key != "default" and not (_E164_RE.match(key) or _SIP_USER_RE.match(key)):
                 raise ValueError(
-                    f"number {key!r}: expected an E.164 number (\"+15550100\"), a SIP user, or default"
+                    f'number {key!r}: expected an E.164 number ("+15550100"), a SIP user, or default'
                 )
         if "default" not in v:
             raise ValueError("expected a `default:` entry, so every call has a flow")
@@ -622,8 +630,6 @@ class Dialplan(_Model):
         if compact in self.numbers:
             return self.numbers[compact]
         return self.numbers["default"]
-
-
 
 
 def spoken_texts(step: StepBase) -> list[str]:

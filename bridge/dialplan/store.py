@@ -49,8 +49,11 @@ class DialplanStore:
         except DialplanInvalid as exc:
             self._signature = signature
             self.last_errors = list(exc.problems)
-            log.error("dialplan change rejected; still serving v%d. %d problem(s):", self._version,
-                      len(exc.problems))
+            log.error(
+                "dialplan change rejected; still serving v%d. %d problem(s):",
+                self._version,
+                len(exc.problems),
+            )
             for problem in exc.problems:
                 log.error("  %s", problem)
             return list(exc.problems)

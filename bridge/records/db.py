@@ -100,8 +100,7 @@ def _looks_like_connection(exc: DBAPIError) -> bool:
         "connection" in name.lower()
         or "interfaceerror" in name.lower()
         or "cannotconnectnow" in name.lower()
-        or ("connection" in text_
-        and ("closed" in text_ or "refused" in text_ or "lost" in text_))
+        or ("connection" in text_ and ("closed" in text_ or "refused" in text_ or "lost" in text_))
     )
 
 

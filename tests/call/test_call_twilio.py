@@ -28,8 +28,6 @@ from tests.helpers.twilio_emulator import FRAME_BYTES, Played, TwilioEmulator
 pytestmark = pytest.mark.slow
 
 
-
-
 @pytest.fixture
 def bridge_url(standin: StandinRealtime, tmp_path: Path) -> Iterator[str]:
     (tmp_path / "main.yaml").write_text(AGENT_ONLY)
@@ -269,9 +267,19 @@ async def test_bad_input_ends_only_that_stream(bridge_url: str, standin: Standin
         elif step == "media":
             await bad.send_media(b"\xff" * 160)
         elif step == "bad_media":
-            await bad.send_json({"event": "media", "sequenceNumber": "3", "streamSid": "MZbad",
-                                 "media": {"track": "inbound", "chunk": "1", "timestamp": "0",
-                                           "payload": "***not base64***"}})
+            await bad.send_json(
+                {
+                    "event": "media",
+                    "sequenceNumber": "3",
+                    "streamSid": "MZbad",
+                    "media": {
+                        "track": "inbound",
+                        "chunk": "1",
+                        "timestamp": "0",
+                        "payload": "***not base64***",
+                    },
+                }
+            )
         else:
             await bad.ws.send(step)  # type: ignore[arg-type]
     if close_code is None:

@@ -15,8 +15,14 @@ from tests.dialplan.conftest import REPO
 
 
 def test_check_ok_on_the_shipped_dialplans(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["dialplan", "check", str(REPO / "dialplans"),
-                 str(REPO / "dialplans/examples/business-hours-cloud.yaml")])
+    code = main(
+        [
+            "dialplan",
+            "check",
+            str(REPO / "dialplans"),
+            str(REPO / "dialplans/examples/business-hours-cloud.yaml"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.count(": ok (") == 2
@@ -24,12 +30,16 @@ def test_check_ok_on_the_shipped_dialplans(capsys: pytest.CaptureFixture[str]) -
 
 def test_check_lists_every_error_and_exits_1(tmp_path: Path) -> None:
     bad = tmp_path / "main.yaml"
-    bad.write_text('numbers: {default: main}\nflows:\n  main:\n    - say: no\n    - goto: nowhere\n')
+    bad.write_text("numbers: {default: main}\nflows:\n  main:\n    - say: no\n    - goto: nowhere\n")
     good = tmp_path / "good.yaml"
     good.write_text("numbers: {default: main}\nflows:\n  main:\n    - hang_up\n")
     proc = subprocess.run(
         [sys.executable, "-m", "bridge", "dialplan", "check", str(bad), str(good)],
-        capture_output=True, text=True, cwd=REPO, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 1
     lines = proc.stdout.splitlines()
@@ -57,7 +67,7 @@ def test_simulate_digits_to_operator() -> None:
 
 def test_simulate_speech_timeouts_and_agent() -> None:
     out = run_simulation("\nquestions\n5\n:tool hang_up\n", "--dialplans", str(REPO / "dialplans"))
-    assert "SAY \"Sorry, I didn't hear anything.\"" in out  # Enter let the timeout pass
+    assert 'SAY "Sorry, I didn\'t hear anything."' in out  # Enter let the timeout pass
     assert "START AGENT provider=local" in out
     assert 'TO AGENT "The caller pressed 5."' in out
     assert "HANG UP (agent)" in out
@@ -69,7 +79,7 @@ def test_simulate_upstream_failure_and_failed_transfer() -> None:
     out = run_simulation(":fail 500\n1\n5551234567#\n", "after_hours", "--dialplans", cloud)
     assert 'SAY "Thanks. We\'ll call you back at 5 5 5 1 2 3 4 5 6 7 on the next business day."' in out
     out = run_simulation("0\n:fail\n", "main", "--dialplans", str(REPO / "dialplans"))
-    assert "SAY \"Sorry, I couldn't connect your call. Please call again later. Goodbye.\"" in out
+    assert 'SAY "Sorry, I couldn\'t connect your call. Please call again later. Goodbye."' in out
 
 
 def test_check_reports_every_kind_of_problem_in_one_run(tmp_path: Path) -> None:
@@ -77,22 +87,26 @@ def test_check_reports_every_kind_of_problem_in_one_run(tmp_path: Path) -> None:
     reported, each at its line, in one run; not the first kind only."""
     bad = tmp_path / "main.yaml"
     bad.write_text(
-        "numbers: {default: main}\n"               # 1
-        "flows:\n"                                 # 2
-        "  main:\n"                                # 3
-        '    - say: "Welcome."\n'                  # 4
-        "    - menu:\n"                            # 5
-        '        prompt: "Press 1 for sales."\n'   # 6
-        "        options:\n"                       # 7
-        "          1: sales\n"                     # 8  YAML trap: the key is a number
-        "    - goto: nowhere\n"                    # 9  unknown flow
-        "  sales:\n"                               # 10
+        "numbers: {default: main}\n"  # 1
+        "flows:\n"  # 2
+        "  main:\n"  # 3
+        '    - say: "Welcome."\n'  # 4
+        "    - menu:\n"  # 5
+        '        prompt: "Press 1 for sales."\n'  # 6
+        "        options:\n"  # 7
+        "          1: sales\n"  # 8  YAML trap: the key is a number
+        "    - goto: nowhere\n"  # 9  unknown flow
+        "  sales:\n"  # 10
         "    - collect: {variable: account, digits: 40}\n"  # 11 bad field
-        "    - say: yes\n"                         # 12 YAML trap: a boolean
+        "    - say: yes\n"  # 12 YAML trap: a boolean
     )
     proc = subprocess.run(
         [sys.executable, "-m", "bridge", "dialplan", "check", str(bad)],
-        capture_output=True, text=True, cwd=REPO, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 1
     lines = proc.stdout.splitlines()
@@ -101,7 +115,7 @@ def test_check_reports_every_kind_of_problem_in_one_run(tmp_path: Path) -> None:
         f"{bad}:9 flows.main[2].goto: unknown target 'nowhere'; "
         "expected a flow (main, sales), next or hang_up",
         f"{bad}:11 flows.sales[0].collect.digits: expected less than or equal to 32",
-        f'{bad}:12 flows.sales[1].say: YAML reads yes as the boolean true; write true, '
+        f"{bad}:12 flows.sales[1].say: YAML reads yes as the boolean true; write true, "
         'or quote it ("yes") if you mean the word',
         f"{bad}: 4 problem(s)",
     ], proc.stdout

@@ -123,7 +123,8 @@ def test_menu_timeout_retries_then_no_input(plan: Plan) -> None:
     assert r.on_timer(9999) == []
     retry = r.on_timer(10_000)
     assert says(retry) == [
-        "Sorry, I didn't hear anything.", "For billing press 1 or say billing. For sales press 2."
+        "Sorry, I didn't hear anything.",
+        "For billing press 1 or say billing. For sales press 2.",
     ]
     assert r.next_timer_ms is not None
     assert r.next_timer_ms > 10_000
@@ -272,8 +273,9 @@ def test_hours_across_dst_change(plan: Plan) -> None:
 
 def test_hours_spring_forward_window_edges() -> None:
     """On 2026-03-08 clocks jump 02:00 -> 03:00 in New York; a 01:00-04:00 Sunday window has 2 real hours."""
-    step = HoursStep.model_validate({"timezone": "America/New_York", "windows": ["sun 01:00-04:00"],
-                                     "closed": "x"})
+    step = HoursStep.model_validate(
+        {"timezone": "America/New_York", "windows": ["sun 01:00-04:00"], "closed": "x"}
+    )
     start = datetime(2026, 3, 8, 1, 0, tzinfo=ZoneInfo("America/New_York")).timestamp() * 1000.0
     assert hours_open(step, start)
     assert hours_open(step, start + 1.99 * 3_600_000)  # 03:59 EDT
@@ -340,7 +342,8 @@ def test_agent_tools_become_call_actions(plan: Plan) -> None:
     p = plan(AGENT)
     r, _ = start_agent(p)
     assert r.on_agent_tool("transfer", {"target": "+19005550000"}, 1000) == [
-        StopAgent(), Transfer("sip:desk@pbx", "Transferring you.")  # the model cannot pick the number
+        StopAgent(),
+        Transfer("sip:desk@pbx", "Transferring you."),  # the model cannot pick the number
     ]
     r, _ = start_agent(p)
     assert r.on_agent_tool("hang_up", {}, 1000) == [StopAgent(), HangUp("agent")]

@@ -79,8 +79,8 @@ def test_a_step_model_passes_through_unchanged() -> None:
 
 def test_an_error_inside_a_kind_is_located_under_that_kind() -> None:
     got = errors({"menu": {"prompt": "Press 1.", "options": {"1": "main"}, "retries": -1, "timout": "5s"}})
-    assert ((("menu", "retries"), "greater_than_equal") in [(loc, kind) for loc, kind, _ in got])
-    assert ((("menu", "timout"), "extra_forbidden") in [(loc, kind) for loc, kind, _ in got])
+    assert (("menu", "retries"), "greater_than_equal") in [(loc, kind) for loc, kind, _ in got]
+    assert (("menu", "timout"), "extra_forbidden") in [(loc, kind) for loc, kind, _ in got]
     assert len(got) == 2  # only the menu model was tried: no noise from the other kinds
 
 
@@ -108,8 +108,9 @@ def test_shape_errors_are_at_the_step(data: object, message: str) -> None:
     assert message in msg
 
 
-@pytest.mark.parametrize(("value", "kind"), [({"target": "main"}, "string_type"), (7, "string_type"),
-                                              ("", "string_too_short")])
+@pytest.mark.parametrize(
+    ("value", "kind"), [({"target": "main"}, "string_type"), (7, "string_type"), ("", "string_too_short")]
+)
 def test_goto_errors_are_at_goto(value: object, kind: str) -> None:
     ((loc, got_kind, _),) = errors({"goto": value})
     assert (loc, got_kind) == (("goto",), kind)

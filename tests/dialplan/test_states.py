@@ -153,7 +153,7 @@ def test_every_transition_is_taken_by_a_real_runner(plan: Plan, state: State, tr
     assert runner.state is state, runner.log
     seen = len(runner.log)
     drive(runner, state, trigger, started)
-    assert runner.log[seen:seen + 1] == [(state, trigger, TRANSITIONS[state][trigger])], runner.log
+    assert runner.log[seen : seen + 1] == [(state, trigger, TRANSITIONS[state][trigger])], runner.log
     assert runner.state is TRANSITIONS[state][trigger]
 
 

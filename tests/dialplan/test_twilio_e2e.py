@@ -39,9 +39,12 @@ flows:
 """
 
 # Version two swaps the digits.
-PLAN_V2 = PLAN.replace("Version one", "Version two").replace(
-    '"1": {goto: billing', '"1": {goto: sales_tmp'
-).replace('"2": {goto: sales', '"2": {goto: billing').replace("sales_tmp", "sales")
+PLAN_V2 = (
+    PLAN.replace("Version one", "Version two")
+    .replace('"1": {goto: billing', '"1": {goto: sales_tmp')
+    .replace('"2": {goto: sales', '"2": {goto: billing')
+    .replace("sales_tmp", "sales")
+)
 
 _seq = 0
 

@@ -95,17 +95,33 @@ class StandinSession:
         self.active_response = rid
         self.cancel_event.clear()
         await self.send(
-            {"type": "response.created", "response": {"id": rid, "object": "realtime.response",
-                                                      "status": "in_progress", "output": []}}
+            {
+                "type": "response.created",
+                "response": {"id": rid, "object": "realtime.response", "status": "in_progress", "output": []},
+            }
         )
-        item = {"id": iid, "object": "realtime.item", "type": "message", "role": "assistant",
-                "status": "in_progress", "content": []}
-        await self.send({"type": "response.output_item.added", "response_id": rid, "output_index": 0,
-                         "item": item})
+        item = {
+            "id": iid,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "assistant",
+            "status": "in_progress",
+            "content": [],
+        }
+        await self.send(
+            {"type": "response.output_item.added", "response_id": rid, "output_index": 0, "item": item}
+        )
         await self.send({"type": "conversation.item.added", "item": item})
-        await self.send({"type": "response.content_part.added", "response_id": rid, "item_id": iid,
-                         "output_index": 0, "content_index": 0,
-                         "part": {"type": "audio", "transcript": ""}})
+        await self.send(
+            {
+                "type": "response.content_part.added",
+                "response_id": rid,
+                "item_id": iid,
+                "output_index": 0,
+                "content_index": 0,
+                "part": {"type": "audio", "transcript": ""},
+            }
+        )
         step = chunk_ms * self.bytes_per_ms
         first = time.monotonic()
         self.first_delta_at = None
@@ -120,9 +136,16 @@ class StandinSession:
             chunk = audio[i : i + step]
             if self.first_delta_at is None:
                 first = self.first_delta_at = time.monotonic()
-            await self.send({"type": "response.output_audio.delta", "response_id": rid, "item_id": iid,
-                             "output_index": 0, "content_index": 0,
-                             "delta": base64.b64encode(chunk).decode()})
+            await self.send(
+                {
+                    "type": "response.output_audio.delta",
+                    "response_id": rid,
+                    "item_id": iid,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": base64.b64encode(chunk).decode(),
+                }
+            )
             sent_ms += len(chunk) // self.bytes_per_ms
             self.item_audio_ms[iid] = sent_ms
             if realtime > 0:
@@ -131,21 +154,39 @@ class StandinSession:
                 await asyncio.sleep(0)
         cancelled = self.cancel_event.is_set()
         if not cancelled:
-            await self.send({"type": "response.output_audio.done", "response_id": rid, "item_id": iid,
-                             "output_index": 0, "content_index": 0})
+            await self.send(
+                {
+                    "type": "response.output_audio.done",
+                    "response_id": rid,
+                    "item_id": iid,
+                    "output_index": 0,
+                    "content_index": 0,
+                }
+            )
         self.active_response = None
         await self.send(
-            {"type": "response.done", "response": {
-                "id": rid, "object": "realtime.response",
-                "status": "cancelled" if cancelled else "completed",
-                "status_details": {"type": "cancelled", "reason": "client_cancelled"} if cancelled else None,
-                "output": [item]}}
+            {
+                "type": "response.done",
+                "response": {
+                    "id": rid,
+                    "object": "realtime.response",
+                    "status": "cancelled" if cancelled else "completed",
+                    "status_details": {"type": "cancelled", "reason": "client_cancelled"}
+                    if cancelled
+                    else None,
+                    "output": [item],
+                },
+            }
         )
         return rid, iid, first
 
     async def handle(self) -> None:
-        await self.send({"type": "session.created", "session": {"id": _id("sess"), "type": "realtime",
-                                                                "object": "realtime.session"}})
+        await self.send(
+            {
+                "type": "session.created",
+                "session": {"id": _id("sess"), "type": "realtime", "object": "realtime.session"},
+            }
+        )
         try:
             async for raw in self.ws:
                 now = time.monotonic()
@@ -161,21 +202,43 @@ class StandinSession:
                     self.updated.set()
                 elif kind == "response.cancel":
                     if self.active_response is None:
-                        await self.send({"type": "error", "error": {
-                            "type": "invalid_request_error", "code": "response_cancel_not_active",
-                            "message": "no active response", "event_id": event.get("event_id")}})
+                        await self.send(
+                            {
+                                "type": "error",
+                                "error": {
+                                    "type": "invalid_request_error",
+                                    "code": "response_cancel_not_active",
+                                    "message": "no active response",
+                                    "event_id": event.get("event_id"),
+                                },
+                            }
+                        )
                     self.cancel_event.set()
                 elif kind == "conversation.item.truncate":
                     self.truncates.append(event)
                     have = self.item_audio_ms.get(event["item_id"], 0)
                     if event["audio_end_ms"] > have:
-                        await self.send({"type": "error", "error": {
-                            "type": "invalid_request_error", "code": "invalid_value",
-                            "message": f"audio_end_ms {event['audio_end_ms']} is past the {have} ms of audio",
-                            "event_id": event.get("event_id")}})
+                        past = f"audio_end_ms {event['audio_end_ms']} is past the {have} ms of audio"
+                        await self.send(
+                            {
+                                "type": "error",
+                                "error": {
+                                    "type": "invalid_request_error",
+                                    "code": "invalid_value",
+                                    "message": past,
+                                    "event_id": event.get("event_id"),
+                                },
+                            }
+                        )
                     else:
-                        await self.send({"type": "conversation.item.truncated", "item_id": event["item_id"],
-                                         "content_index": 0, "audio_end_ms": event["audio_end_ms"]})
+                        await self.send(
+                            {
+                                "type": "conversation.item.truncated",
+                                "item_id": event["item_id"],
+                                "content_index": 0,
+                                "audio_end_ms": event["audio_end_ms"],
+                            }
+                        )
         except ConnectionClosed:
             pass
         self.closed_at = time.monotonic()

@@ -67,8 +67,9 @@ def _espeak_raw(text: str) -> tuple[np.ndarray, int]:
     import subprocess
 
     espeak = require_binary("espeak-ng")
-    proc = subprocess.run([espeak, "-v", "en-us", "-s", "160", "--stdout", text], capture_output=True,
-                          check=True)
+    proc = subprocess.run(
+        [espeak, "-v", "en-us", "-s", "160", "--stdout", text], capture_output=True, check=True
+    )
     with wave.open(io.BytesIO(proc.stdout)) as w:
         rate = w.getframerate()
         pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")

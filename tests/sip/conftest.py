@@ -37,8 +37,9 @@ def speech_ulaw(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("audio")
     pcm = out / "caller16.wav"
     ulaw = out / "caller_ulaw.wav"
-    subprocess.run([sox, str(src), "-r", "8000", "-c", "1", "-b", "16", str(pcm), "trim", "0", "8"],
-                   check=True)
+    subprocess.run(
+        [sox, str(src), "-r", "8000", "-c", "1", "-b", "16", str(pcm), "trim", "0", "8"], check=True
+    )
     subprocess.run([sox, str(pcm), "-t", "wav", "-e", "u-law", "-b", "8", str(ulaw)], check=True)
     return ulaw, pcm
 
@@ -67,27 +68,68 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-async def run_sipp(scenario: Path, target_port: int, *, calls: int = 1, rate: int = 10, timeout_s: int = 40,
-                   service: str = "bridge", workdir: Path, local_ip: str = "127.0.0.1") -> SippResult:
+async def run_sipp(
+    scenario: Path,
+    target_port: int,
+    *,
+    calls: int = 1,
+    rate: int = 10,
+    timeout_s: int = 40,
+    service: str = "bridge",
+    workdir: Path,
+    local_ip: str = "127.0.0.1",
+) -> SippResult:
     """SIPp against 127.0.0.1:`target_port`, its signalling and media bound to `local_ip` (any
     127/8 address on Linux loopback: a second host for trust tests)."""
     sipp = require_binary("sipp")
     port = free_udp_port(local_ip)
     media = free_udp_port(local_ip)
-    args = [sipp, f"127.0.0.1:{target_port}", "-sf", str(scenario), "-s", service, "-i", local_ip,
-            "-p", str(port), "-mi", local_ip, "-mp", str(media), "-m", str(calls), "-l", str(calls),
-            "-r", str(rate), "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error", "-trace_err",
-            "-error_file", str(workdir / "sipp_errors.log"), "-max_recv_loops", "1000"]
-    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE, cwd=str(workdir))
+    args = [
+        sipp,
+        f"127.0.0.1:{target_port}",
+        "-sf",
+        str(scenario),
+        "-s",
+        service,
+        "-i",
+        local_ip,
+        "-p",
+        str(port),
+        "-mi",
+        local_ip,
+        "-mp",
+        str(media),
+        "-m",
+        str(calls),
+        "-l",
+        str(calls),
+        "-r",
+        str(rate),
+        "-nostdin",
+        "-timeout",
+        f"{timeout_s}s",
+        "-timeout_error",
+        "-trace_err",
+        "-error_file",
+        str(workdir / "sipp_errors.log"),
+        "-max_recv_loops",
+        "1000",
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(workdir)
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s + 15)
     except TimeoutError:
         proc.kill()
         out, err = await proc.communicate()
     errors = (workdir / "sipp_errors.log").read_text() if (workdir / "sipp_errors.log").exists() else ""
-    return SippResult(proc.returncode if proc.returncode is not None else -1, out.decode(errors="replace"),
-                      err.decode(errors="replace"), errors)
+    return SippResult(
+        proc.returncode if proc.returncode is not None else -1,
+        out.decode(errors="replace"),
+        err.decode(errors="replace"),
+        errors,
+    )
 
 
 @dataclass
@@ -105,16 +147,33 @@ def kamailio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
     cfg = render("kamailio.cfg.in", run / "kamailio.cfg", KAMAILIO_PORT=port)
     log = run / "kamailio.log"
     with log.open("wb") as fh:
-        proc = subprocess.Popen([binary, "-f", str(cfg), "-P", str(run / "kamailio.pid"), "-DD", "-E",
-                                 "-Y", str(run), "-w", str(run)], stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                binary,
+                "-f",
+                str(cfg),
+                "-P",
+                str(run / "kamailio.pid"),
+                "-DD",
+                "-E",
+                "-Y",
+                str(run),
+                "-w",
+                str(run),
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     # ready when it answers an OPTIONS keep-alive
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.bind(("127.0.0.1", 0))
     probe.settimeout(0.2)
     me = probe.getsockname()[1]
-    msg = (f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bKprobe\r\n"
-           f"From: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1:{port}>\r\nCall-ID: probe\r\n"
-           "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    msg = (
+        f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bKprobe\r\n"
+        f"From: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1:{port}>\r\nCall-ID: probe\r\n"
+        "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
     ok = False
     for _ in range(50):
         if proc.poll() is not None:

@@ -56,8 +56,14 @@ def bridge_app(dialplans: Path, **overrides: Any) -> Iterator[BridgeApp]:
     sip_port = free_udp_port()
 
     def make(port: int) -> Any:
-        values: dict[str, Any] = {"host": "127.0.0.1", "dialplans": dialplans, "sip_server": "127.0.0.1",
-                                  "sip_user": "bridge", "sip_local_port": sip_port, "log_level": "WARNING"}
+        values: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "dialplans": dialplans,
+            "sip_server": "127.0.0.1",
+            "sip_user": "bridge",
+            "sip_local_port": sip_port,
+            "log_level": "WARNING",
+        }
         values.update(overrides)
         return create_app(Settings(port=port, **values), preload_models=True)
 
@@ -211,8 +217,9 @@ class RtpPeer:
 
     async def open(self) -> RtpPeer:
         self._loop = asyncio.get_running_loop()
-        transport, _ = await self._loop.create_datagram_endpoint(lambda: _PeerProtocol(self),
-                                                                 local_addr=("127.0.0.1", 0))
+        transport, _ = await self._loop.create_datagram_endpoint(
+            lambda: _PeerProtocol(self), local_addr=("127.0.0.1", 0)
+        )
         self._transport = transport
         self.port = int(transport.get_extra_info("sockname")[1])
         return self
@@ -237,8 +244,16 @@ class RtpPeer:
         if self.bridge_addr is None:
             self.bridge_addr = addr
             self._first.set()
-        self.arrivals.append(Arrival(self._loop.time(), packet.payload_type, packet.sequence, packet.payload,
-                                     packet.marker, packet.ssrc))
+        self.arrivals.append(
+            Arrival(
+                self._loop.time(),
+                packet.payload_type,
+                packet.sequence,
+                packet.payload,
+                packet.marker,
+                packet.ssrc,
+            )
+        )
 
     async def wait_media(self, timeout_s: float = 10.0) -> None:
         await asyncio.wait_for(self._first.wait(), timeout_s)
@@ -257,7 +272,7 @@ class RtpPeer:
             delay = start + n * 0.02 - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            packet = build_packet(0, self._seq, self._ts, self._ssrc, ulaw[n * 160:(n + 1) * 160], n == 0)
+            packet = build_packet(0, self._seq, self._ts, self._ssrc, ulaw[n * 160 : (n + 1) * 160], n == 0)
             self._seq = (self._seq + 1) & 0xFFFF
             self._ts = (self._ts + 160) & 0xFFFFFFFF
             if self._transport is None:
@@ -268,8 +283,11 @@ class RtpPeer:
     # -- what the caller heard ---------------------------------------------------------------------
 
     def heard_ulaw(self, since: float = 0.0, until: float = float("inf"), ssrc: int | None = None) -> bytes:
-        return b"".join(a.payload for a in self.arrivals if since <= a.at < until and a.payload_type == 0
-                        and (ssrc is None or a.ssrc == ssrc))
+        return b"".join(
+            a.payload
+            for a in self.arrivals
+            if since <= a.at < until and a.payload_type == 0 and (ssrc is None or a.ssrc == ssrc)
+        )
 
     def streams(self) -> set[int]:
         """SSRCs heard (several calls can share one media port: each bridge call has its own SSRC)."""
@@ -300,7 +318,7 @@ def ulaw_to_pcm(ulaw: bytes) -> bytes:
 
 def trim_silence(ulaw: bytes) -> bytes:
     """Drop the comfort-silence packets (exactly 0xFF x 160) the bridge sends when it has nothing."""
-    frames = [ulaw[i:i + 160] for i in range(0, len(ulaw), 160)]
+    frames = [ulaw[i : i + 160] for i in range(0, len(ulaw), 160)]
     return b"".join(f for f in frames if f != SILENT_PCMU)
 
 
@@ -313,14 +331,18 @@ def sipp_caller(workdir: Path, media_port: int, actions: str, wait_bye_ms: int) 
     then wait for the bridge's BYE (a timeout fails the call)."""
     from tests.sip.conftest import render
 
-    return render("uac_e2e.xml", workdir / "caller.xml", LISTEN_PORT=media_port, ACTIONS=actions,
-                  WAIT_BYE_MS=wait_bye_ms)
+    return render(
+        "uac_e2e.xml",
+        workdir / "caller.xml",
+        LISTEN_PORT=media_port,
+        ACTIONS=actions,
+        WAIT_BYE_MS=wait_bye_ms,
+    )
 
 
 def stream_action(wav: Path, lead_ms: int) -> str:
     """SIPp actions: after `lead_ms`, stream a µ-law WAV once from SIPp's media port (rtp_stream)."""
-    return (f'<pause milliseconds="{lead_ms}"/>\n'
-            f'  <nop><action><exec rtp_stream="{wav},1,0"/></action></nop>')
+    return f'<pause milliseconds="{lead_ms}"/>\n  <nop><action><exec rtp_stream="{wav},1,0"/></action></nop>'
 
 
 @dataclass
@@ -355,8 +377,15 @@ class BargeInCall:
         return heard * 20
 
 
-async def barge_in_call(bridge: BridgeApp, workdir: Path, interruption: bytes, *, service: str = "barge",
-                        talk_after_ms: int = 1500, wait_bye_ms: int = 25_000) -> BargeInCall:
+async def barge_in_call(
+    bridge: BridgeApp,
+    workdir: Path,
+    interruption: bytes,
+    *,
+    service: str = "barge",
+    talk_after_ms: int = 1500,
+    wait_bye_ms: int = 25_000,
+) -> BargeInCall:
     """SIPp calls `service` (an agent step with a long greeting); once the caller has heard
     `talk_after_ms` of it, the RtpPeer sends `interruption` (PCM16 8 kHz) then 1.5 s of silence.
     Returns when SIPp has finished (the bridge hung up, or SIPp gave up)."""
@@ -366,8 +395,11 @@ async def barge_in_call(bridge: BridgeApp, workdir: Path, interruption: bytes, *
     onset_ms, _ = speech_span_ms(interruption)
     async with RtpPeer() as peer:
         scen = sipp_caller(workdir, peer.port, "", wait_bye_ms=wait_bye_ms)
-        sipp = asyncio.create_task(run_sipp(scen, bridge.sip_port, service=service, workdir=workdir,
-                                            timeout_s=wait_bye_ms // 1000 + 10))
+        sipp = asyncio.create_task(
+            run_sipp(
+                scen, bridge.sip_port, service=service, workdir=workdir, timeout_s=wait_bye_ms // 1000 + 10
+            )
+        )
         try:
             await peer.wait_media()
             frames = talk_after_ms // 20
@@ -381,8 +413,10 @@ async def barge_in_call(bridge: BridgeApp, workdir: Path, interruption: bytes, *
             result = await sipp
     onset = start + onset_ms / 1000
     await bridge.observer.wait_for(lambda: not bridge.app.state.calls, 3)
-    view = next((v for v in bridge.observer.calls.values() if v.called == service
-                 and v.last_seen >= reply_start), None)
+    view = next(
+        (v for v in bridge.observer.calls.values() if v.called == service and v.last_seen >= reply_start),
+        None,
+    )
     return BargeInCall(result, peer, view, reply_start, onset, peer.silence_from(onset))
 
 

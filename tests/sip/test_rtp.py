@@ -28,8 +28,10 @@ from bridge.telephony.rtp.ticker import ticker_for_loop
 def tone_frames(n: int, codec: str = "pcmu", amp: int = 8000) -> list[bytes]:
     out = []
     for i in range(n):
-        pcm = b"".join(struct.pack("<h", int(amp * math.sin(2 * math.pi * 440 * (i * 160 + k) / 8000)))
-                       for k in range(160))
+        pcm = b"".join(
+            struct.pack("<h", int(amp * math.sin(2 * math.pi * 440 * (i * 160 + k) / 8000)))
+            for k in range(160)
+        )
         out.append(audioop.lin2ulaw(pcm, 2) if codec == "pcmu" else audioop.lin2alaw(pcm, 2))
     return out
 
@@ -49,8 +51,10 @@ def test_packet_round_trip_and_header_options() -> None:
     assert p2.payload == b"\xff" * 160
 
 
-@pytest.mark.parametrize("bad", [b"", b"\x80\x00", b"\x40" + b"\x00" * 20, b"\xa0" + b"\x00" * 11 + b"\x00",
-                                 b"\x8f" + b"\x00" * 20])
+@pytest.mark.parametrize(
+    "bad",
+    [b"", b"\x80\x00", b"\x40" + b"\x00" * 20, b"\xa0" + b"\x00" * 11 + b"\x00", b"\x8f" + b"\x00" * 20],
+)
 def test_malformed_packets_raise(bad: bytes) -> None:
     with pytest.raises(RtpError):
         parse_packet(bad)
@@ -59,8 +63,9 @@ def test_malformed_packets_raise(bad: bytes) -> None:
 def feed(rx: RtpReceiver, seqs: list[int], frames: list[bytes], src=("127.0.0.1", 4000), ssrc=7, pt=0):
     out: list[bytes] = []
     for s in seqs:
-        got, _ = rx.feed(build_packet(pt, s & 0xFFFF, (s * 160) & 0xFFFFFFFF, ssrc, frames[s % len(frames)]),
-                         src, 0.0)
+        got, _ = rx.feed(
+            build_packet(pt, s & 0xFFFF, (s * 160) & 0xFFFFFFFF, ssrc, frames[s % len(frames)]), src, 0.0
+        )
         out.extend(got)
     return out
 
@@ -129,8 +134,11 @@ def test_dtmf_round_trip_once_per_event_even_without_marker_or_start() -> None:
     # a sender that never sets the marker and whose first packets were lost
     payloads = dtmf_packets("7")
     rx2 = RtpReceiver("pcmu", 0, 101, None)
-    got = [rx2.feed(build_packet(101, i, 1000, 5, p), ("h", 1), 0.0)[1]
-           for i, (p, _m, _e) in enumerate(payloads) if i >= 2]
+    got = [
+        rx2.feed(build_packet(101, i, 1000, 5, p), ("h", 1), 0.0)[1]
+        for i, (p, _m, _e) in enumerate(payloads)
+        if i >= 2
+    ]
     assert [d for d in got if d] == ["7"]
     with pytest.raises(ProtocolError):
         RtpSender("pcmu", 0, dtmf_pt=None).queue_dtmf("1")
@@ -170,8 +178,9 @@ async def test_endpoint_and_ticker_on_real_sockets() -> None:
     peer.setblocking(False)
     peer_addr = peer.getsockname()
     tx = RtpSender("pcmu", 0, ssrc=3)
-    ep = RtpEndpoint(RtpReceiver("pcmu", 0, None, peer_addr), tx, got.append, lambda d: None, marks.extend,
-                     loop.time)
+    ep = RtpEndpoint(
+        RtpReceiver("pcmu", 0, None, peer_addr), tx, got.append, lambda d: None, marks.extend, loop.time
+    )
     port = await open_rtp("127.0.0.1", None, ep)
     frames = tone_frames(10)
     for f in frames:

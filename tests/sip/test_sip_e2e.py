@@ -126,22 +126,32 @@ async def no_calls_left(bridge: BridgeApp) -> None:
 
 # What the caller could have heard: the recogniser's language model holds all of these, so it must
 # pick the right one from the audio (the open model is 3-4x slower on this machine for the same verdict).
-CANDIDATES = [HOURS_ANSWER, ADDRESS_ANSWER, SALES_PROMPT, LONG_GREETING, ASSISTANT_GREETING,
-              ASSISTANT_GOODBYE, "Connecting you to an operator.", "Sorry, I didn't get that."]
+CANDIDATES = [
+    HOURS_ANSWER,
+    ADDRESS_ANSWER,
+    SALES_PROMPT,
+    LONG_GREETING,
+    ASSISTANT_GREETING,
+    ASSISTANT_GOODBYE,
+    "Connecting you to an operator.",
+    "Sorry, I didn't get that.",
+]
 
 
 def dtmf_action(pause_ms: int) -> str:
     """SIPp actions: after `pause_ms`, play SIPp's own RFC 2833 capture of the digit 1."""
-    return (f'<pause milliseconds="{pause_ms}"/>\n'
-            f'  <nop><action><exec play_pcap_audio="{dtmf_pcap()}"/></action></nop>')
+    return (
+        f'<pause milliseconds="{pause_ms}"/>\n'
+        f'  <nop><action><exec play_pcap_audio="{dtmf_pcap()}"/></action></nop>'
+    )
 
 
 def voiced_span(ulaw: bytes) -> bytes:
     """Whole frames of a prompt from its first to its last non-silent frame (its leading and trailing
     digital silence cannot be told from the bridge's comfort silence on the wire)."""
-    frames = [ulaw[i:i + 160] for i in range(0, len(ulaw) // 160 * 160, 160)]
+    frames = [ulaw[i : i + 160] for i in range(0, len(ulaw) // 160 * 160, 160)]
     voiced = [i for i, f in enumerate(frames) if f != b"\xff" * 160]
-    return b"".join(frames[voiced[0]:voiced[-1] + 1])
+    return b"".join(frames[voiced[0] : voiced[-1] + 1])
 
 
 async def assert_heard(pcm8k: bytes, expected: str) -> None:
@@ -187,8 +197,9 @@ async def test_registered_bridge_runs_the_default_dialplan_through_kamailio(
     actions = dtmf_action(3000)
     async with RtpPeer() as peer:
         scen = sipp_caller(tmp_path, peer.port, actions, wait_bye_ms=30_000)
-        sipp = asyncio.create_task(run_sipp(scen, kamailio.port, service="acme-e2e", workdir=tmp_path,
-                                            timeout_s=40))
+        sipp = asyncio.create_task(
+            run_sipp(scen, kamailio.port, service="acme-e2e", workdir=tmp_path, timeout_s=40)
+        )
         await peer.wait_media()
         observer = bridge.observer
 
@@ -200,8 +211,12 @@ async def test_registered_bridge_runs_the_default_dialplan_through_kamailio(
         entered = time.monotonic()
         # the greeting plays, then stops: the caller answers
         greeted = await observer.wait_for(
-            lambda: bool(peer.voiced(since=entered)) and peer.silence_from(peer.voiced(since=entered)[0].at)
-            is not None, 15)
+            lambda: (
+                bool(peer.voiced(since=entered))
+                and peer.silence_from(peer.voiced(since=entered)[0].at) is not None
+            ),
+            15,
+        )
         assert greeted, "the assistant's greeting was not heard"
         greeting_end = peer.silence_from(peer.voiced(since=entered)[0].at)
         assert greeting_end is not None
@@ -280,8 +295,9 @@ async def test_ten_concurrent_sipp_calls_each_reach_their_option(bridge: BridgeA
     before = set(bridge.observer.calls)
     async with RtpPeer() as peer:  # every call's SDP names this one port: streams told apart by SSRC
         scen = sipp_caller(tmp_path, peer.port, actions, wait_bye_ms=25_000)
-        res = await run_sipp(scen, bridge.sip_port, service="menu", calls=10, rate=20, workdir=tmp_path,
-                             timeout_s=35)
+        res = await run_sipp(
+            scen, bridge.sip_port, service="menu", calls=10, rate=20, workdir=tmp_path, timeout_s=35
+        )
     assert res.returncode == 0, res.errors or res.stderr  # all ten got the bridge's BYE
     await no_calls_left(bridge)
     views = [v for key, v in bridge.observer.calls.items() if key not in before]
@@ -301,8 +317,12 @@ async def test_ten_concurrent_sipp_calls_each_reach_their_option(bridge: BridgeA
 async def test_pbx_qualify_options_gets_200_from_the_app(bridge: BridgeApp, tmp_path: Path) -> None:
     async with httpx.AsyncClient(base_url=bridge.base_url) as http:
         before = (await http.get("/healthz")).json()["sip"]["options"]
-        res = await run_sipp(render("uac_options.xml", tmp_path / "options.xml"), bridge.sip_port,
-                             workdir=tmp_path, timeout_s=10)
+        res = await run_sipp(
+            render("uac_options.xml", tmp_path / "options.xml"),
+            bridge.sip_port,
+            workdir=tmp_path,
+            timeout_s=10,
+        )
         assert res.returncode == 0, res.errors or res.stderr
         health = (await http.get("/healthz")).json()
     assert health["sip"]["options"] == before + 1
@@ -365,17 +385,30 @@ async def test_baresip_caller_completes_a_call(bridge: BridgeApp, tmp_path: Path
     log = log_path.open("wb")
     # headless: dial the bridge's "answer" flow at start, quit by itself after 40 s at the latest
     proc = await asyncio.create_subprocess_exec(
-        binary, "-f", str(home), "-e", f"/dial sip:answer@127.0.0.1:{bridge.sip_port}", "-t", "40",
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(tmp_path))
+        binary,
+        "-f",
+        str(home),
+        "-e",
+        f"/dial sip:answer@127.0.0.1:{bridge.sip_port}",
+        "-t",
+        "40",
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=str(tmp_path),
+    )
+
     def baresip_says(text: str) -> bool:
         return text in log_path.read_text(errors="replace")
 
     try:
-        assert await bridge.observer.wait_for(lambda: baresip_says("Call established"), 10), \
+        assert await bridge.observer.wait_for(lambda: baresip_says("Call established"), 10), (
             f"baresip's call was not answered: {log_path.read_text(errors='replace')[-2000:]}"
+        )
         # the bridge hangs up (the agent's hang_up tool after the answer): baresip reports the BYE
-        assert await bridge.observer.wait_for(lambda: baresip_says("terminated (duration"), 30), \
+        assert await bridge.observer.wait_for(lambda: baresip_says("terminated (duration"), 30), (
             f"the call did not end: {log_path.read_text(errors='replace')[-2000:]}"
+        )
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -393,4 +426,4 @@ async def test_baresip_caller_completes_a_call(bridge: BridgeApp, tmp_path: Path
     assert heard_files, f"baresip recorded nothing: {sorted(dumps.iterdir())}"
     heard = read_wav_pcm8k(heard_files[0])
     start_ms, end_ms = speech_span_ms(heard)  # baresip's recording of silence is not digital zero
-    await assert_heard(heard[max(0, start_ms - 200) * 16:(end_ms + 200) * 16], HOURS_ANSWER)
+    await assert_heard(heard[max(0, start_ms - 200) * 16 : (end_ms + 200) * 16], HOURS_ANSWER)

@@ -13,8 +13,10 @@ from bridge.telephony.sip.message import SipMessage, header_param, parse_message
 from bridge.telephony.sip.registration import Registration
 from bridge.telephony.sip.sdp import parse_sdp
 
-OFFER = ("v=0\r\no=c 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-         "m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+OFFER = (
+    "v=0\r\no=c 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+)
 
 
 class Caller:
@@ -34,11 +36,13 @@ class Caller:
 
     def invite(self, bridge_port: int, rtp_port: int) -> str:
         body = OFFER.format(port=rtp_port)
-        return (f"INVITE sip:bridge@127.0.0.1:{bridge_port} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK-e1;rport\r\n"
-                f"From: <sip:caller@127.0.0.1>;tag=ct1\r\nTo: <sip:bridge@127.0.0.1>\r\n"
-                f"Call-ID: ep-1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@127.0.0.1:{self.port}>\r\n"
-                f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n{body}")
+        return (
+            f"INVITE sip:bridge@127.0.0.1:{bridge_port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK-e1;rport\r\n"
+            f"From: <sip:caller@127.0.0.1>;tag=ct1\r\nTo: <sip:bridge@127.0.0.1>\r\n"
+            f"Call-ID: ep-1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@127.0.0.1:{self.port}>\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+        )
 
 
 async def test_a_hang_up_cancelled_at_once_still_sends_the_bye() -> None:
@@ -54,8 +58,13 @@ async def test_a_hang_up_cancelled_at_once_still_sends_the_bye() -> None:
         hang.cancel()
 
     loop = asyncio.get_running_loop()
-    endpoint = SipEndpoint(user="bridge", advertised_ip="127.0.0.1", on_call=on_call,
-                           registration=Registration(mode="trunk"), rtp_bind="127.0.0.1")
+    endpoint = SipEndpoint(
+        user="bridge",
+        advertised_ip="127.0.0.1",
+        on_call=on_call,
+        registration=Registration(mode="trunk"),
+        rtp_bind="127.0.0.1",
+    )
     await loop.create_datagram_endpoint(lambda: endpoint, local_addr=("127.0.0.1", 0))
     caller = Caller()
     media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -68,18 +77,24 @@ async def test_a_hang_up_cancelled_at_once_still_sends_the_bye() -> None:
         assert statuses == [100, 180, 200]
         assert parse_sdp(ok.body).port != 0
         tag = header_param(ok.get("To"), "tag")
-        caller.send(f"ACK sip:bridge@127.0.0.1:{endpoint.port} SIP/2.0\r\n"
-                    f"Via: SIP/2.0/UDP 127.0.0.1:{caller.port};branch=z9hG4bK-e2;rport\r\n"
-                    f"From: <sip:caller@127.0.0.1>;tag=ct1\r\nTo: <sip:bridge@127.0.0.1>;tag={tag}\r\n"
-                    "Call-ID: ep-1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n", endpoint.port)
+        caller.send(
+            f"ACK sip:bridge@127.0.0.1:{endpoint.port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{caller.port};branch=z9hG4bK-e2;rport\r\n"
+            f"From: <sip:caller@127.0.0.1>;tag=ct1\r\nTo: <sip:bridge@127.0.0.1>;tag={tag}\r\n"
+            "Call-ID: ep-1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+            endpoint.port,
+        )
         bye = await caller.recv()
         assert (bye.method, bye.call_id, header_param(bye.get("From"), "tag")) == ("BYE", "ep-1", tag)
         again = await caller.recv(2.0)  # unanswered: retransmitted (T1) by the core's timer
         assert again.method == "BYE"
         assert again.branch == bye.branch
         via = bye.get("Via")
-        caller.send(f"SIP/2.0 200 OK\r\nVia: {via}\r\nFrom: {bye.get('From')}\r\nTo: {bye.get('To')}\r\n"
-                    f"Call-ID: ep-1\r\nCSeq: {bye.get('CSeq')}\r\nContent-Length: 0\r\n\r\n", endpoint.port)
+        caller.send(
+            f"SIP/2.0 200 OK\r\nVia: {via}\r\nFrom: {bye.get('From')}\r\nTo: {bye.get('To')}\r\n"
+            f"Call-ID: ep-1\r\nCSeq: {bye.get('CSeq')}\r\nContent-Length: 0\r\n\r\n",
+            endpoint.port,
+        )
         await asyncio.sleep(0.1)
         assert isinstance(seen[0], CallStarted)
         assert seen[1] == CallEnded("hangup")

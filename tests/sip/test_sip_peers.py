@@ -30,7 +30,6 @@ from tests.sip.conftest import Kamailio, free_udp_port, render, run_sipp
 pytestmark = pytest.mark.sip
 
 
-
 @dataclass
 class CallLog:
     started: CallStarted | None = None
@@ -79,7 +78,7 @@ def prompt_ulaw(seconds: float) -> list[bytes]:
     with wave.open(str(asterisk_sound("demo-echotest"))) as w:
         pcm = w.readframes(int(8000 * seconds))
     ulaw = audioop.lin2ulaw(pcm, 2)
-    return [ulaw[i:i + 160] for i in range(0, len(ulaw) - 159, 160)]
+    return [ulaw[i : i + 160] for i in range(0, len(ulaw) - 159, 160)]
 
 
 class MediaSink:
@@ -152,10 +151,10 @@ async def test_caller_speech_and_dtmf_reach_the_leg(speech_ulaw, tmp_path: Path)
     start = sent.find(probe) - 1600  # where got[0] is in the file (SIPp skips a fixed-size header)
     assert start >= 0, "received audio does not appear in what SIPp sent"
     n = min(len(got), len(sent) - start) // 160 * 160
-    assert got[:n] == sent[start:start + n]  # bit-exact: no 8-bit path, no loss on loopback
+    assert got[:n] == sent[start : start + n]  # bit-exact: no 8-bit path, no loss on loopback
     skip = max(0, data_at - start)
     got_pcm = ulaw_pcm(got[skip:n])
-    ref = src_pcm[start + skip - data_at:][: len(got_pcm)]
+    ref = src_pcm[start + skip - data_at :][: len(got_pcm)]
     got_pcm = got_pcm[: len(ref)]
     snr = snr_db(ref, got_pcm)
     assert snr > 33.0, f"SNR {snr:.1f} dB vs the 16-bit original (pyVoIP's 8-bit path: 32.6 dB)"
@@ -267,8 +266,9 @@ async def test_reinvite_keeps_one_stream_at_50_packets_per_second(tmp_path: Path
     svc = await trunk_service(rec)
     try:
         with MediaSink() as sink:
-            scen = render("uac_reinvite.xml", tmp_path / "s.xml", LISTEN_PORT=sink.port, BEFORE_MS=2000,
-                          AFTER_MS=2500)
+            scen = render(
+                "uac_reinvite.xml", tmp_path / "s.xml", LISTEN_PORT=sink.port, BEFORE_MS=2000, AFTER_MS=2500
+            )
             res = await run_sipp(scen, svc.port, workdir=tmp_path)
             arrivals = list(sink.packets)
         assert res.returncode == 0, res.errors or res.stderr
@@ -324,10 +324,12 @@ async def test_malformed_sip_is_answered_400_or_dropped_and_service_survives(tmp
         junks = (b"\x00\x01\x02garbage", b"HELLO WORLD\r\n\r\n", b"INVITE sip:x SIP/2.0\r\n\xff\r\n\r\n")
         for junk in junks:
             sock.sendto(junk, ("127.0.0.1", svc.port))
-        bad_cseq = ("INVITE sip:bridge@127.0.0.1 SIP/2.0\r\n"
-                    f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bKx1\r\n"
-                    "From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:bridge@127.0.0.1>\r\nCall-ID: bad1\r\n"
-                    "CSeq: banana\r\nContent-Length: 0\r\n\r\n").encode()
+        bad_cseq = (
+            "INVITE sip:bridge@127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bKx1\r\n"
+            "From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:bridge@127.0.0.1>\r\nCall-ID: bad1\r\n"
+            "CSeq: banana\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
         sock.sendto(bad_cseq, ("127.0.0.1", svc.port))
         reply = await asyncio.wait_for(loop.sock_recv(sock, 4096), 2)
         assert reply.startswith(b"SIP/2.0 400 ")
@@ -339,8 +341,9 @@ async def test_malformed_sip_is_answered_400_or_dropped_and_service_survives(tmp
         await svc.stop()
 
 
-async def test_registers_with_kamailio_and_takes_a_call_through_it(kamailio: Kamailio,
-                                                                    tmp_path: Path) -> None:
+async def test_registers_with_kamailio_and_takes_a_call_through_it(
+    kamailio: Kamailio, tmp_path: Path
+) -> None:
     prompt = prompt_ulaw(1.0)
 
     async def greet_and_hang_up(leg: SipLeg, log: CallLog) -> None:
@@ -351,8 +354,13 @@ async def test_registers_with_kamailio_and_takes_a_call_through_it(kamailio: Kam
         await leg.hang_up()
 
     rec = Recorder(greet_and_hang_up)
-    settings = Settings(sip_server="127.0.0.1", sip_port=kamailio.port, sip_user="bridge",
-                        sip_password="secret", sip_local_port=free_udp_port())
+    settings = Settings(
+        sip_server="127.0.0.1",
+        sip_port=kamailio.port,
+        sip_user="bridge",
+        sip_password="secret",
+        sip_local_port=free_udp_port(),
+    )
     svc = await start_sip(settings, rec, bind_host="127.0.0.1", rtp_ports=None)
     try:
         assert await svc.wait_registered(5.0), svc.status()
@@ -371,8 +379,13 @@ async def test_registers_with_kamailio_and_takes_a_call_through_it(kamailio: Kam
 
 
 async def test_wrong_password_is_reported_not_hanging(kamailio: Kamailio) -> None:
-    settings = Settings(sip_server="127.0.0.1", sip_port=kamailio.port, sip_user="bridge2",
-                        sip_password="wrong", sip_local_port=free_udp_port())
+    settings = Settings(
+        sip_server="127.0.0.1",
+        sip_port=kamailio.port,
+        sip_user="bridge2",
+        sip_password="wrong",
+        sip_local_port=free_udp_port(),
+    )
     svc = await start_sip(settings, Recorder(), bind_host="127.0.0.1", rtp_ports=None)
     try:
         assert not await svc.wait_registered(5.0)
@@ -384,8 +397,13 @@ async def test_wrong_password_is_reported_not_hanging(kamailio: Kamailio) -> Non
 
 
 async def test_silent_registrar_is_reported_within_the_timeout() -> None:
-    settings = Settings(sip_server="127.0.0.1", sip_port=free_udp_port(), sip_user="bridge", sip_password="x",
-                        sip_local_port=free_udp_port())
+    settings = Settings(
+        sip_server="127.0.0.1",
+        sip_port=free_udp_port(),
+        sip_user="bridge",
+        sip_password="x",
+        sip_local_port=free_udp_port(),
+    )
     svc = await start_sip(settings, Recorder(), bind_host="127.0.0.1", rtp_ports=None, register_timeout_s=1.0)
     try:
         assert not await svc.wait_registered(3.0)

@@ -52,8 +52,15 @@ def test_registrar_addresses_and_peers_are_trusted_nothing_else() -> None:
     assert not policy.trusts("203.0.113.9")  # registrar not resolved yet: only the peers
     assert policy.set_server_ips(["203.0.113.9", "2001:db8:ffff::1", "not-an-ip"])
     assert not policy.set_server_ips(["2001:db8:ffff::1", "203.0.113.9"])  # same set: unchanged
-    for ok in ("203.0.113.9", "192.0.2.1", "192.0.2.255", "2001:db8::5", "2001:DB8:0::5",
-               "::ffff:192.0.2.7", "2001:db8::1%eth0"):
+    for ok in (
+        "203.0.113.9",
+        "192.0.2.1",
+        "192.0.2.255",
+        "2001:db8::5",
+        "2001:DB8:0::5",
+        "::ffff:192.0.2.7",
+        "2001:db8::1%eth0",
+    ):
         assert policy.trusts(ok), ok
     for bad in ("203.0.113.10", "192.0.3.1", "2001:db9::1", "127.0.0.1", "::1", "garbage", ""):
         assert not policy.trusts(bad), bad
@@ -83,8 +90,9 @@ def test_open_policy_only_for_a_trunk_without_server_or_peers() -> None:
     assert not closed.open_to_all
     assert not closed.trusts("198.51.100.77")
     assert closed.trusts("10.9.9.9")
-    reg = source_policy(Settings(sip_server="pbx.example", sip_user="u", sip_password="p",
-                                 sip_untrusted_action="drop"))
+    reg = source_policy(
+        Settings(sip_server="pbx.example", sip_user="u", sip_password="p", sip_untrusted_action="drop")
+    )
     assert not reg.open_to_all
     assert reg.action == "drop"
     assert not reg.trusts("10.9.9.9")

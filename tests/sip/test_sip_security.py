@@ -44,7 +44,7 @@ def chirp_frames(seconds: float) -> list[bytes]:
     t = np.arange(n) / 8000
     pcm = (8000 * np.sin(2 * math.pi * (300 * t + 200 * t * t))).astype("<i2").tobytes()
     ulaw = audioop.lin2ulaw(pcm, 2)
-    return [ulaw[i:i + 160] for i in range(0, len(ulaw) - 159, 160)]
+    return [ulaw[i : i + 160] for i in range(0, len(ulaw) - 159, 160)]
 
 
 class Sink:
@@ -102,8 +102,13 @@ class Calls:
 
 
 async def registered(kamailio: Kamailio, handler: Calls, **settings: object) -> SipService:
-    values: dict[str, object] = {"sip_server": "127.0.0.1", "sip_port": kamailio.port, "sip_user": "bridge",
-                                 "sip_password": "secret", "sip_local_port": free_udp_port()}
+    values: dict[str, object] = {
+        "sip_server": "127.0.0.1",
+        "sip_port": kamailio.port,
+        "sip_user": "bridge",
+        "sip_password": "secret",
+        "sip_local_port": free_udp_port(),
+    }
     values.update(settings)
     svc = await start_sip(Settings(**values), handler, bind_host="127.0.0.1", rtp_ports=None)  # type: ignore[arg-type]
     assert await svc.wait_registered(5.0), svc.status()
@@ -114,8 +119,9 @@ def untrusted(method: str, action: str) -> float:
     return METRICS.sip_untrusted.value(method=method, action=action)
 
 
-async def call_and_hear(target_port: int, tmp_path: Path, frames: list[bytes], *, local_ip: str,
-                        service: str = "bridge") -> tuple[int, str, bytes]:
+async def call_and_hear(
+    target_port: int, tmp_path: Path, frames: list[bytes], *, local_ip: str, service: str = "bridge"
+) -> tuple[int, str, bytes]:
     """A SIPp caller on `local_ip` that waits for the bridge's BYE; returns (exit code, errors, heard)."""
     with Sink(local_ip) as sink:
         scen = render("uac_wait_bye.xml", tmp_path / "call.xml", LISTEN_PORT=sink.port)
@@ -128,16 +134,18 @@ async def call_and_hear(target_port: int, tmp_path: Path, frames: list[bytes], *
 # ---------------------------------------------------------------------------------------------------
 
 
-async def test_registration_mode_refuses_an_invite_that_skips_the_registrar(kamailio: Kamailio,
-                                                                          tmp_path: Path) -> None:
+async def test_registration_mode_refuses_an_invite_that_skips_the_registrar(
+    kamailio: Kamailio, tmp_path: Path
+) -> None:
     frames = chirp_frames(1.0)
     calls = Calls(frames)
     svc = await registered(kamailio, calls)
     try:
         before = untrusted("INVITE", "reject")
         # straight to the bridge's SIP port from another host: 403, no call, no RTP
-        scen = render("uac_refused.xml", tmp_path / "refused.xml", STATUS=403,
-                      CHECK_RE="SIP/2.0 403 Forbidden")
+        scen = render(
+            "uac_refused.xml", tmp_path / "refused.xml", STATUS=403, CHECK_RE="SIP/2.0 403 Forbidden"
+        )
         res = await run_sipp(scen, svc.port, workdir=tmp_path, local_ip=OUTSIDER)
         assert res.returncode == 0, res.errors or res.stderr
         assert untrusted("INVITE", "reject") == before + 1
@@ -173,8 +181,9 @@ async def test_drop_mode_sends_nothing_to_an_untrusted_caller(kamailio: Kamailio
         await svc.stop()
 
 
-async def test_a_trusted_peer_calls_directly_and_its_neighbour_does_not(kamailio: Kamailio,
-                                                                       tmp_path: Path) -> None:
+async def test_a_trusted_peer_calls_directly_and_its_neighbour_does_not(
+    kamailio: Kamailio, tmp_path: Path
+) -> None:
     frames = chirp_frames(1.0)
     calls = Calls(frames)
     svc = await registered(kamailio, calls, sip_trusted_peers="10.1.0.0/16, 127.0.0.2, ::1")
@@ -192,25 +201,36 @@ async def test_a_trusted_peer_calls_directly_and_its_neighbour_does_not(kamailio
 
 
 def _request(method: str, me: tuple[str, int], bridge_port: int, n: int) -> bytes:
-    return (f"{method} sip:bridge@127.0.0.1:{bridge_port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {me[0]}:{me[1]};branch=z9hG4bKsec{n};rport\r\n"
-            f"From: <sip:x@{me[0]}>;tag=t{n}\r\nTo: <sip:bridge@127.0.0.1>\r\nCall-ID: sec-{n}\r\n"
-            f"CSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    return (
+        f"{method} sip:bridge@127.0.0.1:{bridge_port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {me[0]}:{me[1]};branch=z9hG4bKsec{n};rport\r\n"
+        f"From: <sip:x@{me[0]}>;tag=t{n}\r\nTo: <sip:bridge@127.0.0.1>\r\nCall-ID: sec-{n}\r\n"
+        f"CSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
 
 
 def _metric(text: str, method: str, action: str) -> float:
-    m = re.search(rf'^ivr_bridge_sip_untrusted_requests_total{{method="{method}",action="{action}"}} (\S+)$',
-                  text, re.M)
+    m = re.search(
+        rf'^ivr_bridge_sip_untrusted_requests_total{{method="{method}",action="{action}"}} (\S+)$', text, re.M
+    )
     return float(m.group(1)) if m else 0.0
 
 
 async def test_the_app_refuses_every_method_from_an_outsider_and_counts_it_in_metrics(
-        kamailio: Kamailio, tmp_path: Path) -> None:
+    kamailio: Kamailio, tmp_path: Path
+) -> None:
     require_binary("sipp")
     sip_port = free_udp_port()
-    settings = Settings(host="127.0.0.1", dialplans=DIALPLANS, sip_server="127.0.0.1", sip_port=kamailio.port,
-                        sip_user="acme-sec", sip_password="secret", sip_local_port=sip_port,
-                        log_level="WARNING")
+    settings = Settings(
+        host="127.0.0.1",
+        dialplans=DIALPLANS,
+        sip_server="127.0.0.1",
+        sip_port=kamailio.port,
+        sip_user="acme-sec",
+        sip_password="secret",
+        sip_local_port=sip_port,
+        log_level="WARNING",
+    )
     from bridge.app import create_app
 
     loop = asyncio.get_running_loop()
@@ -218,8 +238,10 @@ async def test_the_app_refuses_every_method_from_an_outsider_and_counts_it_in_me
     sock.bind((OUTSIDER, 0))
     sock.setblocking(False)
     me = sock.getsockname()
-    with serve(lambda port: create_app(settings.model_copy(update={"port": port}), preload_models=False)) \
-            as (url, _app):
+    with serve(lambda port: create_app(settings.model_copy(update={"port": port}), preload_models=False)) as (
+        url,
+        _app,
+    ):
         async with httpx.AsyncClient(base_url=url) as http:
             for _ in range(50):
                 if (await http.get("/healthz")).json()["sip"].get("registration") == "registered":
@@ -235,9 +257,11 @@ async def test_the_app_refuses_every_method_from_an_outsider_and_counts_it_in_me
                 assert reply.startswith(b"SIP/2.0 403 Forbidden\r\n"), (method, reply[:60])
                 assert f"CSeq: 1 {method}".encode() in reply
             # a forged response (say, a fake 200 to a REGISTER) is ignored, never answered
-            fake = (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKforged\r\n"
-                    b"From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>;tag=2\r\nCall-ID: forged\r\n"
-                    b"CSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n")
+            fake = (
+                b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKforged\r\n"
+                b"From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>;tag=2\r\nCall-ID: forged\r\n"
+                b"CSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+            )
             sock.sendto(fake, ("127.0.0.1", sip_port))
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(loop.sock_recv(sock, 4096), 0.5)
@@ -273,8 +297,9 @@ async def test_calls_beyond_max_calls_get_503_and_the_calls_in_progress_carry_on
                 await asyncio.sleep(0.02)
             assert svc.status()["calls_active"] == 2
             assert slots.full
-            busy = render("uac_refused.xml", tmp_path / "b" / "busy.xml", STATUS=503,
-                          CHECK_RE="Retry-After: [0-9]+")
+            busy = render(
+                "uac_refused.xml", tmp_path / "b" / "busy.xml", STATUS=503, CHECK_RE="Retry-After: [0-9]+"
+            )
             refused = await run_sipp(busy, svc.port, workdir=tmp_path / "b")
             assert refused.returncode == 0, refused.errors or refused.stderr
             assert svc.status()["calls_active"] == 2  # the refusal disturbed nothing
@@ -296,8 +321,9 @@ async def test_calls_beyond_max_calls_get_503_and_the_calls_in_progress_carry_on
             assert max(gaps) < 0.2, max(gaps)  # 50 packets/s throughout, the refusal included
         # the ended calls gave their slots back: a new call is served
         assert slots.in_use == 1
-        code, errors, _ = await call_and_hear(svc.port, tmp_path / "b", chirp_frames(0.3),
-                                              local_ip="127.0.0.1")
+        code, errors, _ = await call_and_hear(
+            svc.port, tmp_path / "b", chirp_frames(0.3), local_ip="127.0.0.1"
+        )
         assert code == 0, errors
         assert slots.in_use == 1
     finally:

@@ -45,16 +45,28 @@ OFFER = (
 )
 
 
-def sdp(address: str = "192.0.2.20", port: int = 30000, direction: str = "sendrecv",
-        pts: str = "0 101") -> str:
-    return (f"v=0\r\no=caller 1 2 IN IP4 {address}\r\ns=-\r\nc=IN IP4 {address}\r\nt=0 0\r\n"
-            f"m=audio {port} RTP/AVP {pts}\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
-            f"a=rtpmap:101 telephone-event/8000\r\na=rtpmap:18 G729/8000\r\na={direction}\r\n")
+def sdp(
+    address: str = "192.0.2.20", port: int = 30000, direction: str = "sendrecv", pts: str = "0 101"
+) -> str:
+    return (
+        f"v=0\r\no=caller 1 2 IN IP4 {address}\r\ns=-\r\nc=IN IP4 {address}\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP {pts}\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+        f"a=rtpmap:101 telephone-event/8000\r\na=rtpmap:18 G729/8000\r\na={direction}\r\n"
+    )
 
 
-def request(method: str, *, call_id: str = "call-1@192.0.2.20", branch: str = "z9hG4bK-inv-1", cseq: int = 1,
-            cseq_method: str | None = None, to_tag: str | None = None, body: str = "",
-            extra: str = "", source: tuple[str, int] = CALLER) -> bytes:
+def request(
+    method: str,
+    *,
+    call_id: str = "call-1@192.0.2.20",
+    branch: str = "z9hG4bK-inv-1",
+    cseq: int = 1,
+    cseq_method: str | None = None,
+    to_tag: str | None = None,
+    body: str = "",
+    extra: str = "",
+    source: tuple[str, int] = CALLER,
+) -> bytes:
     to = "<sip:5551000@192.0.2.10>" + (f";tag={to_tag}" if to_tag else "")
     lines = [
         f"{method} sip:5551000@192.0.2.10:5070 SIP/2.0",
@@ -140,9 +152,15 @@ class Shell:
 
 def answer_to(req: SipMessage, status: int, reason: str = "OK") -> bytes:
     """The peer's response to one of our requests."""
-    lines = [f"SIP/2.0 {status} {reason}", *(f"Via: {v}" for v in req.get_all("Via")),
-             f"From: {req.get('From')}", f"To: {req.get('To')}", f"Call-ID: {req.call_id}",
-             f"CSeq: {req.get('CSeq')}", "Content-Length: 0"]
+    lines = [
+        f"SIP/2.0 {status} {reason}",
+        *(f"Via: {v}" for v in req.get_all("Via")),
+        f"From: {req.get('From')}",
+        f"To: {req.get('To')}",
+        f"Call-ID: {req.call_id}",
+        f"CSeq: {req.get('CSeq')}",
+        "Content-Length: 0",
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -151,8 +169,15 @@ def answered_call(shell: Shell, **kw: Any) -> SipMessage:
     shell.feed(invite(**kw))
     [ok] = shell.responses("INVITE")[-1:]
     assert ok.status == 200
-    shell.feed(request("ACK", to_tag=header_param(ok.get("To"), "tag"), cseq_method="ACK",
-                       branch="z9hG4bK-ack-1", **{k: v for k, v in kw.items() if k == "call_id"}))
+    shell.feed(
+        request(
+            "ACK",
+            to_tag=header_param(ok.get("To"), "tag"),
+            cseq_method="ACK",
+            branch="z9hG4bK-ack-1",
+            **{k: v for k, v in kw.items() if k == "call_id"},
+        )
+    )
     return ok
 
 
@@ -187,7 +212,11 @@ def test_invite_gets_100_180_and_200_with_an_sdp_answer() -> None:
     [answered] = shell.of(CallAnswered)
     started = answered.started
     assert (started.call_id, started.caller, started.called, started.encoding) == (
-        "call-1@192.0.2.20", "+15550001", "5551000", "pcmu")
+        "call-1@192.0.2.20",
+        "+15550001",
+        "5551000",
+        "pcmu",
+    )
     assert started.params["X-Account"] == "42"
     assert shell.core.counters["calls_total"] == 1
 
@@ -332,8 +361,16 @@ def test_options_info_and_unknown_methods() -> None:
     assert ok.get("Accept") == "application/sdp"
     assert shell.core.counters["options"] == 1
     tag = tag_of(answered_call(shell))
-    shell.feed(request("INFO", to_tag=tag, cseq=5, branch="z9hG4bK-i1",
-                       extra="Content-Type: application/dtmf-relay", body="Signal=5\r\nDuration=160\r\n"))
+    shell.feed(
+        request(
+            "INFO",
+            to_tag=tag,
+            cseq=5,
+            branch="z9hG4bK-i1",
+            extra="Content-Type: application/dtmf-relay",
+            body="Signal=5\r\nDuration=160\r\n",
+        )
+    )
     assert shell.statuses("INFO") == [200]
     assert shell.of(DtmfReceived) == [DtmfReceived("call-1@192.0.2.20", "5")]
     shell.feed(request("REGISTER", call_id="r", branch="z9hG4bK-r1"))
@@ -393,9 +430,14 @@ def test_transfer_refer_accepted_then_final_notify_hangs_up() -> None:
     assert ("transfer", "call-1@192.0.2.20") in shell.timers
 
     def notify(frag: str, state: str, cseq: int) -> bytes:
-        return request("NOTIFY", to_tag=tag, cseq=cseq, branch=f"z9hG4bK-n{cseq}",
-                       extra=f"Event: refer\r\nSubscription-State: {state}\r\nContent-Type: message/sipfrag",
-                       body=frag)
+        return request(
+            "NOTIFY",
+            to_tag=tag,
+            cseq=cseq,
+            branch=f"z9hG4bK-n{cseq}",
+            extra=f"Event: refer\r\nSubscription-State: {state}\r\nContent-Type: message/sipfrag",
+            body=frag,
+        )
 
     shell.feed(notify("SIP/2.0 100 Trying\r\n", "active;expires=60", 10))
     assert shell.statuses("NOTIFY") == [200]

@@ -16,9 +16,15 @@ class RtpEndpoint(asyncio.DatagramProtocol):
     are handed to `on_audio(frame)` / `on_dtmf(digit)` on the loop. Outbound packets are sent by the
     shared `RtpTicker`, which calls `tick()`."""
 
-    def __init__(self, receiver: RtpReceiver, sender: RtpSender,
-                 on_audio: Callable[[bytes], None], on_dtmf: Callable[[str], None],
-                 on_marks: Callable[[list[str]], None], clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        receiver: RtpReceiver,
+        sender: RtpSender,
+        on_audio: Callable[[bytes], None],
+        on_dtmf: Callable[[str], None],
+        on_marks: Callable[[list[str]], None],
+        clock: Callable[[], float],
+    ) -> None:
         self.receiver = receiver
         self.sender = sender
         self.on_audio = on_audio
@@ -57,8 +63,9 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             self.transport = None
 
 
-async def open_rtp(bind_host: str, port_range: tuple[int, int] | None, endpoint: RtpEndpoint,
-                   attempts: int = 50) -> int:
+async def open_rtp(
+    bind_host: str, port_range: tuple[int, int] | None, endpoint: RtpEndpoint, attempts: int = 50
+) -> int:
     """Bind the call's RTP socket: an even port from `port_range` (None: any free port).
     Returns the bound port."""
     loop = asyncio.get_running_loop()

@@ -137,9 +137,15 @@ class RtpReceiver:
     malformed, are counted and dropped. Any port of the expected address is accepted.
     """
 
-    def __init__(self, codec: Encoding, audio_pt: int, dtmf_pt: int | None,
-                 remote: tuple[str, int] | None, stats: RtpStats | None = None,
-                 latch: bool = False) -> None:
+    def __init__(
+        self,
+        codec: Encoding,
+        audio_pt: int,
+        dtmf_pt: int | None,
+        remote: tuple[str, int] | None,
+        stats: RtpStats | None = None,
+        latch: bool = False,
+    ) -> None:
         self.codec = codec
         self.audio_pt = audio_pt
         self.dtmf_pt = dtmf_pt

@@ -60,8 +60,9 @@ def parse_packet(data: bytes) -> RtpPacket:
     return RtpPacket(b1 & 0x7F, seq, ts, ssrc, data[offset:end], bool(b1 & 0x80))
 
 
-def build_packet(payload_type: int, sequence: int, timestamp: int, ssrc: int, payload: bytes,
-                 marker: bool = False) -> bytes:
+def build_packet(
+    payload_type: int, sequence: int, timestamp: int, ssrc: int, payload: bytes, marker: bool = False
+) -> bytes:
     b1 = (0x80 if marker else 0) | (payload_type & 0x7F)
     return _HEADER.pack(0x80, b1, sequence & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc) + payload
 

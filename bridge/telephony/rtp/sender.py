@@ -23,8 +23,14 @@ class RtpSender:
     comfort silence so timestamps stay continuous and NAT bindings stay open.
     """
 
-    def __init__(self, codec: Encoding, payload_type: int, dtmf_pt: int | None = None,
-                 ssrc: int | None = None, stats: RtpStats | None = None) -> None:
+    def __init__(
+        self,
+        codec: Encoding,
+        payload_type: int,
+        dtmf_pt: int | None = None,
+        ssrc: int | None = None,
+        stats: RtpStats | None = None,
+    ) -> None:
         self.codec = codec
         self.payload_type = payload_type
         self.dtmf_pt = dtmf_pt
@@ -85,8 +91,7 @@ class RtpSender:
                 frame = self.silence
                 marker = False
                 self._marker_next = True
-            packet = build_packet(self.payload_type, self.sequence, self.timestamp, self.ssrc,
-                                  frame, marker)  # type: ignore[arg-type]
+            packet = build_packet(self.payload_type, self.sequence, self.timestamp, self.ssrc, frame, marker)  # type: ignore[arg-type]
             while queue and isinstance(queue[0], str):
                 marks = marks or []
                 marks.append(queue.popleft())  # type: ignore[arg-type]

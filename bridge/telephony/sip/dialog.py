@@ -33,20 +33,34 @@ class Dialog:
             return uri_hostport(name_addr_uri(self.route_set[0]))
         return uri_hostport(self.remote_target)
 
-    def request(self, method: str, via_host: str, via_port: int, *,
-                extra: list[tuple[str, str]] | None = None, body: bytes = b"",
-                content_type: str = "") -> tuple[bytes, str]:
+    def request(
+        self,
+        method: str,
+        via_host: str,
+        via_port: int,
+        *,
+        extra: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        content_type: str = "",
+    ) -> tuple[bytes, str]:
         """A new in-dialog request with a fresh Via branch (never the INVITE's Via stack).
         Returns the datagram and its branch."""
         self.local_cseq += 1
         branch = new_branch()
-        lines = [f"{method} {self.remote_target} SIP/2.0",
-                 f"Via: SIP/2.0/UDP {via_host}:{via_port};branch={branch};rport",
-                 "Max-Forwards: 70"]
+        lines = [
+            f"{method} {self.remote_target} SIP/2.0",
+            f"Via: SIP/2.0/UDP {via_host}:{via_port};branch={branch};rport",
+            "Max-Forwards: 70",
+        ]
         lines.extend(f"Route: {r}" for r in self.route_set)
-        lines += [f"From: {self.local_from}", f"To: {self.remote_to}", f"Call-ID: {self.call_id}",
-                  f"CSeq: {self.local_cseq} {method}", f"Contact: {self.local_contact}",
-                  f"User-Agent: {USER_AGENT}"]
+        lines += [
+            f"From: {self.local_from}",
+            f"To: {self.remote_to}",
+            f"Call-ID: {self.call_id}",
+            f"CSeq: {self.local_cseq} {method}",
+            f"Contact: {self.local_contact}",
+            f"User-Agent: {USER_AGENT}",
+        ]
         for name, value in extra or ():
             lines.append(f"{name}: {value}")
         if content_type:
@@ -61,5 +75,11 @@ def dialog_from_invite(invite: SipMessage, local_tag: str, local_contact: str) -
         routes.extend(split_header_list(value))
     contact = invite.get("Contact")
     target = name_addr_uri(contact) if contact else name_addr_uri(invite.get("From"))
-    return Dialog(invite.call_id, f"{invite.get('To')};tag={local_tag}", invite.get("From"), target, routes,
-                  local_contact)
+    return Dialog(
+        invite.call_id,
+        f"{invite.get('To')};tag={local_tag}",
+        invite.get("From"),
+        target,
+        routes,
+        local_contact,
+    )

@@ -77,15 +77,32 @@ class _CallControl:
 class SipEndpoint(asyncio.DatagramProtocol):
     """The SIP user agent: one UDP socket, registration, and the calls it answers."""
 
-    def __init__(self, *, user: str, advertised_ip: str, on_call: OnCall, registration: Registration,
-                 server: tuple[str, int] | None = None, password: str | None = None,
-                 policy: SourcePolicy | None = None, admission: Slots | None = None,
-                 rtp_bind: str = "0.0.0.0", rtp_ports: tuple[int, int] | None = None,
-                 answer_delay_ms: int = 0, register_timeout_s: float = 4.0,
-                 reject_limiter: RateLimiter | None = None) -> None:
-        self.core = UasCore(user=user, advertised_ip=advertised_ip, server=server, policy=policy,
-                            admission=admission, reject_limiter=reject_limiter,
-                            answer_delay_ms=answer_delay_ms)
+    def __init__(
+        self,
+        *,
+        user: str,
+        advertised_ip: str,
+        on_call: OnCall,
+        registration: Registration,
+        server: tuple[str, int] | None = None,
+        password: str | None = None,
+        policy: SourcePolicy | None = None,
+        admission: Slots | None = None,
+        rtp_bind: str = "0.0.0.0",
+        rtp_ports: tuple[int, int] | None = None,
+        answer_delay_ms: int = 0,
+        register_timeout_s: float = 4.0,
+        reject_limiter: RateLimiter | None = None,
+    ) -> None:
+        self.core = UasCore(
+            user=user,
+            advertised_ip=advertised_ip,
+            server=server,
+            policy=policy,
+            admission=admission,
+            reject_limiter=reject_limiter,
+            answer_delay_ms=answer_delay_ms,
+        )
         self.user = self.core.user
         self.advertised_ip = advertised_ip
         self.on_call = on_call
@@ -95,8 +112,14 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.admission = admission
         self.rtp_bind = rtp_bind
         self.rtp_ports = rtp_ports
-        self.registrar = Registrar(self, registration, server=server, user=self.core.user, password=password,
-                                   timeout_s=register_timeout_s)
+        self.registrar = Registrar(
+            self,
+            registration,
+            server=server,
+            user=self.core.user,
+            password=password,
+            timeout_s=register_timeout_s,
+        )
         self.transport: asyncio.DatagramTransport | None = None
         self.port = 0
         self.media: dict[str, CallMedia] = {}
@@ -190,8 +213,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     # -- our requests ----------------------------------------------------------------------------
 
-    async def request(self, data: bytes, branch: str, addr: tuple[str, int],
-                      timeout_s: float = 8.0) -> SipMessage | None:
+    async def request(
+        self, data: bytes, branch: str, addr: tuple[str, int], timeout_s: float = 8.0
+    ) -> SipMessage | None:
         """Send a non-INVITE request; retransmit (T1 doubling to T2) until a final response or
         `timeout_s`. Returns the final response or None."""
         waiter = self._waiters[branch] = asyncio.get_running_loop().create_future()
@@ -243,8 +267,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if self.server is None:
             return
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(self.server[0], self.server[1],
-                                                                 type=socket.SOCK_DGRAM)
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                self.server[0], self.server[1], type=socket.SOCK_DGRAM
+            )
         except OSError as exc:
             log.warning("SIP: %s does not resolve (%s); keeping its known addresses", self.server[0], exc)
             return
@@ -258,8 +283,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
             ipaddress.ip_address(host)
             return host, port
         except ValueError:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM,
-                                                                 family=socket.AF_INET)
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_DGRAM, family=socket.AF_INET
+            )
             return infos[0][4][0], port
 
     # -- media and legs --------------------------------------------------------------------------
@@ -287,13 +313,15 @@ class SipEndpoint(asyncio.DatagramProtocol):
         media = self.media.get(answered.call_id)
         if media is None:
             return
-        leg = SipLeg(answered.started, media.rtp.sender, _CallControl(self, answered.call_id),
-                     media.rtp.receiver.stats)
+        leg = SipLeg(
+            answered.started, media.rtp.sender, _CallControl(self, answered.call_id), media.rtp.receiver.stats
+        )
         media.leg = leg
         holder_set(media.rtp, leg)
         ticker_for_loop().add(media.rtp)
         media.handler = asyncio.get_running_loop().create_task(
-            self._run_handler(answered.call_id, leg), name=f"sip-call-{answered.call_id[:16]}")
+            self._run_handler(answered.call_id, leg), name=f"sip-call-{answered.call_id[:16]}"
+        )
 
     def _change_media(self, change: MediaChanged) -> None:
         media = self.media.get(change.call_id)
@@ -345,8 +373,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.core.closing = True
         await self.registrar.cancel()
         active = [c.invite.call_id for c in self.core.active_calls()]
-        handlers = [m.handler for cid in active if (m := self.media.get(cid)) is not None
-                    and m.handler is not None and not m.handler.done()]
+        handlers = [
+            m.handler
+            for cid in active
+            if (m := self.media.get(cid)) is not None and m.handler is not None and not m.handler.done()
+        ]
         await asyncio.gather(*(self.hang_up(cid, reason="closed") for cid in active), return_exceptions=True)
         for task in handlers:
             task.cancel()

@@ -47,8 +47,9 @@ class SipLeg:
     kind: LegKind = "sip"
     lead_ms = 40
 
-    def __init__(self, started: CallStarted, sender: RtpSender, control: DialogControl,
-                 stats: RtpStats | None = None) -> None:
+    def __init__(
+        self, started: CallStarted, sender: RtpSender, control: DialogControl, stats: RtpStats | None = None
+    ) -> None:
         self.encoding: Encoding = started.encoding
         self.started = started
         self.sender = sender

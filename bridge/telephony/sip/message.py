@@ -15,13 +15,46 @@ from bridge.errors import ProtocolError
 
 USER_AGENT = "ivr-bridge"
 
-_COMPACT = {"v": "Via", "f": "From", "t": "To", "i": "Call-ID", "m": "Contact", "l": "Content-Length",
-            "c": "Content-Type", "k": "Supported", "r": "Refer-To", "b": "Referred-By", "o": "Event"}
-_CANONICAL = {name.lower(): name for name in (
-    "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Content-Length", "Content-Type", "Record-Route",
-    "Route", "Max-Forwards", "Expires", "WWW-Authenticate", "Proxy-Authenticate", "Event",
-    "Subscription-State", "Refer-To", "Referred-By", "User-Agent", "Allow", "Supported", "Require",
-)}
+_COMPACT = {
+    "v": "Via",
+    "f": "From",
+    "t": "To",
+    "i": "Call-ID",
+    "m": "Contact",
+    "l": "Content-Length",
+    "c": "Content-Type",
+    "k": "Supported",
+    "r": "Refer-To",
+    "b": "Referred-By",
+    "o": "Event",
+}
+_CANONICAL = {
+    name.lower(): name
+    for name in (
+        "Via",
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+        "Contact",
+        "Content-Length",
+        "Content-Type",
+        "Record-Route",
+        "Route",
+        "Max-Forwards",
+        "Expires",
+        "WWW-Authenticate",
+        "Proxy-Authenticate",
+        "Event",
+        "Subscription-State",
+        "Refer-To",
+        "Referred-By",
+        "User-Agent",
+        "Allow",
+        "Supported",
+        "Require",
+    )
+}
 
 
 class SipParseError(ProtocolError):
@@ -184,9 +217,17 @@ def response_target(request: SipMessage, source: tuple[str, int]) -> tuple[str, 
     return (received or host, port)
 
 
-def build_response(request: SipMessage, status: int, reason: str, source: tuple[str, int], *,
-                   to_tag: str | None = None, extra: list[tuple[str, str]] | None = None,
-                   body: bytes = b"", content_type: str = "") -> bytes:
+def build_response(
+    request: SipMessage,
+    status: int,
+    reason: str,
+    source: tuple[str, int],
+    *,
+    to_tag: str | None = None,
+    extra: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    content_type: str = "",
+) -> bytes:
     """A response that copies Via (received/rport filled in), From, To (+ our tag), Call-ID and
     CSeq from the request; Record-Route too on dialog-creating responses."""
     vias = request.get_all("Via")

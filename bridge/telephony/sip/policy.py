@@ -30,8 +30,24 @@ UntrustedAction = Literal["reject", "drop"]
 
 # Label values for the `method` label: known methods, "response" for responses, "other" for the rest
 # (a flood of invented method names must not create new time series).
-KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "SUBSCRIBE", "NOTIFY",
-                           "REFER", "INFO", "MESSAGE", "UPDATE", "PRACK", "PUBLISH"})
+KNOWN_METHODS = frozenset(
+    {
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "REGISTER",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "REFER",
+        "INFO",
+        "MESSAGE",
+        "UPDATE",
+        "PRACK",
+        "PUBLISH",
+    }
+)
 
 
 def method_label(method: str | None) -> str:
@@ -79,10 +95,15 @@ def parse_trusted_peers(text: str | None) -> tuple[IpNetwork, ...]:
                     hint = f" (did you mean {ipaddress.ip_network(entry, strict=False)}?)"
                 except ValueError:
                     hint = ""
-            raise ConfigError(f"SIP_TRUSTED_PEERS entry {entry!r} is not an IP address or CIDR: {exc}{hint}"
-                              " (host names are not accepted here)") from exc
-        if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped is not None \
-                and net.prefixlen >= 96:
+            raise ConfigError(
+                f"SIP_TRUSTED_PEERS entry {entry!r} is not an IP address or CIDR: {exc}{hint}"
+                " (host names are not accepted here)"
+            ) from exc
+        if (
+            isinstance(net, ipaddress.IPv6Network)
+            and net.network_address.ipv4_mapped is not None
+            and net.prefixlen >= 96
+        ):
             net = ipaddress.ip_network(f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}")
         out.append(net)
     return tuple(out)
@@ -164,8 +185,10 @@ class RefusalLog:
             if self._suppressed:
                 sources = len(self._suppressed_sources)
                 more = "+" if sources >= self.max_sources else ""  # bounded: "at least"
-                summary = (f"{self._suppressed} more SIP datagrams from {sources}{more} untrusted "
-                           f"source(s) refused in the last {now_s - self._window_start:.0f} s")
+                summary = (
+                    f"{self._suppressed} more SIP datagrams from {sources}{more} untrusted "
+                    f"source(s) refused in the last {now_s - self._window_start:.0f} s"
+                )
             self._window_start = now_s
             self._firsts = 0
             self._suppressed = 0

@@ -48,8 +48,9 @@ class RequestTransport(Protocol):
     advertised_ip: str
     port: int
 
-    async def request(self, data: bytes, branch: str, addr: tuple[str, int],
-                      timeout_s: float = 8.0) -> SipMessage | None: ...
+    async def request(
+        self, data: bytes, branch: str, addr: tuple[str, int], timeout_s: float = 8.0
+    ) -> SipMessage | None: ...
 
     async def refresh_server_ips(self) -> None: ...
 
@@ -59,8 +60,16 @@ class RequestTransport(Protocol):
 class Registrar:
     """REGISTER transactions and the refresh loop for one endpoint."""
 
-    def __init__(self, transport: RequestTransport, status: Registration, *, server: tuple[str, int] | None,
-                 user: str, password: str | None, timeout_s: float = 4.0) -> None:
+    def __init__(
+        self,
+        transport: RequestTransport,
+        status: Registration,
+        *,
+        server: tuple[str, int] | None,
+        user: str,
+        password: str | None,
+        timeout_s: float = 4.0,
+    ) -> None:
         self.transport = transport
         self.status = status
         self.server = server
@@ -98,9 +107,15 @@ class Registrar:
 
             assert self.server is not None
             phone_shim = type("PhoneShim", (), {"_status": None})()
-            self._pyvoip = SIPClient(self.server[0], self.server[1], self.user, self.password or "",
-                                     phone=phone_shim, myIP=self.transport.advertised_ip,
-                                     myPort=self.transport.port)
+            self._pyvoip = SIPClient(
+                self.server[0],
+                self.server[1],
+                self.user,
+                self.password or "",
+                phone=phone_shim,
+                myIP=self.transport.advertised_ip,
+                myPort=self.transport.port,
+            )
         return self._pyvoip
 
     async def register_once(self, deregister: bool = False) -> None:
@@ -115,21 +130,26 @@ class Registrar:
         first = client.gen_first_response(deregister=deregister)
         resp = await transport.request(first.encode(), _branch_of(first), addr, timeout_s=self.timeout_s)
         if resp is None:
-            raise RegistrationError(f"no response from registrar {addr[0]}:{addr[1]} "
-                                    f"within {self.timeout_s:g} s")
+            raise RegistrationError(
+                f"no response from registrar {addr[0]}:{addr[1]} within {self.timeout_s:g} s"
+            )
         if resp.status == 401:
             challenge = PyVoipMessage(_raw_for_pyvoip(resp))
             if "qop" in challenge.authentication:
                 raise RegistrationError("registrar wants qop digest, which pyVoIP 1.6.8 cannot answer")
             second = client.gen_register(challenge, deregister=deregister)
-            resp = await transport.request(second.encode(), _branch_of(second), addr,
-                                           timeout_s=self.timeout_s)
+            resp = await transport.request(
+                second.encode(), _branch_of(second), addr, timeout_s=self.timeout_s
+            )
             if resp is None:
-                raise RegistrationError(f"no response from registrar {addr[0]}:{addr[1]} to the "
-                                        "authenticated REGISTER")
+                raise RegistrationError(
+                    f"no response from registrar {addr[0]}:{addr[1]} to the authenticated REGISTER"
+                )
             if resp.status in (401, 403):
-                raise RegistrationError(f"registrar rejected the credentials ({resp.status} {resp.reason}): "
-                                        "check SIP_USER / SIP_PASSWORD")
+                raise RegistrationError(
+                    f"registrar rejected the credentials ({resp.status} {resp.reason}): "
+                    "check SIP_USER / SIP_PASSWORD"
+                )
         if resp.status == 407:
             raise RegistrationError("registrar wants proxy authentication (407), which is not supported")
         if not 200 <= resp.status < 300:
@@ -151,15 +171,20 @@ class Registrar:
                 reg.failures += 1
                 reg.last_error = str(exc)
                 if reg.state != "failed":
-                    log.error("SIP: registration with %s failed: %s (retrying in %.0f s)", reg.registrar, exc,
-                              backoff)
+                    log.error(
+                        "SIP: registration with %s failed: %s (retrying in %.0f s)",
+                        reg.registrar,
+                        exc,
+                        backoff,
+                    )
                 reg.state = "failed"
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 300.0)
                 continue
             if reg.state != "registered":
-                log.info("SIP: registered as %s with %s (expires %d s)", self.user, reg.registrar,
-                         reg.expires_s)
+                log.info(
+                    "SIP: registered as %s with %s (expires %d s)", self.user, reg.registrar, reg.expires_s
+                )
             reg.state = "registered"
             reg.last_error = ""
             reg.registered_at = time.time()

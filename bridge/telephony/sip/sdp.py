@@ -99,16 +99,26 @@ def choose_codec(offer: SdpOffer) -> CodecChoice:
 
 
 # The direction we answer to each offered one (RFC 3264 6.1).
-ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly",
-                     "inactive": "inactive"}
+ANSWER_DIRECTION = {
+    "sendrecv": "sendrecv",
+    "sendonly": "recvonly",
+    "recvonly": "sendonly",
+    "inactive": "inactive",
+}
 
 
-def build_sdp(ip: str, port: int, session_id: int, version: int, choice: CodecChoice,
-              direction: str = "sendrecv") -> bytes:
+def build_sdp(
+    ip: str, port: int, session_id: int, version: int, choice: CodecChoice, direction: str = "sendrecv"
+) -> bytes:
     name = "PCMU" if choice.encoding == "pcmu" else "PCMA"
     pts = [str(choice.payload_type)]
-    lines = ["v=0", f"o=ivr-bridge {session_id} {version} IN IP4 {ip}", "s=ivr-bridge", f"c=IN IP4 {ip}",
-             "t=0 0"]
+    lines = [
+        "v=0",
+        f"o=ivr-bridge {session_id} {version} IN IP4 {ip}",
+        "s=ivr-bridge",
+        f"c=IN IP4 {ip}",
+        "t=0 0",
+    ]
     if choice.dtmf_pt is not None:
         pts.append(str(choice.dtmf_pt))
     lines.append(f"m=audio {port} RTP/AVP {' '.join(pts)}")

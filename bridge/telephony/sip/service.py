@@ -80,9 +80,16 @@ def source_policy(settings: Settings) -> SourcePolicy:
     return SourcePolicy(peers=peers, action=settings.sip_untrusted_action, open_to_all=open_to_all)
 
 
-async def start_sip(settings: Settings, on_call: OnCall, *, bind_host: str = "0.0.0.0",
-                    rtp_ports: tuple[int, int] | None = DEFAULT_RTP_PORTS, answer_delay_ms: int = 0,
-                    register_timeout_s: float = 4.0, admission: Slots | None = None) -> SipService:
+async def start_sip(
+    settings: Settings,
+    on_call: OnCall,
+    *,
+    bind_host: str = "0.0.0.0",
+    rtp_ports: tuple[int, int] | None = DEFAULT_RTP_PORTS,
+    answer_delay_ms: int = 0,
+    register_timeout_s: float = 4.0,
+    admission: Slots | None = None,
+) -> SipService:
     """Bind the SIP socket on SIP_LOCAL_PORT and start registering (if configured).
 
     Returns as soon as the socket is bound: registration runs in the background and its state is
@@ -99,17 +106,28 @@ async def start_sip(settings: Settings, on_call: OnCall, *, bind_host: str = "0.
     registration = Registration(mode=mode, registrar=f"{server[0]}:{server[1]}" if server else "")
     policy = source_policy(settings)
     advertised = _advertised_ip(settings, bind_host)
-    endpoint = SipEndpoint(user=settings.sip_user or "bridge", advertised_ip=advertised, on_call=on_call,
-                           registration=registration, server=server, password=settings.sip_password,
-                           policy=policy, admission=admission if admission is not None else
-                           Slots(settings.max_calls), rtp_bind=bind_host, rtp_ports=rtp_ports,
-                           answer_delay_ms=answer_delay_ms, register_timeout_s=register_timeout_s)
+    endpoint = SipEndpoint(
+        user=settings.sip_user or "bridge",
+        advertised_ip=advertised,
+        on_call=on_call,
+        registration=registration,
+        server=server,
+        password=settings.sip_password,
+        policy=policy,
+        admission=admission if admission is not None else Slots(settings.max_calls),
+        rtp_bind=bind_host,
+        rtp_ports=rtp_ports,
+        answer_delay_ms=answer_delay_ms,
+        register_timeout_s=register_timeout_s,
+    )
     await endpoint.refresh_server_ips()
     if server is not None and not policy.server_ips and not register:
         raise ConfigError(f"SIP_SERVER {server[0]!r} does not resolve: the trunk's address is unknown")
     if policy.open_to_all:
-        log.warning("SIP: neither SIP_SERVER nor SIP_TRUSTED_PEERS is set: SIP requests from ANY address "
-                    "are served (lab use only)")
+        log.warning(
+            "SIP: neither SIP_SERVER nor SIP_TRUSTED_PEERS is set: SIP requests from ANY address "
+            "are served (lab use only)"
+        )
     try:
         await loop.create_datagram_endpoint(lambda: endpoint, local_addr=(bind_host, settings.sip_local_port))
     except OSError as exc:
@@ -124,7 +142,14 @@ async def start_sip(settings: Settings, on_call: OnCall, *, bind_host: str = "0.
         else:
             registration.state = "registering"
             endpoint.start_registration()
-    log.info("SIP: listening on %s:%d (advertised %s), mode %s%s; trusted sources: %s; at most %d calls",
-             bind_host, endpoint.port, advertised, mode, f", registrar {registration.registrar}" if register
-             else "", policy.describe(), endpoint.admission.limit if endpoint.admission else 0)
+    log.info(
+        "SIP: listening on %s:%d (advertised %s), mode %s%s; trusted sources: %s; at most %d calls",
+        bind_host,
+        endpoint.port,
+        advertised,
+        mode,
+        f", registrar {registration.registrar}" if register else "",
+        policy.describe(),
+        endpoint.admission.limit if endpoint.admission else 0,
+    )
     return SipService(endpoint)

@@ -171,8 +171,19 @@ class Refused:
     why: str
 
 
-Output = (Send | SetTimer | CancelTimer | ClientRequest | RequestDone | CallOffered | CallAnswered
-          | MediaChanged | DtmfReceived | CallEnded | Refused)
+Output = (
+    Send
+    | SetTimer
+    | CancelTimer
+    | ClientRequest
+    | RequestDone
+    | CallOffered
+    | CallAnswered
+    | MediaChanged
+    | DtmfReceived
+    | CallEnded
+    | Refused
+)
 
 
 def is_hold(offer: SdpOffer) -> bool:
@@ -230,9 +241,18 @@ class _Pending:
 class UasCore:
     """The SIP UA without sockets or clocks. Not thread-safe; one per SIP socket."""
 
-    def __init__(self, *, user: str, advertised_ip: str, port: int = 0, server: Addr | None = None,
-                 policy: SourcePolicy | None = None, admission: Slots | None = None,
-                 reject_limiter: RateLimiter | None = None, answer_delay_ms: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        user: str,
+        advertised_ip: str,
+        port: int = 0,
+        server: Addr | None = None,
+        policy: SourcePolicy | None = None,
+        admission: Slots | None = None,
+        reject_limiter: RateLimiter | None = None,
+        answer_delay_ms: int = 0,
+    ) -> None:
         self.user = user or "bridge"
         self.advertised_ip = advertised_ip
         self.port = port  # the SIP socket's port (set by the shell once bound)
@@ -249,8 +269,15 @@ class UasCore:
         self._starting: dict[str, _Starting] = {}  # admitted INVITEs whose RTP socket is being bound
         self._pending: dict[str, _Pending] = {}  # branch -> our client transaction
         self.closing = False
-        self.counters: dict[str, int] = {"calls_total": 0, "calls_rejected": 0, "bad_messages": 0,
-                                          "options": 0, "cancelled": 0, "untrusted": 0, "busy": 0}
+        self.counters: dict[str, int] = {
+            "calls_total": 0,
+            "calls_rejected": 0,
+            "bad_messages": 0,
+            "options": 0,
+            "cancelled": 0,
+            "untrusted": 0,
+            "busy": 0,
+        }
 
     @property
     def contact(self) -> str:
@@ -310,8 +337,9 @@ class UasCore:
             return False
         return source is not None and parse_ip(call.dialog.next_hop()[0]) == source
 
-    def _untrusted(self, out: list[Output], data: bytes, addr: Addr, msg: SipMessage | None,
-                   now_s: float) -> None:
+    def _untrusted(
+        self, out: list[Output], data: bytes, addr: Addr, msg: SipMessage | None, now_s: float
+    ) -> None:
         """A datagram from a source the policy does not trust: 403, or nothing; counted, and logged
         at most a few lines a minute however many arrive."""
         method = (msg.method or None) if msg is not None else peek_method(data)
@@ -337,9 +365,15 @@ class UasCore:
             log.warning("SIP: %s", summary)
         if first:
             done = "refused with 403" if verdict is Verdict.REJECT else "dropped"
-            log.warning("SIP: %s from untrusted %s:%s %s (trusted: %s); further ones are counted in "
-                        "sip_untrusted_requests_total and summarised", label, addr[0], addr[1], done,
-                        self.policy.describe())
+            log.warning(
+                "SIP: %s from untrusted %s:%s %s (trusted: %s); further ones are counted in "
+                "sip_untrusted_requests_total and summarised",
+                label,
+                addr[0],
+                addr[1],
+                done,
+                self.policy.describe(),
+            )
 
     def _bad_request(self, out: list[Output], data: bytes, addr: Addr, why: str) -> None:
         """Answer 400 if enough of the request survives to address a response."""
@@ -371,8 +405,9 @@ class UasCore:
         if msg.branch in self._pending:
             self._finish_request(out, msg.branch, msg)
 
-    def send_request(self, data: bytes, branch: str, addr: Addr, now_s: float,
-                     timeout_s: float = 8.0) -> list[Output]:
+    def send_request(
+        self, data: bytes, branch: str, addr: Addr, now_s: float, timeout_s: float = 8.0
+    ) -> list[Output]:
         """Start a non-INVITE client transaction to a resolved address: sent now and again (T1
         doubling to T2) until a final response or `timeout_s`; ends with `RequestDone`."""
         known = self._pending.get(branch)
@@ -387,8 +422,9 @@ class UasCore:
         out: list[Output] = []
         if branch in self._pending:
             pending = self._pending[branch]
-            log.warning("SIP: cannot send our %s for %s: %s", pending.method or "request", pending.call_id,
-                        why)
+            log.warning(
+                "SIP: cannot send our %s for %s: %s", pending.method or "request", pending.call_id, why
+            )
             self._finish_request(out, branch, None)
         return out
 
@@ -413,17 +449,25 @@ class UasCore:
             if response is None:
                 log.warning("SIP: no answer to our BYE for %s", pending.call_id)
             elif response.status >= 300:
-                log.warning("SIP: our BYE for %s got %s %s", pending.call_id, response.status,
-                            response.reason)
+                log.warning(
+                    "SIP: our BYE for %s got %s %s", pending.call_id, response.status, response.reason
+                )
         elif pending.method == "REFER" and call is not None:
             self._refer_answered(out, call, response)
 
-    def _client_request(self, out: list[Output], call: SipCall, method: str, timeout_s: float,
-                        extra: list[tuple[str, str]] | None = None) -> str:
+    def _client_request(
+        self,
+        out: list[Output],
+        call: SipCall,
+        method: str,
+        timeout_s: float,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> str:
         data, branch = call.dialog.request(method, self.advertised_ip, self.port, extra=extra)
         # Registered now (so responses match the call even before it is sent); armed by send_request.
-        self._pending[branch] = _Pending(data, ("", 0), float("inf"), call_id=call.invite.call_id,
-                                         method=method)
+        self._pending[branch] = _Pending(
+            data, ("", 0), float("inf"), call_id=call.invite.call_id, method=method
+        )
         hop = call.dialog.next_hop()
         out.append(ClientRequest(call.invite.call_id, method, data, branch, hop, timeout_s))
         return branch
@@ -487,8 +531,19 @@ class UasCore:
             self._on_cancel(out, msg, addr)
         elif method == "OPTIONS":
             self.counters["options"] += 1
-            out.append(Send(build_response(msg, 200, "OK", addr, to_tag=new_tag(), extra=[
-                ("Allow", ALLOW), ("Accept", "application/sdp"), ("Contact", self.contact)]), addr))
+            out.append(
+                Send(
+                    build_response(
+                        msg,
+                        200,
+                        "OK",
+                        addr,
+                        to_tag=new_tag(),
+                        extra=[("Allow", ALLOW), ("Accept", "application/sdp"), ("Contact", self.contact)],
+                    ),
+                    addr,
+                )
+            )
         elif method == "NOTIFY":
             out.append(Send(build_response(msg, 200, "OK", addr), addr))
             self._on_notify(out, msg)
@@ -499,11 +554,13 @@ class UasCore:
             if call is not None and call.state == "answered" and m:
                 out.append(DtmfReceived(msg.call_id, m.group(1).decode().upper()))
         elif method == "REGISTER":
-            out.append(Send(build_response(msg, 405, "Method Not Allowed", addr, extra=[("Allow", ALLOW)]),
-                            addr))
+            out.append(
+                Send(build_response(msg, 405, "Method Not Allowed", addr, extra=[("Allow", ALLOW)]), addr)
+            )
         else:
-            out.append(Send(build_response(msg, 501, "Not Implemented", addr, extra=[("Allow", ALLOW)]),
-                            addr))
+            out.append(
+                Send(build_response(msg, 501, "Not Implemented", addr, extra=[("Allow", ALLOW)]), addr)
+            )
 
     def _on_invite(self, out: list[Output], msg: SipMessage, addr: Addr) -> None:
         call = self.calls.get(msg.call_id)
@@ -514,8 +571,19 @@ class UasCore:
                 if call.final_response:
                     out.append(Send(call.final_response, addr))
                 elif call.invite.branch == msg.branch:
-                    out.append(Send(build_response(msg, 180, "Ringing", addr, to_tag=call.local_tag,
-                                                   extra=[("Contact", self.contact)]), addr))
+                    out.append(
+                        Send(
+                            build_response(
+                                msg,
+                                180,
+                                "Ringing",
+                                addr,
+                                to_tag=call.local_tag,
+                                extra=[("Contact", self.contact)],
+                            ),
+                            addr,
+                        )
+                    )
                 else:
                     out.append(Send(build_response(msg, 482, "Loop Detected", addr, to_tag=new_tag()), addr))
                 return
@@ -537,8 +605,19 @@ class UasCore:
             self.counters["calls_rejected"] += 1
             self.counters["busy"] += 1
             METRICS.admission_rejections.inc(leg="sip", reason="max_calls")
-            out.append(Send(build_response(msg, 503, "Service Unavailable", addr, to_tag=new_tag(),
-                                           extra=[("Retry-After", str(RETRY_AFTER_S))]), addr))
+            out.append(
+                Send(
+                    build_response(
+                        msg,
+                        503,
+                        "Service Unavailable",
+                        addr,
+                        to_tag=new_tag(),
+                        extra=[("Retry-After", str(RETRY_AFTER_S))],
+                    ),
+                    addr,
+                )
+            )
             out.append(Refused(addr, "INVITE", 503, "max_calls"))
             return
         out.append(Send(build_response(msg, 100, "Trying", addr), addr))
@@ -551,8 +630,19 @@ class UasCore:
             self._release_slot()
             self.counters["calls_rejected"] += 1
             log.warning("SIP: call %s refused with 488: %s", msg.call_id, exc)
-            out.append(Send(build_response(msg, 488, "Not Acceptable Here", addr, to_tag=new_tag(),
-                                           extra=[("Warning", f'304 - "{str(exc)[:80]}"')]), addr))
+            out.append(
+                Send(
+                    build_response(
+                        msg,
+                        488,
+                        "Not Acceptable Here",
+                        addr,
+                        to_tag=new_tag(),
+                        extra=[("Warning", f'304 - "{str(exc)[:80]}"')],
+                    ),
+                    addr,
+                )
+            )
             out.append(Refused(addr, "INVITE", 488, str(exc)))
             return
         self._starting[msg.call_id] = _Starting(msg, addr, new_tag(), offer, choice)
@@ -566,12 +656,26 @@ class UasCore:
             return out
         msg, addr, local_tag = start.invite, start.source, start.local_tag
         dialog = dialog_from_invite(msg, local_tag, self.contact)
-        call = SipCall(msg, addr, local_tag, dialog, start.offer, start.choice, rtp_port,
-                       admitted=self.admission is not None)
+        call = SipCall(
+            msg,
+            addr,
+            local_tag,
+            dialog,
+            start.offer,
+            start.choice,
+            rtp_port,
+            admitted=self.admission is not None,
+        )
         self.calls[call_id] = call
         self.counters["calls_total"] += 1
-        out.append(Send(build_response(msg, 180, "Ringing", addr, to_tag=local_tag,
-                                       extra=[("Contact", self.contact)]), addr))
+        out.append(
+            Send(
+                build_response(
+                    msg, 180, "Ringing", addr, to_tag=local_tag, extra=[("Contact", self.contact)]
+                ),
+                addr,
+            )
+        )
         if self.answer_delay_ms > 0:
             out.append(SetTimer(("answer", call_id), self.answer_delay_ms / 1000.0))
         else:
@@ -586,8 +690,14 @@ class UasCore:
             return out
         self._release_slot()
         log.error("SIP: call %s refused: %s", call_id, why)
-        out.append(Send(build_response(start.invite, 503, "Service Unavailable", start.source,
-                                       to_tag=start.local_tag), start.source))
+        out.append(
+            Send(
+                build_response(
+                    start.invite, 503, "Service Unavailable", start.source, to_tag=start.local_tag
+                ),
+                start.source,
+            )
+        )
         out.append(Refused(start.source, "INVITE", 503, why))
         return out
 
@@ -595,12 +705,24 @@ class UasCore:
         if call.state != "ringing":
             return
         msg, addr = call.invite, call.source
-        sdp = build_sdp(self.advertised_ip, call.rtp_port, call.session_id, call.sdp_version, call.choice,
-                        ANSWER_DIRECTION.get(call.offer.direction, "sendrecv"))
+        sdp = build_sdp(
+            self.advertised_ip,
+            call.rtp_port,
+            call.session_id,
+            call.sdp_version,
+            call.choice,
+            ANSWER_DIRECTION.get(call.offer.direction, "sendrecv"),
+        )
         call.final_response = build_response(
-            msg, 200, "OK", addr, to_tag=call.local_tag,
+            msg,
+            200,
+            "OK",
+            addr,
+            to_tag=call.local_tag,
             extra=[("Contact", self.contact), ("Allow", ALLOW), ("Supported", "replaces")],
-            body=sdp, content_type="application/sdp")
+            body=sdp,
+            content_type="application/sdp",
+        )
         call.state = "answered"
         out.append(Send(call.final_response, addr))
         call.ok_interval, call.ok_elapsed = T1_S, 0.0
@@ -623,23 +745,52 @@ class UasCore:
                 offer = parse_sdp(msg.body)
                 choice = choose_codec(offer)
             except ProtocolError as exc:
-                out.append(Send(build_response(msg, 488, "Not Acceptable Here", addr,
-                                               extra=[("Warning", f'304 - "{str(exc)[:80]}"')]), addr))
+                out.append(
+                    Send(
+                        build_response(
+                            msg,
+                            488,
+                            "Not Acceptable Here",
+                            addr,
+                            extra=[("Warning", f'304 - "{str(exc)[:80]}"')],
+                        ),
+                        addr,
+                    )
+                )
                 return
             if choice.encoding != call.choice.encoding:
-                out.append(Send(build_response(msg, 488, "Not Acceptable Here", addr,
-                                               extra=[("Warning", '304 - "codec change mid-call"')]), addr))
+                out.append(
+                    Send(
+                        build_response(
+                            msg,
+                            488,
+                            "Not Acceptable Here",
+                            addr,
+                            extra=[("Warning", '304 - "codec change mid-call"')],
+                        ),
+                        addr,
+                    )
+                )
                 return
             hold = is_hold(offer)
-            out.append(MediaChanged(call.invite.call_id, None if hold else (offer.address, offer.port),
-                                    not hold))
+            out.append(
+                MediaChanged(call.invite.call_id, None if hold else (offer.address, offer.port), not hold)
+            )
             direction = ANSWER_DIRECTION.get(offer.direction, "sendrecv")
         call.sdp_version += 1
-        sdp = build_sdp(self.advertised_ip, call.rtp_port, call.session_id, call.sdp_version, call.choice,
-                        direction)
-        resp = build_response(msg, 200, "OK", addr, to_tag=call.local_tag,
-                              extra=[("Contact", self.contact), ("Allow", ALLOW)],
-                              body=sdp, content_type="application/sdp")
+        sdp = build_sdp(
+            self.advertised_ip, call.rtp_port, call.session_id, call.sdp_version, call.choice, direction
+        )
+        resp = build_response(
+            msg,
+            200,
+            "OK",
+            addr,
+            to_tag=call.local_tag,
+            extra=[("Contact", self.contact), ("Allow", ALLOW)],
+            body=sdp,
+            content_type="application/sdp",
+        )
         out.append(Send(resp, addr))
 
     def _on_cancel(self, out: list[Output], msg: SipMessage, addr: Addr) -> None:
@@ -651,8 +802,9 @@ class UasCore:
         if call.state != "ringing":
             return  # already answered: CANCEL has no effect (RFC 3261 9.2); the caller sends BYE
         self.counters["cancelled"] += 1
-        call.final_response = build_response(call.invite, 487, "Request Terminated", call.source,
-                                             to_tag=call.local_tag)
+        call.final_response = build_response(
+            call.invite, 487, "Request Terminated", call.source, to_tag=call.local_tag
+        )
         out.append(Send(call.final_response, call.source))
         self._end(out, call, "cancel")
 
@@ -682,8 +834,9 @@ class UasCore:
         if call.state == "ended":
             return
         if call.state == "ringing":
-            call.final_response = build_response(call.invite, 480, "Temporarily Unavailable", call.source,
-                                                 to_tag=call.local_tag)
+            call.final_response = build_response(
+                call.invite, 480, "Temporarily Unavailable", call.source, to_tag=call.local_tag
+            )
             out.append(Send(call.final_response, call.source))
             self._end(out, call, reason)
             return
@@ -701,14 +854,22 @@ class UasCore:
             return out
         uri = self._target_uri(call, target)
         call.transfer, call.transfer_notified = "requested", False
-        self._client_request(out, call, "REFER", REFER_TIMEOUT_S,
-                             extra=[("Refer-To", f"<{uri}>"), ("Referred-By", self.contact)])
+        self._client_request(
+            out,
+            call,
+            "REFER",
+            REFER_TIMEOUT_S,
+            extra=[("Refer-To", f"<{uri}>"), ("Referred-By", self.contact)],
+        )
         return out
 
     def _refer_answered(self, out: list[Output], call: SipCall, response: SipMessage | None) -> None:
         if response is None or not 200 <= response.status < 300:
-            log.warning("SIP: REFER for %s failed: %s", call.invite.call_id,
-                        "no answer" if response is None else f"{response.status} {response.reason}")
+            log.warning(
+                "SIP: REFER for %s failed: %s",
+                call.invite.call_id,
+                "no answer" if response is None else f"{response.status} {response.reason}",
+            )
             call.transfer = ""
             return
         if call.state != "answered":
@@ -753,8 +914,12 @@ class UasCore:
 
 def call_params(msg: SipMessage) -> dict[str, str]:
     """What the dialplan may see of the INVITE: request URI, From, To, X- and a few other headers."""
-    params = {"request_uri": msg.uri, "from": msg.get("From"), "to": msg.get("To"),
-              "to_user": uri_user(name_addr_uri(msg.get("To")))}
+    params = {
+        "request_uri": msg.uri,
+        "from": msg.get("From"),
+        "to": msg.get("To"),
+        "to_user": uri_user(name_addr_uri(msg.get("To"))),
+    }
     for name, value in msg.headers:
         if name.lower().startswith("x-") or name in ("User-Agent", "Diversion", "P-Asserted-Identity"):
             params[name] = value

@@ -80,4 +80,3 @@ class TwilioContinuer:
         self.metrics.continuations.inc(action=kind, path=path)
         log.info("call %s: %s via %s", call_sid, kind, path)
         return path
-

@@ -181,4 +181,3 @@ def add_subcommand(sub: Any) -> None:
     configure.add_argument("--url", required=True, help="the bridge's public base URL (https://...)")
     configure.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
     configure.set_defaults(func=_configure_command)
-

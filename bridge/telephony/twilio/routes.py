@@ -185,8 +185,9 @@ class TwilioRoutes:
         call_sid, caller, called = form.get("CallSid", ""), form.get("From", ""), form.get("To", "")
         if self.slots.full:  # only a look: the slot itself is taken when the stream starts
             self.stats.admission_rejections.inc(leg="twilio", reason="max_calls")
-            log.warning("call %s refused busy: %d calls in progress (BRIDGE_MAX_CALLS)", call_sid,
-                        self.slots.in_use)
+            log.warning(
+                "call %s refused busy: %d calls in progress (BRIDGE_MAX_CALLS)", call_sid, self.slots.in_use
+            )
             return _xml(twiml.reject_busy())
         flow = self.flow_for(called) if self.flow_for is not None else None
         if self.flow_for is not None and flow is None:

@@ -417,8 +417,6 @@ async def _answer_with(bridge: Bridge, token: str) -> tuple[str, dict[str, str],
 # --------------------------------------------------------------------------- the real app and call
 
 
-
-
 @pytest.mark.slow
 async def test_real_app_signed_path_opens_the_upstream_session_only_when_admitted(
     standin: StandinRealtime, tmp_path: Path
