@@ -21,8 +21,11 @@ sysdeps:
 run: install
 	$(VENV)/bin/ivr-bridge serve --host 0.0.0.0 --port $(PORT)
 
+# Quality gates: ruff's rules, ruff's formatting, and mypy on bridge/ (settings in pyproject.toml).
 lint: install
 	$(VENV)/bin/ruff check bridge tests bench
+	$(VENV)/bin/ruff format --check bridge tests bench
+	$(VENV)/bin/mypy
 
 test: install sysdeps lint
 	$(VENV)/bin/pytest -q -rfEs -p no:cacheprovider

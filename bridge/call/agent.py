@@ -284,8 +284,11 @@ class AgentLink:
         elif isinstance(event, rt.ResponseOutputAudioDone):
             self._audio.finish_item(event.item_id)
         elif isinstance(event, rt.ResponseCreated):
-            self._barge.response_started(event.response_id)
+            if event.response_id is not None:
+                self._barge.response_started(event.response_id)
         elif isinstance(event, rt.ResponseDone):
+            if event.response_id is None:
+                return
             self._barge.response_ended(event.response_id)
             for name, arguments in self._pending_tools.pop(event.response_id, []):
                 await self._on_tool(name, arguments)

@@ -158,7 +158,7 @@ class Responses:
             self._finish_outputs(resp, now_ms)
             return
         audio = resp.modalities == ["audio"]
-        data = {
+        data: dict[str, Any] = {
             "id": self._out.new_id("item_"),
             "object": "realtime.item",
             "type": "message",

@@ -373,9 +373,9 @@ class EngineConnection:
             ev = self._synth_cancel.pop(cmd.response_id, None)
             if ev is not None:
                 ev.set()
-            task = self._reply_tasks.pop(cmd.response_id, None)
-            if task is not None:
-                task.cancel()
+            reply_task = self._reply_tasks.pop(cmd.response_id, None)
+            if reply_task is not None:
+                reply_task.cancel()
         elif isinstance(cmd, EgressRefused):
             METRICS.egress_refusals.inc()
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, func, insert, select
+from sqlalchemy import ColumnElement, Row, Select, and_, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.errors import BridgeError
@@ -292,9 +292,9 @@ async def get_call(engine: AsyncEngine, call_id: str, key: bytes | None) -> dict
         turns = (
             await conn.execute(select(u).where(u.c.call_id == call_id).order_by(u.c.t_ms, u.c.id))
         ).mappings()
-        record = _summary(row)
+        record = _summary(dict(row))
         record["events"] = [{"t_ms": r["t_ms"], "kind": r["kind"], "data": r["data"] or {}} for r in events]
-        record["transcript"] = [_line(r, key) for r in lines]
+        record["transcript"] = [_line(dict(r), key) for r in lines]
         record["turns"] = [
             {k: r[k] for k in r.keys() if k not in ("id", "call_id")}  # noqa: SIM118 (RowMapping)
             for r in turns
@@ -362,14 +362,14 @@ async def erase(
     c = schema.calls
     result = Erased()
     async with engine.begin() as conn:
-        conditions = []
+        conditions: list[ColumnElement[bool]] = []
         if call_ids:
             conditions.append(c.c.call_id.in_(list(call_ids)))
         if caller is not None:
             conditions.append(c.c.from_number == caller)
         if started_before is not None:
             conditions.append(c.c.started_at < started_before)
-        rows = []
+        rows: Sequence[Row[Any, Any]] = ()
         if conditions:
             rows = (await conn.execute(select(c.c.call_id, c.c.recording_path).where(*conditions))).all()
         ids = sorted({r[0] for r in rows} | set(call_ids))

@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -207,7 +207,7 @@ class Recognizer:
         self._search = GENERAL_SEARCH
         self._expected: tuple[str, ...] = ()
         self._active: Decoder | None = None
-        self._resampler: object | None = None
+        self._resampler: Any = None  # soxr.ResampleStream between begin() and end()
         self._audio_samples = 0
         self._odd = b""
 
@@ -321,7 +321,7 @@ class Recognizer:
         if samples.size == 0:
             return
         self._audio_samples += samples.size
-        up = self._resampler.resample_chunk(samples)  # type: ignore[attr-defined]
+        up = self._resampler.resample_chunk(samples)
         if up.size:
             with _DECODE_LOCK:
                 decoder.process_raw(up.tobytes(), False, False)
@@ -340,7 +340,7 @@ class Recognizer:
         if decoder is None:
             raise RecognizerError("end() without begin()")
         start = time.perf_counter()
-        tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.int16), last=True)  # type: ignore[attr-defined]
+        tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
         with _DECODE_LOCK:
             if tail.size:
                 decoder.process_raw(tail.tobytes(), False, False)

@@ -245,7 +245,8 @@ class _Worker:
         )
         self.process.start()
         child_conn.close()  # so the reader sees EOF when the child exits
-        self.pid = self.process.pid
+        assert self.process.pid is not None  # set by start()
+        self.pid: int = self.process.pid
         self._sender = threading.Thread(target=self._send_loop, name=f"asr-pool-send-{index}", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name=f"asr-pool-read-{index}", daemon=True)
         self._sender.start()

@@ -81,7 +81,7 @@ class RtpStats:
     jitter_ms: float = 0.0  # RFC 3550 interarrival jitter estimate
 
     def as_dict(self) -> dict[str, float]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 @dataclass(slots=True)

@@ -286,7 +286,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             infos = await asyncio.get_running_loop().getaddrinfo(
                 host, port, type=socket.SOCK_DGRAM, family=socket.AF_INET
             )
-            return infos[0][4][0], port
+            return str(infos[0][4][0]), port
 
     # -- media and legs --------------------------------------------------------------------------
 

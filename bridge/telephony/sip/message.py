@@ -187,7 +187,9 @@ def uri_hostport(uri: str, default_port: int = 5060) -> tuple[str, int]:
 
 def split_header_list(value: str) -> list[str]:
     """Split a comma-separated header value, ignoring commas inside <...> and quotes."""
-    out, depth, quoted, cur = [], 0, False, []
+    out: list[str] = []
+    cur: list[str] = []
+    depth, quoted = 0, False
     for ch in value:
         if ch == '"':
             quoted = not quoted

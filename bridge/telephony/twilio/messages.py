@@ -18,7 +18,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -362,7 +362,7 @@ def _parse_stop(obj: dict[str, Any]) -> Stop:
     )
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict[str, Any]], TwilioMessage]] = {
     "media": _parse_media,
     "mark": _parse_mark,
     "dtmf": _parse_dtmf,
