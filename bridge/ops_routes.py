@@ -38,6 +38,7 @@ class RuntimeState:
     models: dict[str, Any] = field(default_factory=dict)  # the speech models loaded, with timings
     sip: SipService | None = None
     sip_error: str | None = None  # why the SIP leg did not start
+    draining: bool = False  # SIGTERM: /readyz answers 503 from then on
 
     def sip_status(self) -> dict[str, Any]:
         if self.sip is not None:
@@ -94,6 +95,9 @@ class OpsRoutes:
     async def readyz(self, response: Response) -> dict[str, object]:
         sip = self.runtime.sip_status()
         ready = not sip.get("enabled") or sip.get("state") not in ("failed",)
+        ready = ready and not self.runtime.draining
         response.status_code = 200 if ready else 503
-        body = {"ready": ready, "models": self.runtime.models, "sip": sip}
+        body: dict[str, object] = {"ready": ready, "models": self.runtime.models, "sip": sip}
+        if self.runtime.draining:
+            body["draining"] = True
         return dict(logsafe.log_filter().redactor.data(body))
