@@ -156,7 +156,8 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
             t0 = time.perf_counter()
             runtime.models = await loop.run_in_executor(None, engine.preload)
             log.info("speech models loaded in %.2f s: %s", time.perf_counter() - t0, runtime.models)
-            background.append(asyncio.create_task(prewarm_prompts(store)))
+            own_lines = (settings.hold_line, settings.drain_line)
+            background.append(asyncio.create_task(prewarm_prompts(store, own_lines)))
         if settings.sip_enabled:
             from bridge.telephony.sip.service import start_sip
 
