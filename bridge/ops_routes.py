@@ -7,7 +7,9 @@ a private network) and wants `Authorization: Bearer <token>` when it is set (doc
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import threading
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -82,14 +84,18 @@ class OpsRoutes:
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
     async def healthz(self) -> dict[str, object]:
-        body = {
+        body: dict[str, object] = {
             "status": "ok",
             "calls": len(self.calls),
             "call_slots": {"in_use": self.call_slots.in_use, "limit": self.call_slots.limit},
             "dialplan_version": self.dialplans.version,
             "dialplan_errors": self.dialplans.last_errors,
             "sip": self.runtime.sip_status(),
+            # Process vitals the soak run watches for leaks (bench/soak.py).
+            "runtime": {"tasks": len(asyncio.all_tasks()), "threads": threading.active_count()},
         }
+        if self.runtime.draining:
+            body["draining"] = True
         return dict(logsafe.log_filter().redactor.data(body))
 
     async def readyz(self, response: Response) -> dict[str, object]:
