@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import sys
@@ -35,6 +36,12 @@ RESULTS = Path(__file__).parent / "results"
 REPLY = pcm(tone(440, 2.0, 24000))
 
 
+async def wait_for(predicate: Any, limit_s: float = 10.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not predicate() and time.monotonic() < deadline:  # noqa: ASYNC110 - polling a plain attribute
+        await asyncio.sleep(0.005)
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -42,25 +49,24 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def configured(standin: StandinRealtime, timeout: float = 10.0) -> StandinSession:
-    session = await standin.next_session(timeout)
+async def configured(standin: StandinRealtime, wait_s: float = 10.0) -> StandinSession:
+    session = await standin.next_session(wait_s)
     await asyncio.wait_for(session.updated.wait(), 5)
     return session
 
 
 async def answer_when_asked(session: StandinSession) -> None:
     """A resumed session answers the response.create the bridge sends after a drop mid-reply."""
-    while not session.client_events("response.create"):
-        if session.closed_at is not None:
-            return
-        await asyncio.sleep(0.005)
+    await wait_for(lambda: bool(session.client_events("response.create")) or session.closed_at is not None)
+    if session.closed_at is not None:
+        return
     await session.reply_audio(REPLY, realtime=1.0)
 
 
 def silence_around(caller: Caller, drop_at: float) -> float:
     """The longest run without bot speech heard from 0.3 s before the drop to the resumed answer."""
     frames = [p.at for p in caller.speech_frames(drop_at - 0.3)]
-    gaps = [b - a for a, b in zip(frames, frames[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(frames)]
     return max(gaps, default=float("nan"))
 
 
@@ -79,7 +85,7 @@ async def drop_trial(url: str, standin: StandinRealtime, outage_s: float | None)
         else:
             drop_at = await standin.go_down(outage_s)
         reply.cancel()
-        s2 = await configured(standin, timeout=(outage_s or 0) + 15)
+        s2 = await configured(standin, wait_s=(outage_s or 0) + 15)
         back_ms = (time.monotonic() - drop_at) * 1000.0
         answer = asyncio.create_task(answer_when_asked(s2))
         heard = await caller.wait_speech(time.monotonic(), timeout=10)
@@ -99,16 +105,15 @@ async def rollover_trial(url: str, standin: StandinRealtime) -> tuple[float, flo
         s1 = await configured(standin)
         await s1.user_turn("hello")
         await s1.reply_audio(pcm(tone(440, 0.6, 24000)), realtime=2.0, transcript="Hello there.")
-        s2 = await configured(standin, timeout=6)
-        while not s2.appended:
-            await asyncio.sleep(0.005)
+        s2 = await configured(standin, wait_s=6)
+        await wait_for(lambda: bool(s2.appended))
         last_old = max(t for t, _ in s1.append_times)
         gap_up = (s2.append_times[0][0] - last_old) * 1000.0
         # Playout across the seam: the caller's line keeps its 20 ms rhythm (frames played).
         t = time.monotonic()
         await asyncio.sleep(0.5)
         played = [p.at for p in caller.twilio.played if p.at > t - 1.0]
-        gap_play = max((b - a for a, b in zip(played, played[1:], strict=False)), default=0.0) * 1000.0
+        gap_play = max((b - a for a, b in itertools.pairwise(played)), default=0.0) * 1000.0
         return gap_up, gap_play
     finally:
         await caller.hang_up()
@@ -240,7 +245,7 @@ The caller's audio goes to the old session until the switch and to the new one f
 | case | SIGTERM to exit (s) |
 |---|---:|
 | no call in progress | {out["drain idle"]:.1f} |
-| one call outlasting BRIDGE_DRAIN_S=5 (drain line, then hung up) | {out["drain one call outlasting 5 s"]:.1f} |
+| one call outlasting BRIDGE_DRAIN_S=5 (drain line, hung up) | {out["drain one call outlasting 5 s"]:.1f} |
 
 Soak curves (RSS, fds, threads, tasks over a run with churn): [soak.md](soak.md).
 """
