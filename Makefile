@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 8080
 
-.PHONY: install sysdeps run test lint bench clean
+.PHONY: install sysdeps run test lint bench fuzz soak clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ test: install sysdeps lint
 
 bench: install sysdeps
 	$(PY) -m bench
+
+# Property-based tests of every parser and protocol core, long run (make test runs a bounded one).
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest -q -p no:cacheprovider tests/fuzz
+
+# Calls with churn for SOAK_MINUTES (default 30) at SOAK_CALLS (default 50); bench/results/soak.md.
+SOAK_MINUTES ?= 30
+SOAK_CALLS ?= 50
+soak: install
+	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) --calls $(SOAK_CALLS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -10,6 +10,10 @@ Security (docs/security.md has the route inventory and the threat model): one pr
 rate limits on the Twilio webhooks; `GET /metrics` behind `BRIDGE_METRICS_TOKEN` when it is set;
 no API schema or docs pages (`/docs`, `/redoc`, `/openapi.json` are off); log records and the
 health bodies pass through `bridge.logsafe` so no configured secret is ever printed.
+
+Graceful drain (`Drainer`, started by `ivr-bridge serve` on SIGTERM; docs/resilience.md): /readyz
+turns 503 at once, new calls are refused (Twilio busy or a redirect, SIP 503), calls in progress go
+on for up to BRIDGE_DRAIN_S, then hear BRIDGE_DRAIN_LINE and are transferred or hung up.
 """
 
 from __future__ import annotations
@@ -42,6 +46,72 @@ from bridge.web.api import mount_admin_api
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_GRACE_S = 30.0  # after the drain line: how long the last calls get to finish
+
+
+class Drainer:
+    """The process's graceful drain: refuse new calls, let calls in progress finish, then end them."""
+
+    def __init__(
+        self, settings: Settings, calls: set[Call], runtime: RuntimeState, twilio: TwilioRoutes
+    ) -> None:
+        self.settings = settings
+        self.calls = calls
+        self.runtime = runtime
+        self.twilio = twilio
+        self.task: asyncio.Task[None] | None = None
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self._changed = asyncio.Event()
+
+    @property
+    def draining(self) -> bool:
+        return self.task is not None
+
+    def begin(self) -> asyncio.Task[None]:
+        """Start draining (idempotent): refusals take effect before this returns."""
+        if self.task is None:
+            self.started_at = time.monotonic()
+            self.runtime.draining = True
+            self.twilio.draining = True
+            if self.runtime.sip is not None:
+                self.runtime.sip.refuse_new_calls()
+            metrics.METRICS.drain_state.set(1)
+            log.warning(
+                "draining: new calls refused; %d call(s) in progress get up to %g s",
+                len(self.calls),
+                self.settings.drain_s,
+            )
+            self.task = asyncio.create_task(self._run())
+        return self.task
+
+    async def _wait_calls(self, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.calls:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
+
+    def call_ended(self) -> None:
+        self._changed.set()
+
+    async def _run(self) -> None:
+        await self._wait_calls(self.settings.drain_s)
+        if self.calls:
+            log.warning("drain time up: ending %d call(s)", len(self.calls))
+            for call in list(self.calls):
+                call.timeline("drain_timeout", {"drain_s": self.settings.drain_s})
+                call.shut_down(self.settings.drain_line, self.settings.drain_transfer_to)
+            await self._wait_calls(SHUTDOWN_GRACE_S)
+        self.finished_at = time.monotonic()
+        took = self.finished_at - (self.started_at or self.finished_at)
+        log.info("drained in %.1f s (%d call(s) left)", took, len(self.calls))
+
 
 def create_app(settings: Settings | None = None, *, preload_models: bool = True) -> FastAPI:
     settings = settings or Settings.from_env()
@@ -68,6 +138,7 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
         finally:
             calls.discard(call)
             stats.active_calls.dec(leg=kind)
+            app.state.drainer.call_ended()
         outcome = result.ended_reason.split(":", 1)[0].split(" ", 1)[0] or "unknown"
         stats.calls.inc(leg=kind, outcome=outcome)
         if result.barge_ins:
@@ -85,7 +156,8 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
             t0 = time.perf_counter()
             runtime.models = await loop.run_in_executor(None, engine.preload)
             log.info("speech models loaded in %.2f s: %s", time.perf_counter() - t0, runtime.models)
-            background.append(asyncio.create_task(prewarm_prompts(store)))
+            own_lines = (settings.hold_line, settings.drain_line)
+            background.append(asyncio.create_task(prewarm_prompts(store, own_lines)))
         if settings.sip_enabled:
             from bridge.telephony.sip.service import start_sip
 
@@ -148,6 +220,7 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
     twilio = TwilioRoutes(
         settings, run_call, flow_for=flow_for, call_slots=call_slots, rate_limiter=webhook_rate
     )
+    app.state.drainer = Drainer(settings, calls, runtime, twilio)
     ops = OpsRoutes(settings, runtime, calls=calls, call_slots=call_slots, dialplans=store)
     app.include_router(twilio.router())
     app.include_router(ops.router())

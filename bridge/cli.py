@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
+import signal
 import socket
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Generator, Sequence
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from bridge.errors import ConfigError
@@ -67,9 +72,56 @@ def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     )
 
 
-def _serve(args: argparse.Namespace) -> int:
+log = logging.getLogger("bridge.cli")
+
+
+def draining_server(config: uvicorn.Config, app: FastAPI) -> uvicorn.Server:
+    """A uvicorn server whose SIGTERM / SIGINT drain the calls (`app.state.drainer`) before it exits.
+
+    uvicorn's own handling would close every websocket at once, calls included. Here the first
+    signal starts the drain and the server stops once it is over; a second signal exits now.
+    The signals are never re-raised afterwards: a drained process exits 0.
+    """
     import uvicorn
 
+    class DrainingServer(uvicorn.Server):
+        signals_seen = 0
+        loop: asyncio.AbstractEventLoop | None = None
+
+        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+            self.loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in originals.items():
+                    signal.signal(sig, handler)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            self.signals_seen += 1
+            if self.signals_seen > 1 or self.loop is None or not self.started:
+                log.warning("%s again: exiting now", signal.Signals(sig).name)
+                self.should_exit = True
+                self.force_exit = True
+                return
+            log.warning("%s: draining calls before exiting", signal.Signals(sig).name)
+            self.loop.call_soon_threadsafe(self._begin_drain)
+
+        def _begin_drain(self) -> None:
+            task = app.state.drainer.begin()
+            task.add_done_callback(lambda _: setattr(self, "should_exit", True))
+
+    return DrainingServer(config)
+
+
+def _serve(args: argparse.Namespace) -> int:
     from bridge import logsafe
     from bridge.app import create_app
 
@@ -79,9 +131,10 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ivr-bridge: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings)
-    config = server_config(create_app(settings), settings)
+    app = create_app(settings)
+    config = server_config(app, settings)
     logsafe.install(settings.secret_values())  # idempotent; covers any handler added meanwhile
-    uvicorn.Server(config).run(sockets=[listening_socket(settings.host, settings.port)])
+    draining_server(config, app).run(sockets=[listening_socket(settings.host, settings.port)])
     return 0
 
 

@@ -287,6 +287,24 @@ class BridgeMetrics(MetricsRegistry):
             ["stage"],
             buckets=TURN_BUCKETS_S,
         )
+        # Resilience (docs/resilience.md): sessions lost and regained, failovers, rollovers, drops.
+        self.upstream_drops = self.counter(p + "upstream_drops_total", "Realtime sessions lost mid-call.")
+        self.upstream_reconnects = self.counter(
+            p + "upstream_reconnects_total", "Realtime sessions regained after a loss, by plan.", ["plan"]
+        )
+        self.upstream_failovers = self.counter(
+            p + "upstream_failovers_total", "Calls moved to their fallback provider."
+        )
+        self.upstream_rollovers = self.counter(
+            p + "upstream_rollovers_total", "Realtime sessions replaced before the provider's session cap."
+        )
+        self.upstream_audio_dropped = self.counter(
+            p + "upstream_audio_dropped_frames_total",
+            "20 ms caller frames dropped because the realtime server was not reading (outbox full).",
+        )
+        self.drain_state = self.gauge(
+            p + "draining", "1 while the process drains calls before exiting, else 0."
+        )
 
 
 METRICS = BridgeMetrics()

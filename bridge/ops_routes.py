@@ -7,7 +7,9 @@ a private network) and wants `Authorization: Bearer <token>` when it is set (doc
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import threading
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,7 @@ class RuntimeState:
     models: dict[str, Any] = field(default_factory=dict)  # the speech models loaded, with timings
     sip: SipService | None = None
     sip_error: str | None = None  # why the SIP leg did not start
+    draining: bool = False  # SIGTERM: /readyz answers 503 from then on
 
     def sip_status(self) -> dict[str, Any]:
         if self.sip is not None:
@@ -81,19 +84,26 @@ class OpsRoutes:
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
     async def healthz(self) -> dict[str, object]:
-        body = {
+        body: dict[str, object] = {
             "status": "ok",
             "calls": len(self.calls),
             "call_slots": {"in_use": self.call_slots.in_use, "limit": self.call_slots.limit},
             "dialplan_version": self.dialplans.version,
             "dialplan_errors": self.dialplans.last_errors,
             "sip": self.runtime.sip_status(),
+            # Process vitals the soak run watches for leaks (bench/soak.py).
+            "runtime": {"tasks": len(asyncio.all_tasks()), "threads": threading.active_count()},
         }
+        if self.runtime.draining:
+            body["draining"] = True
         return dict(logsafe.log_filter().redactor.data(body))
 
     async def readyz(self, response: Response) -> dict[str, object]:
         sip = self.runtime.sip_status()
         ready = not sip.get("enabled") or sip.get("state") not in ("failed",)
+        ready = ready and not self.runtime.draining
         response.status_code = 200 if ready else 503
-        body = {"ready": ready, "models": self.runtime.models, "sip": sip}
+        body: dict[str, object] = {"ready": ready, "models": self.runtime.models, "sip": sip}
+        if self.runtime.draining:
+            body["draining"] = True
         return dict(logsafe.log_filter().redactor.data(body))

@@ -64,6 +64,13 @@ ENV_FIELDS: dict[str, str] = {
     "BRIDGE_RETENTION_DAYS": "retention_days",
     "BRIDGE_PII_RULES": "pii_rules",
     "BRIDGE_PII_PATTERNS": "pii_patterns",
+    "BRIDGE_DRAIN_S": "drain_s",
+    "BRIDGE_DRAIN_LINE": "drain_line",
+    "BRIDGE_DRAIN_TRANSFER_TO": "drain_transfer_to",
+    "BRIDGE_DRAIN_REDIRECT_URL": "drain_redirect_url",
+    "BRIDGE_MAX_SESSION_S": "max_session_s",
+    "BRIDGE_RECONNECT_MAX_S": "reconnect_max_s",
+    "BRIDGE_HOLD_LINE": "hold_line",
 }
 
 # Settings whose values are secrets: redacted from logs, error events and health output.
@@ -186,6 +193,20 @@ class Settings(BaseModel):
     # card, spoken_card, ssn, email, phone; "none" for none) and a YAML file of extra named regexes.
     pii_rules: str = "card,spoken_card,ssn,email,phone"
     pii_patterns: Path | None = None
+    # Resilience (docs/resilience.md). Graceful drain on SIGTERM: calls in progress go on for up to
+    # this long, then hear `drain_line` and are transferred to `drain_transfer_to` or hung up. New
+    # Twilio calls meanwhile get busy TwiML, or a <Redirect> to `drain_redirect_url` (another bridge).
+    drain_s: float = Field(120.0, ge=0, le=86_400)
+    drain_line: str = "Sorry, we have to end this call now. Please call back in a moment. Goodbye."
+    drain_transfer_to: str | None = None
+    drain_redirect_url: str | None = None
+    # A realtime session is replaced (rollover) before it is this old: under the provider's cap
+    # (OpenAI: 60 minutes).
+    max_session_s: float = Field(55 * 60.0, ge=1, le=86_400)
+    # How long a lost realtime session is retried (per provider) before the fallback or on_error.
+    reconnect_max_s: float = Field(10.0, ge=0, le=600)
+    # Said once when the model is away longer than a second mid-call.
+    hold_line: str = "One moment, please."
 
     @field_validator("data_key")
     @classmethod

@@ -9,6 +9,10 @@ and the barge-in core (`bridge.call.bargein`), which the link feeds with the ses
   or on the server's `speech_started`, which the link hands to the call);
 - `close()`: the step ends (dialplan, tool call, hang-up). Closing never waits more than ~80 ms.
 
+The sessions themselves (reconnect and replay after a drop, failover to the step's
+`fallback_provider`, rollover before the provider's session cap, a bounded outbox so a slow server
+never blocks the call) are `bridge.call.upstream.Upstream`'s business (docs/resilience.md).
+
 What a tool call means for the call (transfer, hang up, another flow) is the dialplan runner's
 business: the link reports it through `on_tool` once the response that made it is done, so the
 words spoken with it ("Connecting you now") have all arrived and are queued for playout.
@@ -26,22 +30,22 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bridge.call.bargein import BargeInCore, Cut
+from bridge.call.resume import Backoff, RolloverPlan
+from bridge.call.upstream import SessionPlan, Timeline, Upstream
 from bridge.dialplan.schema import AgentStep, Dialplan
-from bridge.errors import BridgeError, ConfigError, UpstreamError
+from bridge.errors import BridgeError, ConfigError
 from bridge.media import g711
-from bridge.media.g711 import Encoding, UpstreamFormat
+from bridge.media.g711 import BYTES_PER_MS, Encoding, UpstreamFormat
 from bridge.media.resample import Downsampler, Upsampler
 from bridge.realtime import events as rt
-from bridge.realtime.client import RealtimeClient
 from bridge.realtime.local_engine import EXTENSION_KEY, ChatBackend, chat_backend
 from bridge.realtime.providers import Endpoint, resolve_endpoint, session_config
 from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Caller audio that arrives while the upstream socket is still opening is kept (up to this much)
-# and sent once the session is configured, so the caller's first words are not lost.
-PRECONNECT_BUFFER_MS = 3000
+# Caller audio that arrives while the upstream socket is still opening (or reopening) is kept (up to
+# a few seconds, `resume.GapBuffer`) and sent once the session is configured, so no words are lost.
 UPSTREAM_CLOSE_TIMEOUT_S = 0.08
 
 TRANSFER_TOOL = {
@@ -71,6 +75,11 @@ class AgentConfig:
     barge_in: bool = True
     barge_in_min_speech_ms: int = 200
     barge_in_threshold: float = 0.6
+    fallback: AgentConfig | None = None  # the same step on its fallback provider
+    provider: str = "local"
+    max_session_s: float | None = None  # rollover before this (None: never)
+    reconnect_max_s: float = 10.0
+    hold_line: str | None = None  # said once when the model is away more than a second
 
 
 def step_chat_backend(step: AgentStep) -> ChatBackend | None:
@@ -100,9 +109,13 @@ def dialplan_chat_backends(plan: Dialplan) -> list[ChatBackend]:
     return backends
 
 
-def agent_config(step: AgentStep, settings: Settings) -> AgentConfig:
+def agent_config(step: AgentStep, settings: Settings, *, with_fallback: bool = True) -> AgentConfig:
     """An agent step (defaults and variables already resolved by the runner) as a session config."""
     provider = step.provider or "local"
+    fallback: AgentConfig | None = None
+    if with_fallback and step.fallback_provider and step.fallback_provider != provider:
+        other = step.model_copy(update={"provider": step.fallback_provider, "url": None, "voice": None})
+        fallback = agent_config(other, settings, with_fallback=False)
     endpoint = resolve_endpoint(
         step.url if provider == "url" and step.url else provider,
         settings=settings,
@@ -160,6 +173,30 @@ def agent_config(step: AgentStep, settings: Settings) -> AgentConfig:
         or settings.barge_in_min_speech_ms,
         barge_in_threshold=(barge.threshold if barge and barge.threshold else None)
         or settings.barge_in_threshold,
+        fallback=fallback,
+        provider=provider,
+        max_session_s=settings.max_session_s,
+        reconnect_max_s=settings.reconnect_max_s,
+        hold_line=settings.hold_line or None,
+    )
+
+
+def session_plan(config: AgentConfig, name: str) -> SessionPlan:
+    """What `Upstream` needs to open (and reopen) one provider's session for this step."""
+    session = session_config(
+        config.upstream_format,
+        instructions=config.instructions,
+        voice=config.voice,
+        tools=list(config.tools),
+        turn_detection=config.turn_detection,
+        extra=config.session_extra,
+    )
+    return SessionPlan(
+        name=name,
+        endpoint=config.endpoint,
+        session=session,
+        greeting=config.greeting,
+        bytes_per_ms=BYTES_PER_MS[config.upstream_format],
     )
 
 
@@ -177,6 +214,10 @@ class CallAudio(Protocol):
         """The session heard the caller start talking: barge in if the core says so."""
         ...
 
+    async def say_line(self, text: str) -> None:
+        """Say a short line of the bridge's own (the hold line while the model is away)."""
+        ...
+
 
 ToolHandler = Callable[[str, dict[str, object]], Awaitable[None]]  # (name, arguments)
 
@@ -191,6 +232,7 @@ class AgentLink:
         *,
         on_tool: ToolHandler,
         call_id: str = "?",
+        timeline: Timeline | None = None,
     ) -> None:
         self.config = config
         self.truncates: list[tuple[str, int]] = []
@@ -199,10 +241,20 @@ class AgentLink:
         self._barge = audio.bargein
         self._on_tool = on_tool
         self._call_id = call_id
-        self._client = RealtimeClient()
-        self._ready = False
+        plans = [session_plan(config, f"primary:{config.provider}")]
+        if config.fallback is not None:
+            plans.append(session_plan(config.fallback, f"fallback:{config.fallback.provider}"))
+        self.upstream = Upstream(
+            plans,
+            on_event=self._on_event,
+            on_hold=self._hold if config.hold_line else None,
+            on_switch=self._on_switch,
+            timeline=timeline or (lambda kind, data: None),
+            backoff=Backoff(max_total_s=config.reconnect_max_s),
+            rollover=RolloverPlan(config.max_session_s) if config.max_session_s else None,
+            call_id=call_id,
+        )
         self._closed = False
-        self._preconnect: list[str] = []
         self._pending_tools: dict[str, list[tuple[str, dict[str, object]]]] = {}
         self._up = Upsampler()
         self._down = Downsampler()
@@ -212,39 +264,19 @@ class AgentLink:
     async def run(self) -> None:
         """Connect, configure, then handle server events until the session ends.
 
-        Returns when the session closes normally; raises UpstreamError when it fails."""
-        config = self.config
-        await self._client.connect(config.endpoint)
-        session = session_config(
-            config.upstream_format,
-            instructions=config.instructions,
-            voice=config.voice,
-            tools=list(config.tools),
-            turn_detection=config.turn_detection,
-            extra=config.session_extra,
-        )
-        await self._client.send(rt.SessionUpdate(session=session))
-        if config.greeting:  # the agent speaks first; the local engine reads the same instruction
-            await self._client.send(
-                rt.ResponseCreate(response={"instructions": f'Say exactly: "{config.greeting}"'})
-            )
-        for message in self._preconnect:
-            await self._client.send_raw(message)
-        self._preconnect.clear()
-        self._ready = True
-        async for event in self._client:
-            await self._on_event(event)
+        Returns when the session closes normally; raises UpstreamError when it fails for good
+        (every reconnect, and the fallback provider, failed)."""
+        await self.upstream.run()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._ready = False
         # asyncio.timeout, not wait_for: wait_for can swallow the caller's cancellation on 3.11,
         # which would leave the call's task group waiting forever after a hang-up.
         with contextlib.suppress(TimeoutError, BridgeError, OSError):
             async with asyncio.timeout(UPSTREAM_CLOSE_TIMEOUT_S):
-                await self._client.close()
+                await self.upstream.close()
 
     # -- caller -> model -----------------------------------------------------------------------
 
@@ -256,23 +288,19 @@ class AgentLink:
             audio = payload
         else:
             audio = g711.encode(pcm8k, fmt)
-        message = rt.append_audio_json(base64.b64encode(audio).decode("ascii"))
-        if self._ready:
-            try:
-                await self._client.send_raw(message)
-            except UpstreamError:
-                self._ready = False  # the reader sees the close and ends the step
-        elif not self._closed and len(self._preconnect) * g711.FRAME_MS < PRECONNECT_BUFFER_MS:
-            self._preconnect.append(message)
+        # Never waits on the network: the upstream's outbox (bounded) or its gap buffer.
+        self.upstream.send_audio(rt.append_audio_json(base64.b64encode(audio).decode("ascii")))
 
     async def send_text(self, text: str) -> None:
         """A user message in text (DTMF digits during an agent step), then a response."""
-        if not self._ready:
-            return
+        upstream = self.upstream
+        upstream.log.user_text(text)  # replayed (and answered) if the session is away just now
         item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
-        await self._client.send(rt.ConversationItemCreate(item=item))
+        if not upstream.send(rt.ConversationItemCreate(item=item)):
+            upstream.responded_after_user = False
+            return
         if not self._barge.response_active:
-            await self._client.send(rt.ResponseCreate())
+            upstream.send(rt.ResponseCreate())
 
     # -- model -> caller -----------------------------------------------------------------------
 
@@ -299,6 +327,17 @@ class AgentLink:
         elif isinstance(event, rt.Error):
             error = event.error
             log.warning("call %s: upstream error %s: %s", self._call_id, error.code, error.message)
+
+    async def _hold(self) -> None:
+        if self.config.hold_line:
+            await self._audio.say_line(self.config.hold_line)
+
+    def _on_switch(self, kind: str) -> None:
+        """Another session took over: the old one's response will never end by itself."""
+        response_id = self._barge.response_id
+        if response_id is not None:
+            self._barge.response_ended(response_id)
+        self._pending_tools.clear()
 
     def _play(self, item_id: str, audio: bytes) -> None:
         fmt = self.config.upstream_format
@@ -330,13 +369,16 @@ class AgentLink:
 
     async def tell_model(self, cut: Cut, source: str) -> None:
         """After the playout was cleared: cancel the response and truncate the item as decided."""
-        if not self._ready:
+        upstream = self.upstream
+        if cut.truncate_item_id is not None:  # what a later session is told the caller heard
+            upstream.log.heard(cut.truncate_item_id, cut.audio_end_ms)
+        if not upstream.ready:
             return
-        if cut.cancel_response_id is not None:
-            await self._client.send(rt.ResponseCancel())
-        if cut.truncate_item_id is not None:
+        if cut.cancel_response_id is not None and upstream.response_active:
+            upstream.send(rt.ResponseCancel())
+        if cut.truncate_item_id is not None and cut.truncate_item_id in upstream.session_items:
             self.truncates.append((cut.truncate_item_id, cut.audio_end_ms))
-            await self._client.send(
+            upstream.send(
                 rt.ConversationItemTruncate(
                     item_id=cut.truncate_item_id, content_index=0, audio_end_ms=cut.audio_end_ms
                 )

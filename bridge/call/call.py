@@ -55,6 +55,9 @@ class CallStats:
     truncates: list[tuple[str, int]] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     ended_reason: str = ""
+    # The call's timeline of resilience events (upstream lost / resumed, failover, rollover, drain):
+    # (ms on the loop clock, kind, data). The records writer can take these as call events.
+    events: list[tuple[float, str, dict[str, object]]] = field(default_factory=list)
 
 
 # -- control messages: everything that moves the dialplan, handled in order by `_control_loop` --
@@ -121,8 +124,25 @@ class ToolCalled:
     arguments: dict[str, object]
 
 
+@dataclass(frozen=True, slots=True)
+class ShutDown:
+    """The process is draining and the call's time is up: a last line, then transfer or hang up."""
+
+    line: str
+    transfer_to: str | None = None
+
+
 ControlMessage = (
-    Started | Digit | HungUp | PromptDone | TimerTick | ActionFailed | Heard | AgentEnded | ToolCalled
+    Started
+    | Digit
+    | HungUp
+    | PromptDone
+    | TimerTick
+    | ActionFailed
+    | Heard
+    | AgentEnded
+    | ToolCalled
+    | ShutDown
 )
 
 
@@ -262,6 +282,17 @@ class Call:
         self._playout.finish_item(item_id)
         self._wake.set()
 
+    async def say_line(self, text: str) -> None:
+        """A line of the bridge's own over the agent (the hold line while the model is away)."""
+        await self._say(dp.Say(text, None, "bridge-line", barge_in=True, cache=True))
+
+    def timeline(self, kind: str, data: dict[str, object]) -> None:
+        self.stats.events.append((self._now_ms(), kind, data))
+
+    def shut_down(self, line: str, transfer_to: str | None = None) -> None:
+        """Drain: end the call soon (from any task): stop the agent, say `line`, transfer or hang up."""
+        self._post(ShutDown(line, transfer_to))
+
     async def server_speech_started(self) -> None:
         """The session's `input_audio_buffer.speech_started` (from the agent link)."""
         now = self._now_ms()
@@ -355,6 +386,9 @@ class Call:
         """The runner's answer to one control message (nothing before the call has started)."""
         if isinstance(message, Started):
             return self._start(message.event, now)
+        if isinstance(message, ShutDown):
+            await self._shut_down(message)
+            return []
         runner = self.runner
         if runner is None:
             return []
@@ -378,6 +412,8 @@ class Call:
                 return runner.on_action_failed(action, reason, now)
             case HungUp():
                 return runner.on_hangup(now)
+            case ShutDown():  # handled above
+                return []
             case _:
                 assert_never(message)
 
@@ -474,7 +510,7 @@ class Call:
         except BridgeError as exc:
             self._post(ActionFailed(action, str(exc)))
             return
-        link = AgentLink(config, self, on_tool=self._on_tool, call_id=self.call_id)
+        link = AgentLink(config, self, on_tool=self._on_tool, call_id=self.call_id, timeline=self.timeline)
         self.agent = link
         self.bargein.agent_started(config.upstream_format, barge_in=config.barge_in)
         if self._vad is not None:
@@ -503,6 +539,21 @@ class Call:
             self.agent = None
             self._retire(link)
             self._post(AgentEnded(error or "the realtime session closed"))
+
+    async def _shut_down(self, message: ShutDown) -> None:
+        self.timeline("drain_shutdown", {"transfer_to": message.transfer_to or ""})
+        await self._stop_agent()
+        if self._listener is not None:
+            self._listener.stop()
+        cut = self.bargein.cut_prompts(only_barge_in=False)
+        if cut is not None:
+            await self._execute_cut(cut, "drain")
+        if message.line:
+            await self._say(dp.Say(message.line, None, "drain-line", barge_in=False, cache=True))
+        await self._drain()
+        if message.transfer_to and await self.leg.transfer(message.transfer_to):
+            raise _CallOver(f"transferred to {message.transfer_to} (drain)")
+        raise _CallOver("hangup: drain")
 
     def _retire(self, link: AgentLink) -> None:
         self.bargein.agent_stopped()

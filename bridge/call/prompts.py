@@ -64,15 +64,16 @@ def read_wav_8k(path: Path) -> bytes:
     return data.astype("<i2").tobytes()
 
 
-async def prewarm_prompts(store: DialplanStore) -> None:
+async def prewarm_prompts(store: DialplanStore, extra: tuple[str, ...] = ()) -> None:
     """Synthesize every fixed prompt of the current dialplan (again after each reload), so
-    callers never wait for speech synthesis of a greeting or a menu. Runs until cancelled."""
+    callers never wait for speech synthesis of a greeting or a menu (nor of the bridge's own `extra`
+    lines: the hold line, the drain line). Runs until cancelled."""
     loop = asyncio.get_running_loop()
     done_version = 0
     while True:
         if store.version != done_version:
             done_version = store.version
-            texts = store.current().fixed_prompts()
+            texts = [*store.current().fixed_prompts(), *(t for t in extra if t)]
             t0 = time.perf_counter()
             for text in texts:
                 try:

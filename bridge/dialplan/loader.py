@@ -89,11 +89,17 @@ class _Reader:
             what = " ".join(str(x) for x in (exc.context, exc.problem) if x)
             self.problem(line, (), f"not valid YAML: {what}")
             return None
+        except yaml.YAMLError as exc:  # e.g. a control character (ReaderError carries no mark)
+            self.problem(1, (), f"not valid YAML: {exc}")
+            return None
         if node is None:
             self.problem(1, (), "the file is empty")
             return None
         self.lines[()] = node.start_mark.line + 1
-        return self._value(node, ())
+        value = self._value(node, ())
+        if value is None and not self.problems:  # e.g. a lone `!` or `~`: a document with no data
+            self.problem(1, (), "the file holds no data; expected numbers:, flows: and defaults:")
+        return value
 
     def _value(self, node: Node, loc: Loc) -> Any:
         line = node.start_mark.line + 1

@@ -716,6 +716,7 @@ class Runner:
         return step.model_copy(
             update={
                 "provider": step.provider or d.provider,
+                "fallback_provider": step.fallback_provider or d.fallback_provider,
                 "url": step.url or d.url,
                 "model": step.model or d.model,
                 "voice": step.voice or d.voice,

@@ -346,6 +346,9 @@ class Intent(_Model):
 class AgentStep(StepBase):
     kind: ClassVar[Literal["agent"]] = "agent"
     provider: Provider | None = None  # None: defaults.provider (itself default local)
+    # Where the call goes on when `provider` stays down (same instructions, FAQ, intents); None:
+    # defaults.fallback_provider, and without one `on_error`.
+    fallback_provider: Provider | None = None
     url: str | None = None  # provider url: a ws(s):// endpoint speaking the Realtime GA protocol
     model: str | None = None
     voice: str | None = None
@@ -551,6 +554,7 @@ Step = Annotated[
 
 class Defaults(_Model):
     provider: Provider = "local"
+    fallback_provider: Provider | None = None
     url: str | None = None
     model: str | None = None
     voice: str | None = None  # agent voice (e.g. alloy for openai)

@@ -33,6 +33,10 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # a server frame larger than this is a bro
 OPEN_TIMEOUT_S = 10.0
 # The close handshake waits at most this long for the peer before dropping the TCP connection.
 CLOSE_TIMEOUT_S = 0.05
+# Keepalive: a server that stops reading (a stalled process, a black-holed route) stops answering
+# pings; the session is then closed as lost within PING_INTERVAL_S + PING_TIMEOUT_S.
+PING_INTERVAL_S = 2.0
+PING_TIMEOUT_S = 3.0
 NORMAL_CLOSURE = 1000
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -56,8 +60,12 @@ class RealtimeClient:
         open_timeout_s: float = OPEN_TIMEOUT_S,
         close_timeout_s: float = CLOSE_TIMEOUT_S,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        ping_interval_s: float | None = PING_INTERVAL_S,
+        ping_timeout_s: float | None = PING_TIMEOUT_S,
     ) -> None:
         self._open_timeout_s = open_timeout_s
+        self._ping_interval_s = ping_interval_s
+        self._ping_timeout_s = ping_timeout_s
         self._close_timeout_s = close_timeout_s
         self._max_message_bytes = max_message_bytes
         self._ws: ClientConnection | None = None
@@ -98,6 +106,8 @@ class RealtimeClient:
                 compression=None,
                 open_timeout=self._open_timeout_s,
                 close_timeout=self._close_timeout_s,
+                ping_interval=self._ping_interval_s,
+                ping_timeout=self._ping_timeout_s,
                 # A system proxy must not capture the embedded engine or a local stand-in.
                 proxy=None if host in _LOOPBACK else True,
             )
@@ -166,6 +176,15 @@ class RealtimeClient:
         return UpstreamClosed(rcvd.code, rcvd.reason)
 
     # -- close -------------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Drop the TCP connection now, without a close handshake (a peer that stopped reading
+        would hold a polite close up for its whole timeout)."""
+        self._closing = True
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                ws.transport.abort()
 
     async def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
         """Close the session. Bounded by the close timeout, even if the peer never answers."""

@@ -12,6 +12,8 @@ import base64
 import contextlib
 import itertools
 import json
+import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +55,7 @@ class StandinSession:
     item_audio_ms: dict[str, int] = field(default_factory=dict)
     active_response: str | None = None
     first_delta_at: float | None = None  # when the latest reply's first audio delta was sent
+    stalled: bool = False
 
     async def send(self, event: dict[str, Any]) -> None:
         event.setdefault("event_id", _id("event"))
@@ -80,6 +83,61 @@ class StandinSession:
             }
         )
 
+    async def user_turn(self, transcript: str) -> str:
+        """The caller's turn as a server with transcription reports it; returns the item id."""
+        iid = _id("item")
+        ms = len(self.appended) // self.bytes_per_ms
+        await self.send({"type": "input_audio_buffer.speech_started", "audio_start_ms": ms, "item_id": iid})
+        await self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": ms, "item_id": iid})
+        await self.send({"type": "input_audio_buffer.committed", "previous_item_id": None, "item_id": iid})
+        item = {
+            "id": iid,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "user",
+            "status": "completed",
+            "content": [{"type": "input_audio", "transcript": None}],
+        }
+        await self.send({"type": "conversation.item.added", "previous_item_id": None, "item": item})
+        await self.send(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "item_id": iid,
+                "content_index": 0,
+                "transcript": transcript,
+            }
+        )
+        return iid
+
+    def replayed(self) -> list[dict[str, Any]]:
+        """The items the bridge created in this session (a resumed conversation's replay)."""
+        return [e["item"] for e in self.client_events("conversation.item.create")]
+
+    def replayed_texts(self) -> list[tuple[str, str]]:
+        out = []
+        for item in self.replayed():
+            if item.get("type") == "message":
+                out.append((item["role"], " ".join(p.get("text", "") for p in item["content"])))
+        return out
+
+    def reset(self) -> None:
+        """Abort the TCP connection with a reset (SO_LINGER 0), as a crashed server or a middlebox does."""
+        sock = self.ws.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.ws.transport.abort()
+
+    def stall(self) -> None:
+        """Stop reading from the socket (a blocked server): the bridge's sends back up."""
+        self.stalled = True
+        self.ws.transport.pause_reading()
+
+    def unstall(self) -> None:
+        self.stalled = False
+        with contextlib.suppress(Exception):
+            self.ws.transport.resume_reading()
+
     async def reply_audio(
         self,
         audio: bytes,
@@ -88,6 +146,7 @@ class StandinSession:
         realtime: float = 0.0,
         pause_after_ms: int | None = None,
         pause_s: float = 0.0,
+        transcript: str | None = None,
     ) -> tuple[str, str, float]:
         """Answer with `audio` (output format). `realtime` = send speed as a fraction of real
         time (0: as fast as possible). Returns (response_id, item_id, time of first delta)."""
@@ -153,6 +212,14 @@ class StandinSession:
             else:
                 await asyncio.sleep(0)
         cancelled = self.cancel_event.is_set()
+        if transcript is not None and not cancelled:
+            locator = {"response_id": rid, "item_id": iid, "output_index": 0, "content_index": 0}
+            await self.send(
+                {"type": "response.output_audio_transcript.delta", **locator, "delta": transcript}
+            )
+            await self.send(
+                {"type": "response.output_audio_transcript.done", **locator, "transcript": transcript}
+            )
         if not cancelled:
             await self.send(
                 {
@@ -251,6 +318,8 @@ class StandinRealtime:
     server: Server | None = None
     port: int = 0
     new_session: asyncio.Queue[StandinSession] = field(default_factory=asyncio.Queue)
+    back_at: float | None = None
+    _revive: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
         self.server = await serve(
@@ -273,6 +342,26 @@ class StandinRealtime:
 
     async def next_session(self, timeout: float = 5.0) -> StandinSession:
         return await asyncio.wait_for(self.new_session.get(), timeout)
+
+    async def go_down(self, for_s: float | None) -> float:
+        """The server dies: every session reset (TCP RST), nothing listens on the port; back on the
+        same port after `for_s` (None: never). Returns when it went down (monotonic)."""
+        assert self.server is not None
+        self.server.close(close_connections=False)  # stop listening: reconnects are refused from now on
+        for session in self.sessions:
+            if session.closed_at is None:
+                session.reset()
+        down_at = time.monotonic()
+        if for_s is not None:
+            self._revive = asyncio.create_task(self._come_back(for_s))
+        return down_at
+
+    async def _come_back(self, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        self.server = await serve(
+            self._handler, "127.0.0.1", self.port, max_size=None, compression=None, close_timeout=0.5
+        )
+        self.back_at = time.monotonic()
 
     async def stop(self) -> None:
         if self.server is None:

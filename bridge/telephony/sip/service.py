@@ -53,6 +53,10 @@ class SipService:
     async def wait_registered(self, timeout_s: float = 5.0) -> bool:
         return await self.endpoint.wait_registered(timeout_s)
 
+    def refuse_new_calls(self) -> None:
+        """Drain: new INVITEs get 503 from now on; calls in progress go on."""
+        self.endpoint.core.closing = True
+
     async def stop(self) -> None:
         await self.endpoint.close()
 

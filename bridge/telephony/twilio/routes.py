@@ -93,6 +93,9 @@ class TwilioRoutes:
         self.clock = clock
         self.monotonic = monotonic
         self.security = TwilioGuard(settings)
+        # Set once the process drains (SIGTERM): new calls get busy TwiML, or a <Redirect> to
+        # BRIDGE_DRAIN_REDIRECT_URL; calls in progress are not touched.
+        self.draining = False
         self.continuer = TwilioContinuer(settings, self.calls, self.stats)
         if self.security.development_mode:
             log.warning(
@@ -183,6 +186,11 @@ class TwilioRoutes:
 
     async def _answer_call(self, request: Request, form: dict[str, str]) -> Response:
         call_sid, caller, called = form.get("CallSid", ""), form.get("From", ""), form.get("To", "")
+        if self.draining:
+            self.stats.admission_rejections.inc(leg="twilio", reason="draining")
+            redirect = self.settings.drain_redirect_url
+            log.info("call %s refused: draining (%s)", call_sid, "redirected" if redirect else "busy")
+            return _xml(twiml.redirect(redirect) if redirect else twiml.reject_busy())
         if self.slots.full:  # only a look: the slot itself is taken when the stream starts
             self.stats.admission_rejections.inc(leg="twilio", reason="max_calls")
             log.warning(

@@ -94,3 +94,12 @@ def reject_busy() -> str:
     response = VoiceResponse()
     response.reject(reason="busy")
     return str(response)
+
+
+def redirect(url: str) -> str:
+    """`<Redirect>` the call to another TwiML URL (a draining bridge hands new calls to another)."""
+    if not url.startswith(("https://", "http://")):
+        raise TwimlError(f"redirect URL {url!r} is not an http(s) URL")
+    response = VoiceResponse()
+    response.redirect(url, method="POST")
+    return str(response)
