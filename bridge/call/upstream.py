@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,7 +85,7 @@ class Upstream:
         plans: list[SessionPlan],
         *,
         on_event: Callable[[rt.ServerEvent], Awaitable[None]],
-        on_hold: Callable[[], Awaitable[None]] | None = None,
+        on_hold: Callable[[], Coroutine[Any, Any, None]] | None = None,
         on_switch: Callable[[str], None] | None = None,
         timeline: Timeline = _no_timeline,
         backoff: Backoff | None = None,
