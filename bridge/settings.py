@@ -64,6 +64,7 @@ ENV_FIELDS: dict[str, str] = {
     "BRIDGE_RETENTION_DAYS": "retention_days",
     "BRIDGE_PII_RULES": "pii_rules",
     "BRIDGE_PII_PATTERNS": "pii_patterns",
+    "BRIDGE_MODERATION_URL": "moderation_url",
 }
 
 # Settings whose values are secrets: redacted from logs, error events and health output.
@@ -186,6 +187,9 @@ class Settings(BaseModel):
     # card, spoken_card, ssn, email, phone; "none" for none) and a YAML file of extra named regexes.
     pii_rules: str = "card,spoken_card,ssn,email,phone"
     pii_patterns: Path | None = None
+    # The moderation endpoint a dialplan's `moderation: {endpoint: true}` uses (OpenAI's moderation API
+    # shape; its bearer is OPENAI_API_KEY, nothing else).
+    moderation_url: str = "https://api.openai.com/v1/moderations"
 
     @field_validator("data_key")
     @classmethod

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bridge.call.bargein import BargeInCore, Cut
-from bridge.dialplan.schema import AgentStep, Dialplan
+from bridge.call.record import CallObserver
+from bridge.dialplan.schema import AgentStep, Dialplan, Moderation
 from bridge.errors import BridgeError, ConfigError, UpstreamError
 from bridge.media import g711
 from bridge.media.g711 import Encoding, UpstreamFormat
@@ -68,6 +69,7 @@ class AgentConfig:
     turn_detection: dict[str, Any] | None = None
     session_extra: dict[str, Any] = field(default_factory=dict)
     greeting: str | None = None  # spoken first (a response.create with "Say exactly: ...")
+    moderation: Moderation | None = None  # checks of the bot's words (bridge/call/moderator.py)
     barge_in: bool = True
     barge_in_min_speech_ms: int = 200
     barge_in_threshold: float = 0.6
@@ -155,12 +157,17 @@ def agent_config(step: AgentStep, settings: Settings) -> AgentConfig:
         tools=tuple(tools),
         session_extra=extra,
         greeting=step.greeting,
+        moderation=step.moderation if step.moderation is not None and step.moderation.active else None,
         barge_in=barge.enabled if barge is not None else True,
         barge_in_min_speech_ms=(barge.min_speech_ms if barge and barge.min_speech_ms else None)
         or settings.barge_in_min_speech_ms,
         barge_in_threshold=(barge.threshold if barge and barge.threshold else None)
         or settings.barge_in_threshold,
     )
+
+
+def _now_ms() -> float:
+    return asyncio.get_running_loop().time() * 1000.0
 
 
 class CallAudio(Protocol):
@@ -191,8 +198,10 @@ class AgentLink:
         *,
         on_tool: ToolHandler,
         call_id: str = "?",
+        observer: CallObserver | None = None,
     ) -> None:
         self.config = config
+        self._observer = observer  # the call's record and moderator (bridge/call/record.py)
         self.truncates: list[tuple[str, int]] = []
         self.barge_ins = 0
         self._audio = audio
@@ -280,7 +289,10 @@ class AgentLink:
         if isinstance(event, rt.ResponseOutputAudioDelta):
             audio = event.audio()
             if self._barge.audio_received(event.item_id, len(audio)):  # False: cut by a barge-in
+                if self._observer is not None:
+                    self._observer.bot_audio(event.item_id, _now_ms())
                 self._play(event.item_id, audio)
+            return
         elif isinstance(event, rt.ResponseOutputAudioDone):
             self._audio.finish_item(event.item_id)
         elif isinstance(event, rt.ResponseCreated):
@@ -296,6 +308,24 @@ class AgentLink:
         elif isinstance(event, rt.Error):
             error = event.error
             log.warning("call %s: upstream error %s: %s", self._call_id, error.code, error.message)
+        if self._observer is not None:
+            await self._observe(self._observer, event)
+
+    async def _observe(self, observer: CallObserver, event: rt.ServerEvent) -> None:
+        """The call's record: transcripts, turn stages, upstream errors; the bot's words are checked
+        by the moderator here, before the audio that follows them is read (and played)."""
+        now = _now_ms()
+        if isinstance(event, rt.ResponseOutputAudioTranscriptDelta):
+            await observer.bot_text(event.item_id, event.delta, self._barge.received_ms(event.item_id), now)
+        elif isinstance(event, rt.ResponseOutputAudioTranscriptDone):
+            received = self._barge.received_ms(event.item_id)
+            await observer.bot_text_done(event.item_id, event.transcript, received, now)
+        elif isinstance(event, rt.InputAudioBufferSpeechStopped):
+            observer.upstream_speech_stopped(now)
+        elif isinstance(event, rt.InputAudioTranscriptionCompleted):
+            observer.caller_said(event.transcript, now)
+        elif isinstance(event, rt.Error):
+            observer.upstream_error(event.error.code, event.error.message, now)
 
     def _play(self, item_id: str, audio: bytes) -> None:
         fmt = self.config.upstream_format
