@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 # and sent once the session is configured, so the caller's first words are not lost.
 PRECONNECT_BUFFER_MS = 3000
 UPSTREAM_CLOSE_TIMEOUT_S = 0.08
+# The session transcribes the caller's turns for the call record.
+DEFAULT_TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
+TRANSCRIPTION_MODELS = {"local": "local"}  # the embedded engine uses its own recognizer
 
 TRANSFER_TOOL = {
     "name": "transfer",
@@ -70,6 +73,8 @@ class AgentConfig:
     session_extra: dict[str, Any] = field(default_factory=dict)
     greeting: str | None = None  # spoken first (a response.create with "Say exactly: ...")
     moderation: Moderation | None = None  # checks of the bot's words (bridge/call/moderator.py)
+    # The caller's words for the call record (conversation.item.input_audio_transcription.completed).
+    transcription: dict[str, Any] | None = None
     barge_in: bool = True
     barge_in_min_speech_ms: int = 200
     barge_in_threshold: float = 0.6
@@ -158,6 +163,9 @@ def agent_config(step: AgentStep, settings: Settings) -> AgentConfig:
         session_extra=extra,
         greeting=step.greeting,
         moderation=step.moderation if step.moderation is not None and step.moderation.active else None,
+        transcription={"model": TRANSCRIPTION_MODELS.get(provider, DEFAULT_TRANSCRIPTION_MODEL)}
+        if provider != "azure"  # an Azure resource names its own transcription deployment
+        else None,
         barge_in=barge.enabled if barge is not None else True,
         barge_in_min_speech_ms=(barge.min_speech_ms if barge and barge.min_speech_ms else None)
         or settings.barge_in_min_speech_ms,
@@ -230,6 +238,7 @@ class AgentLink:
             voice=config.voice,
             tools=list(config.tools),
             turn_detection=config.turn_detection,
+            transcription=config.transcription,
             extra=config.session_extra,
         )
         await self._client.send(rt.SessionUpdate(session=session))

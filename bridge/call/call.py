@@ -218,6 +218,8 @@ class Call:
     async def _leg_loop(self) -> None:
         async for event in self.leg.events():
             if isinstance(event, AudioIn):
+                if self.observer is not None:  # the recording's caller channel, on the stream's own clock
+                    self.observer.caller_audio(event.payload, event.timestamp_ms, self._now_ms())
                 await self._on_caller_audio(event.payload)
             elif isinstance(event, MarkPlayed):
                 self._on_mark(event.name)
@@ -244,8 +246,6 @@ class Call:
         agent = self.agent
         vad = self._vad
         observer = self.observer
-        if observer is not None:
-            observer.caller_audio(pcm8k, self._now_ms())
         if vad is not None:
             for change in vad.feed(pcm8k):
                 if isinstance(change, SpeechStart):
@@ -616,7 +616,8 @@ class Call:
         for kind, data in runner.take_notes():
             observer.event(kind, now, **data)
         if isinstance(message, ToolCalled):
-            result = [_describe(action) for action in actions] or ["ignored"]
+            quiet = (dp.StopAgent, dp.StopListening, dp.StopPrompts)
+            result = [_describe(action) for action in actions if not isinstance(action, quiet)] or ["ignored"]
             observer.event("tool_call", now, name=message.name, args=message.arguments, result=result)
 
     def _record_end(self) -> None:

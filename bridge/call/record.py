@@ -124,6 +124,7 @@ class _BotItem:
     sent: bool = False
     cut_heard_ms: int | None = None
     cut_received_ms: int = 0
+    text_done: bool = False
     recorded: bool = False
 
 
@@ -141,6 +142,7 @@ class CallObserver:
     _items: dict[str, _BotItem] = field(default_factory=dict)
     _agent: bool = False
     _ended: bool = False
+    _caller_offset_ms: float | None = None
 
     @property
     def recording(self) -> RecordingSink | None:
@@ -159,11 +161,18 @@ class CallObserver:
         if self.recorder is not None:
             self.recorder.answered(self.t(now_ms))
 
-    def caller_audio(self, pcm8k: bytes, now_ms: float) -> None:
-        """Every inbound frame, as it arrives (per frame: keep it cheap)."""
+    def caller_audio(self, payload: bytes, timestamp_ms: int, now_ms: float) -> None:
+        """Every inbound frame (G.711, `timestamp_ms` its position in the leg's stream; per frame:
+        keep it cheap). Placed on the call clock by the stream's own timeline, anchored at the
+        earliest arrival seen (arrival - position, never later): a stall of the event loop delays
+        frames, it does not shift the caller's words in the recording."""
         recording = self.recording
-        if recording is not None:
-            recording.caller(pcm8k, int(now_ms - self.t0_ms))
+        if recording is None:
+            return
+        offset = now_ms - self.t0_ms - timestamp_ms
+        if self._caller_offset_ms is None or offset < self._caller_offset_ms:
+            self._caller_offset_ms = offset
+        recording.caller(g711.decode(payload, self.encoding), int(self._caller_offset_ms + timestamp_ms))
 
     def bot_frame(self, item_id: str, payload: bytes, mark: str, now_ms: float) -> None:
         """A 20 ms frame went to the caller (the pacer's send time: it plays from then on)."""
@@ -227,6 +236,8 @@ class CallObserver:
                 item = self._items[item_id] = _BotItem(self.t(now_ms))
             item.cut_heard_ms = heard_ms
             item.cut_received_ms = received_ms
+            if item.text_done:
+                self._record_line(item_id, received_ms)
         turn = self._turn
         if turn is not None and turn.first_delta is not None:
             self._close_turn(None)
@@ -265,6 +276,10 @@ class CallObserver:
     def bot_audio(self, item_id: str, now_ms: float) -> None:
         """A delta of the item's audio arrived (and will be played)."""
         if item_id not in self._items:
+            # A new reply: the earlier lines can no longer be cut, they are final now.
+            for other, item in list(self._items.items()):
+                if item.text_done and not item.recorded:
+                    self._record_line(other, None)
             self._items[item_id] = _BotItem(self.t(now_ms))
         turn = self._turn
         if turn is not None and turn.first_delta is None:
@@ -287,7 +302,10 @@ class CallObserver:
         sentences = self.lines.finish(item_id, transcript, received_ms)
         if sentences and self.moderator is not None:
             await self.moderator.check(sentences)
-        self._record_line(item_id, received_ms)
+        item = self._items[item_id]
+        item.text_done = True
+        if item.cut_heard_ms is not None:  # already cut: final now; else it may still be cut while it plays
+            self._record_line(item_id, received_ms)
 
     def upstream_error(self, code: str | None, message: str, now_ms: float) -> None:
         self.event("upstream_error", now_ms, code=code, message=message[:500])
