@@ -296,3 +296,40 @@ async def test_sensitive_collect_keeps_the_keys_masked(
     (collected,) = events(record, "collected")
     assert collected["data"] == {"variable": "pin", "digits": "****", "sensitive": True}
     assert "1234" not in json.dumps(record)
+
+
+async def test_database_down_the_call_goes_on(
+    tmp_path: Any, standins: tuple[StandinRealtime, ModerationStandin, str]
+) -> None:
+    """Records on a database nobody answers: the call runs as usual (rows queue and are retried)."""
+    realtime, _, _ = standins
+    (tmp_path / "plans").mkdir()
+    (tmp_path / "plans" / "main.yaml").write_text(PLAN.replace("blocklist: [", "blocklist: [nothing, "))
+
+    def make(port: int) -> Any:
+        settings = Settings(
+            port=port,
+            dialplans=tmp_path / "plans",
+            data_dir=tmp_path / "data",
+            database_url="postgresql+asyncpg://nobody:pw@127.0.0.1:1/none",
+            realtime_url=realtime.url,
+            openai_api_key=API_KEY,
+        )
+        return create_app(settings, preload_models=False)
+
+    with serve(make) as (url, app):
+        caller = await place_call(url)
+        session = await realtime.next_session(timeout=10)
+        await asyncio.wait_for(session.updated.wait(), 5)
+        started = time.monotonic()
+        await scripted_reply(session)
+        await asyncio.sleep(0.5)
+        assert tone_frames(caller, 400.0, started)  # the reply is heard while the database is down
+        call = live_call(app, caller.call_sid)
+        assert call is not None
+        assert call.observer is not None
+        assert call.observer.recorder is not None  # a record was opened; its rows wait in the queue
+        await caller.hang_up()
+        await wait_until(lambda: live_call(app, caller.call_sid) is None, 5, "call over")
+        assert call.stats.ended_reason == "stop"  # the caller hung up; nothing failed
+        assert app.state.records.writer.pending > 0  # its rows are held for the database, not lost
