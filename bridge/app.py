@@ -59,7 +59,9 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
 
     async def run_call(leg: Leg) -> None:
         # The call keeps this dialplan snapshot to its end; its record goes through `records`.
-        call = Call(leg, store.current(), settings, records=records.start_call)
+        call = Call(
+            leg, store.current(), settings, records=records.start_call if settings.records_enabled else None
+        )
         kind = leg.kind
         stats = metrics.METRICS
         calls.add(call)

@@ -65,6 +65,7 @@ ENV_FIELDS: dict[str, str] = {
     "BRIDGE_PII_RULES": "pii_rules",
     "BRIDGE_PII_PATTERNS": "pii_patterns",
     "BRIDGE_MODERATION_URL": "moderation_url",
+    "BRIDGE_RECORDS": "records_enabled",
 }
 
 # Settings whose values are secrets: redacted from logs, error events and health output.
@@ -190,6 +191,8 @@ class Settings(BaseModel):
     # The moderation endpoint a dialplan's `moderation: {endpoint: true}` uses (OpenAI's moderation API
     # shape; its bearer is OPENAI_API_KEY, nothing else).
     moderation_url: str = "https://api.openai.com/v1/moderations"
+    # Keep a record of every call (off: calls leave no rows; the admin API still reads older ones).
+    records_enabled: bool = True
 
     @field_validator("data_key")
     @classmethod
