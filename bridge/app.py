@@ -128,7 +128,10 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
     webhook_rate = RateLimiter(settings.rate_per_source_per_s, settings.rate_burst)
 
     async def run_call(leg: Leg) -> None:
-        call = Call(leg, store.current(), settings)  # the call keeps this snapshot to its end
+        # The call keeps this dialplan snapshot to its end; its record goes through `records`.
+        call = Call(
+            leg, store.current(), settings, records=records.start_call if settings.records_enabled else None
+        )
         kind = leg.kind
         stats = metrics.METRICS
         calls.add(call)

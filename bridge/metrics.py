@@ -280,6 +280,11 @@ class BridgeMetrics(MetricsRegistry):
         self.records_queue_depth = self.gauge(
             p + "records_queue_depth", "Call-record rows waiting to be written."
         )
+        self.records_write_seconds = self.histogram(
+            p + "records_write_seconds",
+            "Time to store one batch of call-record rows (one transaction).",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+        )
         self.turn_stage_seconds = self.histogram(
             p + "turn_stage_seconds",
             "Agent turn latency by stage (vad_to_upstream_stop, upstream_stop_to_first_delta,"

@@ -71,6 +71,8 @@ ENV_FIELDS: dict[str, str] = {
     "BRIDGE_MAX_SESSION_S": "max_session_s",
     "BRIDGE_RECONNECT_MAX_S": "reconnect_max_s",
     "BRIDGE_HOLD_LINE": "hold_line",
+    "BRIDGE_MODERATION_URL": "moderation_url",
+    "BRIDGE_RECORDS": "records_enabled",
 }
 
 # Settings whose values are secrets: redacted from logs, error events and health output.
@@ -207,6 +209,11 @@ class Settings(BaseModel):
     reconnect_max_s: float = Field(10.0, ge=0, le=600)
     # Said once when the model is away longer than a second mid-call.
     hold_line: str = "One moment, please."
+    # The moderation endpoint a dialplan's `moderation: {endpoint: true}` uses (OpenAI's moderation API
+    # shape; its bearer is OPENAI_API_KEY, nothing else).
+    moderation_url: str = "https://api.openai.com/v1/moderations"
+    # Keep a record of every call (off: calls leave no rows; the admin API still reads older ones).
+    records_enabled: bool = True
 
     @field_validator("data_key")
     @classmethod

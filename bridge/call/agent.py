@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bridge.call.bargein import BargeInCore, Cut
+from bridge.call.record import CallObserver
 from bridge.call.resume import Backoff, RolloverPlan
 from bridge.call.upstream import SessionPlan, Timeline, Upstream
-from bridge.dialplan.schema import AgentStep, Dialplan
+from bridge.dialplan.schema import AgentStep, Dialplan, Moderation
 from bridge.errors import BridgeError, ConfigError
 from bridge.media import g711
 from bridge.media.g711 import BYTES_PER_MS, Encoding, UpstreamFormat
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 # Caller audio that arrives while the upstream socket is still opening (or reopening) is kept (up to
 # a few seconds, `resume.GapBuffer`) and sent once the session is configured, so no words are lost.
 UPSTREAM_CLOSE_TIMEOUT_S = 0.08
+# The session transcribes the caller's turns for the call record.
+DEFAULT_TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
+TRANSCRIPTION_MODELS = {"local": "local"}  # the embedded engine uses its own recognizer
 
 TRANSFER_TOOL = {
     "name": "transfer",
@@ -72,6 +76,9 @@ class AgentConfig:
     turn_detection: dict[str, Any] | None = None
     session_extra: dict[str, Any] = field(default_factory=dict)
     greeting: str | None = None  # spoken first (a response.create with "Say exactly: ...")
+    moderation: Moderation | None = None  # checks of the bot's words (bridge/call/moderator.py)
+    # The caller's words for the call record (conversation.item.input_audio_transcription.completed).
+    transcription: dict[str, Any] | None = None
     barge_in: bool = True
     barge_in_min_speech_ms: int = 200
     barge_in_threshold: float = 0.6
@@ -168,6 +175,10 @@ def agent_config(step: AgentStep, settings: Settings, *, with_fallback: bool = T
         tools=tuple(tools),
         session_extra=extra,
         greeting=step.greeting,
+        moderation=step.moderation if step.moderation is not None and step.moderation.active else None,
+        transcription={"model": TRANSCRIPTION_MODELS.get(provider, DEFAULT_TRANSCRIPTION_MODEL)}
+        if provider != "azure"  # an Azure resource names its own transcription deployment
+        else None,
         barge_in=barge.enabled if barge is not None else True,
         barge_in_min_speech_ms=(barge.min_speech_ms if barge and barge.min_speech_ms else None)
         or settings.barge_in_min_speech_ms,
@@ -189,6 +200,7 @@ def session_plan(config: AgentConfig, name: str) -> SessionPlan:
         voice=config.voice,
         tools=list(config.tools),
         turn_detection=config.turn_detection,
+        transcription=config.transcription,
         extra=config.session_extra,
     )
     return SessionPlan(
@@ -198,6 +210,10 @@ def session_plan(config: AgentConfig, name: str) -> SessionPlan:
         greeting=config.greeting,
         bytes_per_ms=BYTES_PER_MS[config.upstream_format],
     )
+
+
+def _now_ms() -> float:
+    return asyncio.get_running_loop().time() * 1000.0
 
 
 class CallAudio(Protocol):
@@ -233,8 +249,10 @@ class AgentLink:
         on_tool: ToolHandler,
         call_id: str = "?",
         timeline: Timeline | None = None,
+        observer: CallObserver | None = None,
     ) -> None:
         self.config = config
+        self._observer = observer  # the call's record and moderator (bridge/call/record.py)
         self.truncates: list[tuple[str, int]] = []
         self.barge_ins = 0
         self._audio = audio
@@ -308,7 +326,10 @@ class AgentLink:
         if isinstance(event, rt.ResponseOutputAudioDelta):
             audio = event.audio()
             if self._barge.audio_received(event.item_id, len(audio)):  # False: cut by a barge-in
+                if self._observer is not None:
+                    self._observer.bot_audio(event.item_id, _now_ms())
                 self._play(event.item_id, audio)
+            return
         elif isinstance(event, rt.ResponseOutputAudioDone):
             self._audio.finish_item(event.item_id)
         elif isinstance(event, rt.ResponseCreated):
@@ -327,6 +348,24 @@ class AgentLink:
         elif isinstance(event, rt.Error):
             error = event.error
             log.warning("call %s: upstream error %s: %s", self._call_id, error.code, error.message)
+        if self._observer is not None:
+            await self._observe(self._observer, event)
+
+    async def _observe(self, observer: CallObserver, event: rt.ServerEvent) -> None:
+        """The call's record: transcripts, turn stages, upstream errors; the bot's words are checked
+        by the moderator here, before the audio that follows them is read (and played)."""
+        now = _now_ms()
+        if isinstance(event, rt.ResponseOutputAudioTranscriptDelta):
+            await observer.bot_text(event.item_id, event.delta, self._barge.received_ms(event.item_id), now)
+        elif isinstance(event, rt.ResponseOutputAudioTranscriptDone):
+            received = self._barge.received_ms(event.item_id)
+            await observer.bot_text_done(event.item_id, event.transcript, received, now)
+        elif isinstance(event, rt.InputAudioBufferSpeechStopped):
+            observer.upstream_speech_stopped(now)
+        elif isinstance(event, rt.InputAudioTranscriptionCompleted):
+            observer.caller_said(event.transcript, now)
+        elif isinstance(event, rt.Error):
+            observer.upstream_error(event.error.code, event.error.message, now)
 
     async def _hold(self) -> None:
         if self.config.hold_line:

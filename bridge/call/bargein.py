@@ -33,7 +33,7 @@ goes once per response, only while it runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bridge.media import g711
 from bridge.media.g711 import BYTES_PER_MS, UpstreamFormat
@@ -59,6 +59,8 @@ class Cut:
     cancel_response_id: str | None = None  # send response.cancel (the response is still running)
     truncate_item_id: str | None = None  # send conversation.item.truncate for this item ...
     audio_end_ms: int = 0  # ... up to here (0 when nothing was heard: no truncate)
+    # The agent item cut, even when nothing of it was heard (for the call's record; not compared).
+    item_id: str | None = field(default=None, compare=False)
 
 
 class BargeInCore:
@@ -188,6 +190,13 @@ class BargeInCore:
             return self.cut_prompts(only_barge_in=True)
         return None
 
+    def moderation_cut(self, now_ms: float) -> Cut | None:
+        """The bot's words were flagged (bridge/call/moderator.py): cut the agent's reply exactly like
+        a barge-in, whether or not the step allows barge-in. None: no agent reply to cut."""
+        if self.response_id is None and self._playing_item is None:
+            return None
+        return self._agent_cut(now_ms, audible=True)
+
     def cut_prompts(self, *, only_barge_in: bool) -> Cut | None:
         """Stop the queued prompts (only those that allow barge-in: DTMF, an answer over a menu; all
         of them: the dialplan's StopPrompts). None: nothing to cut, or a prompt that must be heard
@@ -224,4 +233,5 @@ class BargeInCore:
             cancel_response_id=cancel,
             truncate_item_id=item_id if end_ms > 0 else None,
             audio_end_ms=end_ms,
+            item_id=item_id,
         )

@@ -27,19 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, assert_never
 
-from bridge.call.agent import AgentLink, agent_config
+from bridge.call.agent import AgentConfig, AgentLink, agent_config
 from bridge.call.bargein import BargeInCore, Cut
 from bridge.call.prompts import PromptVoice, prompt_voice, read_wav_8k
+from bridge.call.record import CallObserver, RecorderFactory
 from bridge.dialplan import runner as dp
 from bridge.dialplan.schema import Dialplan
 from bridge.errors import BridgeError
 from bridge.media import g711
 from bridge.media.playout import Playout
-from bridge.media.vad import SpeechDetector, SpeechStart
+from bridge.media.vad import SpeechDetector, SpeechStart, SpeechStop
 from bridge.settings import Settings
 from bridge.telephony.leg import AudioIn, CallEnded, CallStarted, Dtmf, Leg, MarkPlayed
 
 if TYPE_CHECKING:
+    from bridge.call.moderator import Flag, Moderator
     from bridge.dialplan.listener import MenuListener
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,9 @@ class CallStats:
     actions: list[str] = field(default_factory=list)
     ended_reason: str = ""
     # The call's timeline of resilience events (upstream lost / resumed, failover, rollover, drain):
-    # (ms on the loop clock, kind, data). The records writer can take these as call events.
+    # (ms on the loop clock, kind, data); also written to the call's record as events.
     events: list[tuple[float, str, dict[str, object]]] = field(default_factory=list)
+    moderation_cuts: int = 0
 
 
 # -- control messages: everything that moves the dialplan, handled in order by `_control_loop` --
@@ -163,6 +166,7 @@ class Call:
         *,
         plan_dir: Path | None = None,
         voice: PromptVoice | None = None,
+        records: RecorderFactory | None = None,
     ) -> None:
         self.leg = leg
         self.plan = plan
@@ -186,6 +190,13 @@ class Call:
         self._listener: MenuListener | None = None  # while a menu listens for speech
         self._agent_task: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
+        # The call's record (bridge/call/record.py): created with the runner; every hook below is
+        # `if self.observer is not None: self.observer.<what happened>(...)`, no I/O.
+        self._records = records
+        self.observer: CallObserver | None = None
+        self._moderator: Moderator | None = None
+        self._safe_line = ""
+        self._moderation_seq = 0
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -206,6 +217,7 @@ class Call:
             await self._stop_agent()
             if self._listener is not None:
                 await self._listener.aclose()
+            self._record_end()
             if not self.stats.ended_reason.startswith(("stop", "closed", "refused", "error")):
                 with contextlib.suppress(BridgeError, OSError, RuntimeError):
                     await self.leg.hang_up()
@@ -226,6 +238,8 @@ class Call:
     async def _leg_loop(self) -> None:
         async for event in self.leg.events():
             if isinstance(event, AudioIn):
+                if self.observer is not None:  # the recording's caller channel, on the stream's own clock
+                    self.observer.caller_audio(event.payload, event.timestamp_ms, self._now_ms())
                 await self._on_caller_audio(event.payload)
             elif isinstance(event, MarkPlayed):
                 self._on_mark(event.name)
@@ -241,6 +255,8 @@ class Call:
             elif isinstance(event, Dtmf):
                 self._post(Digit(event.digit))
             elif isinstance(event, CallEnded):
+                if self.observer is not None:
+                    self.observer.event("hangup", self._now_ms(), by="caller", reason=event.reason)
                 self._post(HungUp())
                 raise _CallOver(event.reason)
         raise _CallOver("closed")
@@ -249,10 +265,13 @@ class Call:
         pcm8k = g711.decode(payload, self.encoding)
         agent = self.agent
         vad = self._vad
+        observer = self.observer
         if vad is not None:
             for change in vad.feed(pcm8k):
                 if isinstance(change, SpeechStart):
                     await self._on_speech_onset()
+                elif isinstance(change, SpeechStop) and observer is not None:  # when speech ended
+                    observer.caller_stopped(self._now_ms() - (vad.position_ms - change.audio_ms))
         if self._listener is not None:
             self._listener.feed(pcm8k)
         if agent is not None:
@@ -267,6 +286,8 @@ class Call:
             await self._execute_cut(cut, "local_vad")
 
     def _on_mark(self, name: str) -> None:
+        if self.observer is not None:
+            self.observer.mark_played(name, self._now_ms())
         done = self.bargein.mark_played(name, self._now_ms())
         self._check_drained()
         if done is not None:
@@ -287,7 +308,10 @@ class Call:
         await self._say(dp.Say(text, None, "bridge-line", barge_in=True, cache=True))
 
     def timeline(self, kind: str, data: dict[str, object]) -> None:
-        self.stats.events.append((self._now_ms(), kind, data))
+        now = self._now_ms()
+        self.stats.events.append((now, kind, data))
+        if self.observer is not None:  # upstream lost / resumed, failover, rollover, drain
+            self.observer.event(kind, now, **data)
 
     def shut_down(self, line: str, transfer_to: str | None = None) -> None:
         """Drain: end the call soon (from any task): stop the agent, say `line`, transfer or hang up."""
@@ -308,6 +332,9 @@ class Call:
         agent = self.agent if cut.agent else None
         if agent is not None:
             agent.cut()
+            if self.observer is not None:
+                received = self.bargein.received_ms(cut.item_id) if cut.item_id else 0
+                self.observer.barge_in(source, cut.item_id, cut.audio_end_ms, received, self._now_ms())
         self._playout.clear()
         self._check_drained()
         for prompt_id in cut.prompts:
@@ -322,10 +349,13 @@ class Call:
             # One mark per 20 ms frame: the far end's echoes then say, to the frame, what the
             # caller has heard (a mark per batch would leave barge-in ~100 ms blind).
             now = self._now_ms()
+            observer = self.observer
             for frame in playout.pop_due(now):
                 self._mark_seq += 1
                 name = str(self._mark_seq)
                 barge.frame_sent(name, frame.item_id, frame.end_ms, now)  # before sending: not drained
+                if observer is not None:  # the bot channel at send time: it plays from then on
+                    observer.bot_frame(frame.item_id, frame.payload, name, now)
                 await leg.send_audio(frame.payload)
                 await leg.send_mark(name)
             due = playout.next_due_ms()
@@ -377,7 +407,10 @@ class Call:
     async def _control_loop(self) -> None:
         while True:
             message = await self._control.get()
-            actions = await self._handle(message, self._now_ms())
+            now = self._now_ms()
+            self._record_input(message, now)
+            actions = await self._handle(message, now)
+            self._record_outcome(message, actions, now)
             for action in actions:
                 await self._execute(action)
             self._timer_wake.set()
@@ -429,6 +462,7 @@ class Call:
             now_ms=now,
             call_id=started.call_id,
         )
+        self._record_start(started, now)
         self._vad = SpeechDetector(
             threshold=self.settings.barge_in_threshold,
             min_speech_ms=self.settings.barge_in_min_speech_ms,
@@ -461,6 +495,8 @@ class Call:
         elif isinstance(action, dp.Transfer):
             await self._transfer(action)
         elif isinstance(action, dp.HangUp):
+            if self.observer is not None:
+                self.observer.event("hangup", self._now_ms(), by="bridge", reason=action.reason)
             await self._drain()
             log.info("call %s: hang-up (%s)", self.call_id, action.reason)
             raise _CallOver(f"hangup: {action.reason}")
@@ -480,6 +516,8 @@ class Call:
             self._post(PromptDone(action.prompt_id))
             return
         item_id = self.bargein.prompt(action.prompt_id, len(pcm8k) // (2 * 8), action.barge_in)
+        if self.observer is not None:
+            self.observer.prompt(action.prompt_id, action.text, len(pcm8k) // 16, self._now_ms())
         await self._speak(item_id, pcm8k)
 
     async def _play_file(self, action: dp.Play) -> None:
@@ -491,6 +529,8 @@ class Call:
             self._post(ActionFailed(action, f"cannot play {path}: {exc}"))
             return
         item_id = self.bargein.prompt(action.prompt_id, len(pcm8k) // (2 * 8), action.barge_in)
+        if self.observer is not None:
+            self.observer.prompt(action.prompt_id, None, len(pcm8k) // 16, self._now_ms(), file=path.name)
         await self._speak(item_id, pcm8k)
 
     def _listen(self, action: dp.Listen) -> None:
@@ -510,7 +550,19 @@ class Call:
         except BridgeError as exc:
             self._post(ActionFailed(action, str(exc)))
             return
-        link = AgentLink(config, self, on_tool=self._on_tool, call_id=self.call_id, timeline=self.timeline)
+        link = AgentLink(
+            config,
+            self,
+            on_tool=self._on_tool,
+            call_id=self.call_id,
+            timeline=self.timeline,
+            observer=self.observer,
+        )
+        self._start_moderation(config)
+        if self.observer is not None:
+            self.observer.agent_started(
+                self._now_ms(), provider=action.agent.provider, format=config.upstream_format
+            )
         self.agent = link
         self.bargein.agent_started(config.upstream_format, barge_in=config.barge_in)
         if self._vad is not None:
@@ -533,6 +585,8 @@ class Call:
         except BridgeError as exc:
             error = str(exc)
             log.warning("call %s: agent session failed: %s", self.call_id, exc)
+            if self.observer is not None:
+                self.observer.upstream_error(None, error, self._now_ms())
         finally:
             await link.close()
         if self.agent is link:  # ended by the upstream, not by the dialplan
@@ -556,6 +610,8 @@ class Call:
         raise _CallOver("hangup: drain")
 
     def _retire(self, link: AgentLink) -> None:
+        if self.observer is not None:
+            self.observer.agent_stopped(self._now_ms(), "stopped")
         self.bargein.agent_stopped()
         self.stats.truncates += link.truncates
         self.stats.barge_ins += link.barge_ins
@@ -578,6 +634,119 @@ class Call:
             await self._say(dp.Say(action.announce, None, "transfer-announce", barge_in=False, cache=False))
         await self._drain()
         ok = await self.leg.transfer(action.target)
+        if self.observer is not None:
+            self.observer.event("transfer", self._now_ms(), target=action.target, ok=ok)
         if ok:
             raise _CallOver(f"transferred to {action.target}")
         self._post(ActionFailed(action, "this leg cannot transfer"))
+
+    # -- the call's record and moderation (bridge/call/record.py, bridge/call/moderator.py) --------
+
+    def _record_start(self, started: CallStarted, now: float) -> None:
+        records, runner = self._records, self.runner
+        recorder = None
+        if records is not None and runner is not None:
+            try:
+                recorder = records(
+                    leg=self.leg.kind,
+                    call_id=started.call_id,
+                    from_number=started.caller or None,
+                    to_number=started.called or None,
+                    flow=runner.flow,
+                    dialplan_version=self.plan.version,
+                    record_audio=self.plan.defaults.record.enabled,
+                )
+            except (BridgeError, OSError, ValueError) as exc:  # no record, but the call goes on
+                log.error("call %s: no record kept: %s", started.call_id, exc)
+        self.observer = CallObserver(recorder, now, encoding=self.encoding)
+        self.observer.answered(now)
+
+    def _record_input(self, message: ControlMessage, now: float) -> None:
+        observer, runner = self.observer, self.runner
+        if observer is None or runner is None:
+            return
+        if isinstance(message, Digit):
+            observer.dtmf(message.digit, now, sensitive=runner.collecting_sensitive)
+        elif isinstance(message, Heard):
+            observer.heard(message.text, now, sensitive=runner.collecting_sensitive)
+
+    def _record_outcome(self, message: ControlMessage, actions: list[dp.Action], now: float) -> None:
+        observer, runner = self.observer, self.runner
+        if observer is None or runner is None:
+            return
+        for kind, data in runner.take_notes():
+            observer.event(kind, now, **data)
+        if isinstance(message, ToolCalled):
+            quiet = (dp.StopAgent, dp.StopListening, dp.StopPrompts)
+            result = [_describe(action) for action in actions if not isinstance(action, quiet)] or ["ignored"]
+            observer.event("tool_call", now, name=message.name, args=message.arguments, result=result)
+
+    def _record_end(self) -> None:
+        if self._moderator is not None:
+            moderator, self._moderator = self._moderator, None
+            self._loop.create_task(moderator.aclose())
+        if self.observer is not None:
+            self.observer.end(self.stats.ended_reason or "closed", self._now_ms())
+
+    def _start_moderation(self, config: AgentConfig) -> None:
+        moderation = config.moderation
+        if self._moderator is not None:
+            old, self._moderator = self._moderator, None
+            self._loop.create_task(old.aclose())
+        if self.observer is not None:
+            self.observer.moderator = None
+        if moderation is None or self.observer is None:
+            return
+        from bridge.call.moderation import Blocklist
+        from bridge.call.moderator import ModerationEndpoint, Moderator
+
+        endpoint = None
+        if moderation.endpoint:
+            if self.settings.openai_api_key:
+                endpoint = ModerationEndpoint(self.settings.moderation_url, self.settings.openai_api_key)
+            else:
+                log.warning("call %s: moderation endpoint wanted; OPENAI_API_KEY is not set", self.call_id)
+        self._moderator = Moderator(
+            Blocklist(moderation.blocklist), self._moderation_cut, endpoint=endpoint, call_id=self.call_id
+        )
+        self._safe_line = moderation.safe_line
+        self.observer.moderator = self._moderator
+
+    async def _moderation_cut(self, flag: Flag) -> None:
+        """The bot's words were flagged: cut the reply like a barge-in, then say the safe line."""
+        now = self._now_ms()
+        cut = self.bargein.moderation_cut(now)
+        heard_ms = cut.audio_end_ms if cut is not None else None
+        if self.observer is not None:
+            self.observer.event(
+                "moderation",
+                now,
+                source=flag.source,
+                rule=flag.rule,
+                item_id=flag.sentence.item_id,
+                sentence=flag.sentence.text,
+                sentence_start_ms=flag.sentence.start_ms,
+                heard_ms=heard_ms,
+                cut_before_heard=heard_ms is not None and heard_ms <= flag.sentence.start_ms,
+            )
+        if cut is not None:
+            try:
+                await self._execute_cut(cut, "moderation")
+            except (BridgeError, OSError) as exc:
+                log.warning("call %s: moderation cut failed: %s", self.call_id, exc)
+                return
+        self.stats.moderation_cuts += 1
+        self._moderation_seq += 1
+        say = dp.Say(self._safe_line, None, f"moderation-{self._moderation_seq}", barge_in=True, cache=True)
+        await self._say(say)
+
+
+def _describe(action: dp.Action) -> str:
+    """An action as the record's `tool_call.result` names it."""
+    if isinstance(action, dp.Transfer):
+        return f"transfer {action.target}"
+    if isinstance(action, dp.HangUp):
+        return f"hang_up ({action.reason})"
+    if isinstance(action, dp.StartAgent):
+        return "agent"
+    return type(action).__name__

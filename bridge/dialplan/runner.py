@@ -255,6 +255,10 @@ class Runner:
         self._agent: AgentStep | None = None  # the running agent, defaults and variables resolved
         self._error_source: TransferStep | AgentStep | None = None  # whose on_error a failed transfer takes
         self._prompt_seq = 0
+        self._consent = False  # the recording consent line plays before the first step
+        # What happened that the call's record keeps (menu choices, collected input): (kind, data),
+        # taken by the call after each event with `take_notes()`.
+        self._notes: list[tuple[str, dict[str, object]]] = []
 
     # ------------------------------------------------------------------ read-only view
 
@@ -284,6 +288,17 @@ class Runner:
         return self.flow, self._index
 
     @property
+    def collecting_sensitive(self) -> bool:
+        """A `sensitive: true` collect step is taking the caller's input (its keys are kept masked)."""
+        step = self.step
+        return self._state is State.COLLECT and isinstance(step, CollectStep) and step.sensitive
+
+    def take_notes(self) -> list[tuple[str, dict[str, object]]]:
+        """Menu choices and collected input since the last call, for the call's record."""
+        notes, self._notes = self._notes, []
+        return notes
+
+    @property
     def step(self) -> Step | None:
         steps = self.plan.flows[self.flow]
         return steps[self._index] if self._index < len(steps) else None
@@ -294,6 +309,12 @@ class Runner:
         if self._state is not State.NEW:
             return []
         self.started_ms = now_ms
+        record = self.plan.defaults.record
+        if record.enabled and record.consent:  # "This call may be recorded." before anything else
+            self._enter(Trigger.PROMPT)
+            self._consent = True
+            say = self._say(record.consent, None, now_ms, barge_in=False)
+            return [Say(say.text, say.voice, say.prompt_id, False, say.cache)]
         return self._run(now_ms)
 
     def on_dtmf(self, digit: str, now_ms: float) -> list[Action]:
@@ -309,6 +330,10 @@ class Runner:
                 return self._agent_dtmf(digit, now_ms)
             case State.PROMPT:
                 step = self.step
+                if self._consent:  # the consent line must be heard; keys wait for the first menu
+                    if len(self._typeahead) < 32:
+                        self._typeahead += digit
+                    return []
                 if isinstance(step, SayStep | PlayStep) and step.barge_in and len(self._typeahead) < 32:
                     self._typeahead += digit
                     self._waiting = None
@@ -350,6 +375,9 @@ class Runner:
         self._prompt_playing = False
         match self._state:
             case State.PROMPT:
+                if self._consent:
+                    self._consent = False
+                    return self._run(now_ms)
                 self._index += 1
                 return self._run(now_ms)
             case State.MENU:
@@ -596,6 +624,8 @@ class Runner:
         return actions
 
     def _choose(self, menu: MenuStep, key: str, now_ms: float) -> list[Action]:
+        self._notes.append(("menu_choice", {"flow": self.flow, "step": self._index, "choice": key,
+                                            "goto": menu.options[key].goto}))  # fmt: skip
         actions = self._stop_listening()
         if self._prompt_playing:
             actions.append(StopPrompts())
@@ -607,6 +637,8 @@ class Runner:
 
     def _menu_retry(self, menu: MenuStep, why: str, now_ms: float) -> list[Action]:
         self._attempts += 1
+        note = {"flow": self.flow, "step": self._index, "attempt": self._attempts}
+        self._notes.append((f"menu_{why}", note))
         actions: list[Action] = []
         if self._prompt_playing:
             actions.append(StopPrompts())
@@ -664,6 +696,9 @@ class Runner:
     def _collect_done(self, now_ms: float) -> list[Action]:
         step = self._current(CollectStep)
         value = self._buffer[: step.digits]
+        shown = "*" * len(value) if step.sensitive else value
+        note = {"variable": step.variable, "digits": shown, "sensitive": step.sensitive}
+        self._notes.append(("collected", note))
         self._vars[step.variable] = value
         self._vars["digits"] = value
         self._buffer = ""
@@ -726,6 +761,7 @@ class Runner:
                 "instructions": self._fill(step.instructions, spoken=False),
                 "greeting": self._fill(step.greeting) if step.greeting else None,
                 "tools": tools,
+                "moderation": step.moderation or d.moderation,
             }
         )
 

@@ -182,6 +182,9 @@ class CollectStep(StepBase):
     no_input: Target = NEXT
     no_input_prompt: str = "Sorry, I didn't get that."
     voice: str | None = None
+    # Card numbers, PINs: the call record keeps the keys masked (`****`), and what the caller said
+    # while this step listened is kept as "[sensitive]".
+    sensitive: bool = False
 
     @field_validator("variable")
     @classmethod
@@ -367,6 +370,7 @@ class AgentStep(StepBase):
     on_error: Target | None = None  # None: apologise and hang up
     error_prompt: str = "Sorry, I'm having trouble right now."
     dtmf: dict[str, str] = Field(default_factory=dict)  # digit -> transfer | hang_up | a flow
+    moderation: Moderation | None = None  # None: defaults.moderation
 
     @model_validator(mode="before")
     @classmethod
@@ -411,6 +415,52 @@ class AgentStep(StepBase):
             if t.name == name:
                 return t
         return None
+
+
+def _record_setting(v: object) -> object:
+    return {"enabled": v} if isinstance(v, bool) else v
+
+
+class RecordSetting(_Model):
+    """`defaults.record`: a two-channel recording of every call of this dialplan (opt-in), with an
+    optional consent line played before the first step."""
+
+    enabled: bool = False
+    consent: str | None = None
+
+    @field_validator("consent")
+    @classmethod
+    def _consent(cls, v: str | None) -> str | None:
+        return None if v is None else _check_text(v)
+
+
+class Moderation(_Model):
+    """Checks of the agent's words before the caller hears them (`defaults.moderation`, or per agent
+    step): regular expressions, and optionally the moderation endpoint (BRIDGE_MODERATION_URL with
+    OPENAI_API_KEY). A hit cuts the reply like a barge-in and says `safe_line`."""
+
+    blocklist: tuple[str, ...] = ()
+    safe_line: str = "Sorry, I can't help with that. Is there anything else?"
+    endpoint: bool = False
+
+    @field_validator("blocklist")
+    @classmethod
+    def _patterns(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} is not a regular expression: {exc}") from None
+        return v
+
+    @field_validator("safe_line")
+    @classmethod
+    def _line(cls, v: str) -> str:
+        return _check_text(v)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.blocklist) or self.endpoint
 
 
 def check_transfer_target(v: str) -> str:
@@ -563,6 +613,8 @@ class Defaults(_Model):
     barge_in: BargeIn = BargeIn()
     format: ConfigurableUpstreamFormat | None = None
     transfer_to: str | None = None  # where the agents' transfer tool and dtmf `transfer` go
+    record: Annotated[RecordSetting, BeforeValidator(_record_setting)] = RecordSetting()
+    moderation: Moderation | None = None  # for every agent step that has none of its own
 
     @field_validator("transfer_to")
     @classmethod
@@ -617,6 +669,12 @@ class Dialplan(_Model):
         for steps in self.flows.values():
             for step in steps:
                 texts += spoken_texts(step)
+                if isinstance(step, AgentStep) and step.moderation is not None:
+                    texts.append(step.moderation.safe_line)
+        if self.defaults.record.enabled and self.defaults.record.consent:
+            texts.append(self.defaults.record.consent)
+        if self.defaults.moderation is not None:
+            texts.append(self.defaults.moderation.safe_line)
         unique = dict.fromkeys(t for t in texts if t and "{" not in t)
         return list(unique)
 

@@ -16,7 +16,6 @@ import concurrent.futures
 import contextlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from sqlalchemy.exc import DBAPIError
 
+from bridge.call.record import TurnStages  # the call measures turns; records keeps them
 from bridge.errors import ConfigError
 from bridge.metrics import METRICS
 from bridge.records import schema, store
@@ -53,29 +53,6 @@ log = logging.getLogger(__name__)
 LegKind = Literal["twilio", "sip", "webrtc"]
 Speaker = Literal["caller", "bot"]
 RETENTION_EVERY_S = 3600.0
-
-
-@dataclass(frozen=True, slots=True)
-class TurnStages:
-    """One agent turn's milestones, in ms on the call clock (None when a stage did not happen):
-    the caller stopped speaking (the bridge's VAD), the upstream `speech_stopped`, the first
-    audio delta of the answer, the first answer audio played at the caller (a mark / the pacer)."""
-
-    caller_stopped_ms: int | None = None
-    upstream_stopped_ms: int | None = None
-    first_delta_ms: int | None = None
-    first_played_ms: int | None = None
-
-    def latencies_ms(self) -> dict[str, int | None]:
-        def gap(a: int | None, b: int | None) -> int | None:
-            return None if a is None or b is None else b - a
-
-        return {
-            "vad_to_upstream_stop": gap(self.caller_stopped_ms, self.upstream_stopped_ms),
-            "upstream_stop_to_first_delta": gap(self.upstream_stopped_ms, self.first_delta_ms),
-            "first_delta_to_played": gap(self.first_delta_ms, self.first_played_ms),
-            "total": gap(self.caller_stopped_ms, self.first_played_ms),
-        }
 
 
 def pii_redactor_from_settings(settings: Settings) -> PiiRedactor:

@@ -173,7 +173,9 @@ class RecordWriter:
         while True:
             try:
                 await self._ensure_schema()
+                started = time.perf_counter()
                 await self._write(batch)
+                METRICS.records_write_seconds.observe(time.perf_counter() - started)
             except Exception as exc:  # classified below; nothing here may kill the writer
                 if isinstance(exc, RecordsUnavailable) or is_transient(exc):
                     self._down(exc, len(batch))
