@@ -30,6 +30,10 @@ ENV_FIELDS: dict[str, str] = {
     "BRIDGE_PLAYOUT_LEAD_MS": "playout_lead_ms",
     "BRIDGE_BARGE_IN_MIN_SPEECH_MS": "barge_in_min_speech_ms",
     "BRIDGE_BARGE_IN_THRESHOLD": "barge_in_threshold",
+    "BRIDGE_ECHO_CANCEL": "echo_cancel",
+    "BRIDGE_ECHO_TO_UPSTREAM": "echo_to_upstream",
+    "BRIDGE_BACKCHANNEL": "backchannel",
+    "BRIDGE_BACKCHANNEL_MAX_MS": "backchannel_max_ms",
     "BRIDGE_LOG_LEVEL": "log_level",
     "OPENAI_API_KEY": "openai_api_key",
     "AZURE_OPENAI_API_KEY": "azure_api_key",
@@ -127,6 +131,15 @@ class Settings(BaseModel):
     # raise them (here or per dialplan `barge_in:`) on noisy lines.
     barge_in_min_speech_ms: int = Field(64, ge=20, le=2000)
     barge_in_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    # Echo cancellation of the caller's audio against what the bridge played (bridge/media/echo.py),
+    # before the barge-in detector; and whether the model gets the cleaned audio too (without it
+    # the server's VAD hears the bot's echo: bench/results/bargein.md).
+    echo_cancel: bool = True
+    echo_to_upstream: bool = True
+    # Backchannels: the bot pauses at the caller's onset and resumes when the caller stops within
+    # backchannel_max_ms ("mm-hm"); longer speech commits the barge-in.
+    backchannel: bool = True
+    backchannel_max_ms: int = Field(400, ge=100, le=2000)
     # How far ahead of real time the pacer sends audio to Twilio.
     playout_lead_ms: int = Field(100, ge=20, le=500)
     log_level: str = "INFO"

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bridge.call.bargein import BargeInCore, Cut
-from bridge.dialplan.schema import AgentStep, Dialplan
+from bridge.dialplan.schema import AgentStep, BargeIn, Dialplan
 from bridge.errors import BridgeError, ConfigError, UpstreamError
 from bridge.media import g711
 from bridge.media.g711 import Encoding, UpstreamFormat
@@ -71,6 +71,9 @@ class AgentConfig:
     barge_in: bool = True
     barge_in_min_speech_ms: int = 200
     barge_in_threshold: float = 0.6
+    echo_cancel: bool = True
+    send_cleaned_upstream: bool = True
+    backchannel_max_ms: int = 0  # 0: backchannels cut like any onset
 
 
 def step_chat_backend(step: AgentStep) -> ChatBackend | None:
@@ -160,7 +163,24 @@ def agent_config(step: AgentStep, settings: Settings) -> AgentConfig:
         or settings.barge_in_min_speech_ms,
         barge_in_threshold=(barge.threshold if barge and barge.threshold else None)
         or settings.barge_in_threshold,
+        **barge_in_front(barge, settings),
     )
+
+
+def barge_in_front(barge: BargeIn | None, settings: Settings) -> dict[str, Any]:
+    """Echo cancellation and backchannel settings of an agent step: the step's (already merged with
+    the dialplan's defaults by the runner), else the environment's."""
+
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    b = barge or BargeIn()
+    backchannel = pick(b.backchannel, settings.backchannel)
+    return {
+        "echo_cancel": pick(b.echo_cancel, settings.echo_cancel),
+        "send_cleaned_upstream": pick(b.send_cleaned_upstream, settings.echo_to_upstream),
+        "backchannel_max_ms": pick(b.backchannel_max_ms, settings.backchannel_max_ms) if backchannel else 0,
+    }
 
 
 class CallAudio(Protocol):
@@ -248,11 +268,13 @@ class AgentLink:
 
     # -- caller -> model -----------------------------------------------------------------------
 
-    async def send_caller_audio(self, pcm8k: bytes, payload: bytes) -> None:
+    async def send_caller_audio(self, pcm8k: bytes, payload: bytes | None) -> None:
+        """One caller frame: PCM16 8 kHz, and the leg's payload it came from (None: it was changed,
+        by the echo canceller, so G.711 upstream encodes `pcm8k`)."""
         fmt = self.config.upstream_format
         if fmt == "pcm24k":
             audio = self._up.process(pcm8k)
-        elif fmt == self._audio.encoding:
+        elif fmt == self._audio.encoding and payload is not None:
             audio = payload
         else:
             audio = g711.encode(pcm8k, fmt)

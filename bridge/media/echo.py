@@ -160,6 +160,12 @@ class EchoCanceller:
         return self._pos * 1000.0 / RATE_8K
 
     @property
+    def aligned(self) -> bool:
+        """The echo path's delay is known (before that, `near` only gates against the loudest
+        reference in the delay range, which can attenuate a caller who talks over the bot)."""
+        return self._delay is not None
+
+    @property
     def delay_ms(self) -> float | None:
         return None if self._delay is None else self._delay * 1000.0 / RATE_8K
 
