@@ -361,7 +361,9 @@ def test_the_server_hearing_speech_commits_a_pause() -> None:
     core = leg.core
     assert core.speech_started(410.0, audible=True) == Pause()
     cut = core.speech_started(450.0, audible=True, server=True)
-    assert isinstance(cut, Cut) and cut.truncate_item_id == "item_1" and cut.audio_end_ms == 410
+    assert isinstance(cut, Cut)
+    assert cut.truncate_item_id == "item_1"
+    assert cut.audio_end_ms == 410
 
 
 def test_a_pause_that_never_ends_commits() -> None:

@@ -41,8 +41,10 @@ def run(f: CallerFront, near: bytes, far: bytes | None, lead_ms: float = 100.0) 
 
 
 def bot_audio() -> bytes:
-    lines = ["Thanks for calling. I can help you with billing, orders, or technical support.",
-             "Your order number four two seven one shipped yesterday and should arrive on Friday."]  # fmt: skip
+    lines = [
+        "Thanks for calling. I can help you with billing, orders, or technical support.",
+        "Your order number four two seven one shipped yesterday and should arrive on Friday.",
+    ]
     return b"".join(phone_speech(t) + silence(300) for t in lines) * 2
 
 
@@ -68,7 +70,8 @@ def test_the_caller_over_the_echo_is_detected_promptly() -> None:
     at = 6 * 8000
     near_x[at : at + len(caller)] += caller
     _, onsets = run(front(), to_pcm(near_x), far)
-    assert len(onsets) == 1 and 0 <= onsets[0] - 6000 < 400
+    assert len(onsets) == 1
+    assert 0 <= onsets[0] - 6000 < 400
 
 
 def test_no_bot_audio_passes_the_very_same_bytes() -> None:

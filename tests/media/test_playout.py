@@ -196,7 +196,8 @@ def test_pause_requeues_unplayed_frames_first_and_resume_plays_on() -> None:
     assert [f.start_ms for f in sent] == [0.0, 20.0, 40.0][: len(sent)]
     p.pause(sent[1:])  # the first was heard; the far end drops the rest
     assert p.paused
-    assert p.pop_due(100) == [] and p.next_due_ms() is None
+    assert p.pop_due(100) == []
+    assert p.next_due_ms() is None
     assert p.queued_ms == 20 * (6 - 1)
     p.push("a", _audio(160))  # the model's audio keeps coming while paused
     p.resume()
