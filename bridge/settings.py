@@ -126,11 +126,12 @@ class Settings(BaseModel):
     realtime_model: str = "gpt-realtime"
     dialplans: Path = Path("dialplans")
     upstream_format: ConfigurableUpstreamFormat = "pcm24k"
-    # Barge-in: how much caller speech, at what Silero probability, stops the bot.
-    # 64 ms at 0.5 stops the bot ~90 ms after a real caller starts talking (bench/results/call_path.md);
-    # raise them (here or per dialplan `barge_in:`) on noisy lines.
-    barge_in_min_speech_ms: int = Field(64, ge=20, le=2000)
-    barge_in_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    # Barge-in: how much caller speech, at what Silero probability, stops the bot. One 32 ms window
+    # at 0.3 behind the echo canceller: no false stop in 10 bot-minutes of echo, p50 ~100 ms from the
+    # true onset (bench/results/bargein.md, phase 2; 0.5/64 was p50 ~140 ms). Background talkers pause
+    # the bot more often at 0.3 (the backchannel rule resumes it); raise them per dialplan `barge_in:`.
+    barge_in_min_speech_ms: int = Field(32, ge=20, le=2000)
+    barge_in_threshold: float = Field(0.3, gt=0.0, lt=1.0)
     # Echo cancellation of the caller's audio against what the bridge played (bridge/media/echo.py),
     # before the barge-in detector; and whether the model gets the cleaned audio too (without it
     # the server's VAD hears the bot's echo: bench/results/bargein.md).
