@@ -30,6 +30,10 @@ ENV_FIELDS: dict[str, str] = {
     "BRIDGE_PLAYOUT_LEAD_MS": "playout_lead_ms",
     "BRIDGE_BARGE_IN_MIN_SPEECH_MS": "barge_in_min_speech_ms",
     "BRIDGE_BARGE_IN_THRESHOLD": "barge_in_threshold",
+    "BRIDGE_ECHO_CANCEL": "echo_cancel",
+    "BRIDGE_ECHO_TO_UPSTREAM": "echo_to_upstream",
+    "BRIDGE_BACKCHANNEL": "backchannel",
+    "BRIDGE_BACKCHANNEL_MAX_MS": "backchannel_max_ms",
     "BRIDGE_LOG_LEVEL": "log_level",
     "OPENAI_API_KEY": "openai_api_key",
     "AZURE_OPENAI_API_KEY": "azure_api_key",
@@ -131,11 +135,21 @@ class Settings(BaseModel):
     realtime_model: str = "gpt-realtime"
     dialplans: Path = Path("dialplans")
     upstream_format: ConfigurableUpstreamFormat = "pcm24k"
-    # Barge-in: how much caller speech, at what Silero probability, stops the bot.
-    # 64 ms at 0.5 stops the bot ~90 ms after a real caller starts talking (bench/results/call_path.md);
-    # raise them (here or per dialplan `barge_in:`) on noisy lines.
-    barge_in_min_speech_ms: int = Field(64, ge=20, le=2000)
-    barge_in_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    # Barge-in: how much caller speech, at what Silero probability, stops the bot. One 32 ms window
+    # at 0.3 behind the echo canceller: no false stop in 10 bot-minutes of echo, p50 ~100 ms from the
+    # true onset (bench/results/bargein.md, phase 2; 0.5/64 was p50 ~140 ms). Background talkers pause
+    # the bot more often at 0.3 (the backchannel rule resumes it); raise them per dialplan `barge_in:`.
+    barge_in_min_speech_ms: int = Field(32, ge=20, le=2000)
+    barge_in_threshold: float = Field(0.3, gt=0.0, lt=1.0)
+    # Echo cancellation of the caller's audio against what the bridge played (bridge/media/echo.py),
+    # before the barge-in detector; and whether the model gets the cleaned audio too (without it
+    # the server's VAD hears the bot's echo: bench/results/bargein.md).
+    echo_cancel: bool = True
+    echo_to_upstream: bool = True
+    # Backchannels: the bot pauses at the caller's onset and resumes when the caller stops within
+    # backchannel_max_ms ("mm-hm"); longer speech commits the barge-in.
+    backchannel: bool = True
+    backchannel_max_ms: int = Field(400, ge=100, le=2000)
     # How far ahead of real time the pacer sends audio to Twilio.
     playout_lead_ms: int = Field(100, ge=20, le=500)
     log_level: str = "INFO"

@@ -33,7 +33,7 @@ from bridge.call.bargein import BargeInCore, Cut
 from bridge.call.record import CallObserver
 from bridge.call.resume import Backoff, RolloverPlan
 from bridge.call.upstream import SessionPlan, Timeline, Upstream
-from bridge.dialplan.schema import AgentStep, Dialplan, Moderation
+from bridge.dialplan.schema import AgentStep, BargeIn, Dialplan, Moderation
 from bridge.errors import BridgeError, ConfigError
 from bridge.media import g711
 from bridge.media.g711 import BYTES_PER_MS, Encoding, UpstreamFormat
@@ -87,6 +87,9 @@ class AgentConfig:
     max_session_s: float | None = None  # rollover before this (None: never)
     reconnect_max_s: float = 10.0
     hold_line: str | None = None  # said once when the model is away more than a second
+    echo_cancel: bool = True
+    send_cleaned_upstream: bool = True
+    backchannel_max_ms: int = 0  # 0: backchannels cut like any onset
 
 
 def step_chat_backend(step: AgentStep) -> ChatBackend | None:
@@ -189,6 +192,7 @@ def agent_config(step: AgentStep, settings: Settings, *, with_fallback: bool = T
         max_session_s=settings.max_session_s,
         reconnect_max_s=settings.reconnect_max_s,
         hold_line=settings.hold_line or None,
+        **barge_in_front(barge, settings),
     )
 
 
@@ -214,6 +218,22 @@ def session_plan(config: AgentConfig, name: str) -> SessionPlan:
 
 def _now_ms() -> float:
     return asyncio.get_running_loop().time() * 1000.0
+
+
+def barge_in_front(barge: BargeIn | None, settings: Settings) -> dict[str, Any]:
+    """Echo cancellation and backchannel settings of an agent step: the step's (already merged with
+    the dialplan's defaults by the runner), else the environment's."""
+
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    b = barge or BargeIn()
+    backchannel = pick(b.backchannel, settings.backchannel)
+    return {
+        "echo_cancel": pick(b.echo_cancel, settings.echo_cancel),
+        "send_cleaned_upstream": pick(b.send_cleaned_upstream, settings.echo_to_upstream),
+        "backchannel_max_ms": pick(b.backchannel_max_ms, settings.backchannel_max_ms) if backchannel else 0,
+    }
 
 
 class CallAudio(Protocol):
@@ -298,11 +318,13 @@ class AgentLink:
 
     # -- caller -> model -----------------------------------------------------------------------
 
-    async def send_caller_audio(self, pcm8k: bytes, payload: bytes) -> None:
+    async def send_caller_audio(self, pcm8k: bytes, payload: bytes | None) -> None:
+        """One caller frame: PCM16 8 kHz, and the leg's payload it came from (None: it was changed,
+        by the echo canceller, so G.711 upstream encodes `pcm8k`)."""
         fmt = self.config.upstream_format
         if fmt == "pcm24k":
             audio = self._up.process(pcm8k)
-        elif fmt == self._audio.encoding:
+        elif fmt == self._audio.encoding and payload is not None:
             audio = payload
         else:
             audio = g711.encode(pcm8k, fmt)

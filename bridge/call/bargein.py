@@ -29,6 +29,16 @@ The truncate's `audio_end_ms` is what was heard of the item that last went to th
 to the audio received for it (truncating past the received audio is an error on the real API; a
 padded last frame can count a little more); no truncate when nothing was heard. `response.cancel`
 goes once per response, only while it runs.
+
+Backchannels (an agent with `backchannel_max_ms > 0`): the bridge's own onset does not cut at
+once but returns a `Pause` (stop playing now, keep what the caller has not heard, hold the caller's
+audio back from the model). Then, fed `caller_speech(now_ms, voiced_ms)` on every caller frame and
+`speech_stopped(now_ms)` at the detector's offset, the core decides: speech voiced for more than
+`backchannel_max_ms` (or a pause that lasts `backchannel_max_ms + PAUSE_LIMIT_MS`), or the server's
+`speech_started`, commits the barge-in (the `Cut`, truncated at what was heard when the pause
+began); speech that ended sooner was an acknowledgement (`Resume`: play on, the held caller audio
+goes to the model as silence). The bot stops as fast as with an immediate cut; only the commit
+waits.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from bridge.media import g711
 from bridge.media.g711 import BYTES_PER_MS, UpstreamFormat
 
 PROMPT_PREFIX = "prompt:"
+PAUSE_LIMIT_MS = 1000  # a pause still undecided this long after backchannel_max_ms commits the barge-in
 
 
 @dataclass(slots=True)
@@ -63,6 +74,18 @@ class Cut:
     item_id: str | None = field(default=None, compare=False)
 
 
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Stop playing now, keeping the audio the caller has not heard (re-queue what the leg holds),
+    and hold the caller's audio back from the model until the core decides."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """The caller only acknowledged: play on from where the pause began; send the held caller
+    audio to the model as silence."""
+
+
 class BargeInCore:
     """Marks in flight, prompts, and the agent session's audio of one call, as facts came in."""
 
@@ -80,6 +103,8 @@ class BargeInCore:
         self._playing_item: str | None = None  # the agent item whose audio went to the playout last
         self.response_id: str | None = None  # the response in progress, if any
         self._cancel_sent = False  # response.cancel already decided for `response_id`
+        self.backchannel_max_ms = 0  # 0: every onset cuts at once
+        self._paused_at: float | None = None  # a Pause is waiting for its decision since then
 
     # -- playout facts -------------------------------------------------------------------------
 
@@ -135,14 +160,18 @@ class BargeInCore:
 
     # -- agent session facts -------------------------------------------------------------------
 
-    def agent_started(self, fmt: UpstreamFormat, *, barge_in: bool) -> None:
-        """A new realtime session joins the call (forgets the previous one's items and response)."""
+    def agent_started(self, fmt: UpstreamFormat, *, barge_in: bool, backchannel_max_ms: int = 0) -> None:
+        """A new realtime session joins the call (forgets the previous one's items and response).
+        `backchannel_max_ms > 0`: the bridge's own onsets pause first (see the module docstring)."""
         self.agent_stopped()
         self._agent_barge_in = barge_in
         self._bytes_per_ms = BYTES_PER_MS[fmt]
+        self.backchannel_max_ms = backchannel_max_ms
 
     def agent_stopped(self) -> None:
         self._agent_barge_in = False
+        self.backchannel_max_ms = 0
+        self._paused_at = None
         self._items.clear()
         self._playing_item = None
         self.response_id = None
@@ -178,13 +207,26 @@ class BargeInCore:
 
     # -- decisions -----------------------------------------------------------------------------
 
+    @property
+    def paused(self) -> bool:
+        """A Pause is waiting for its decision (Resume or Cut)."""
+        return self._paused_at is not None
+
     def speech_started(
         self, now_ms: float, *, audible: bool, listening: bool = False, server: bool = False
-    ) -> Cut | None:
+    ) -> Cut | Pause | None:
         """The caller started talking: the bridge's VAD onset, or (`server`) the session's
         `speech_started`. `audible`: the bot's audio is queued or still playing; `listening`: a
-        menu listens for the caller's answer. None: nothing to cut."""
+        menu listens for the caller's answer. None: nothing to cut (or a pause is already
+        waiting for its decision)."""
         if self._agent_barge_in:
+            if self._paused_at is not None:
+                return self._commit(now_ms) if server else None
+            if not server and self.backchannel_max_ms > 0 and (audible or self.response_id is not None):
+                self._note_heard(now_ms)
+                self._in_flight.clear()  # re-queued by the call: their late marks are not "heard"
+                self._paused_at = now_ms
+                return Pause()
             return self._agent_cut(now_ms, audible)
         if listening and not server:  # a prompt that allows it stops when the caller answers over it
             return self.cut_prompts(only_barge_in=True)
@@ -208,14 +250,40 @@ class BargeInCore:
         self._in_flight.clear()
         return Cut(prompts=tuple(prompts.pop(item)[0] for item in cut))
 
-    def _agent_cut(self, now_ms: float, audible: bool) -> Cut | None:
-        if not (audible or self.response_id is not None):
+    def caller_speech(self, now_ms: float, voiced_ms: int) -> Cut | None:
+        """Every caller frame while paused: `voiced_ms` of the current utterance so far (the
+        detector's). A Cut once it is longer than an acknowledgement (or the pause lasts too long)."""
+        paused_at = self._paused_at
+        if paused_at is None:
             return None
-        now = self.heard(now_ms)  # before the in-flight frames are forgotten
+        limit = self.backchannel_max_ms
+        if voiced_ms > limit or now_ms - paused_at > limit + PAUSE_LIMIT_MS:
+            return self._commit(now_ms)
+        return None
+
+    def speech_stopped(self, now_ms: float) -> Resume | None:
+        """The detector's offset: while paused, the utterance was an acknowledgement."""
+        if self._paused_at is None:
+            return None
+        self._paused_at = None
+        return Resume()
+
+    def _commit(self, now_ms: float) -> Cut | None:
+        self._paused_at = None
+        return self._agent_cut(now_ms, True)
+
+    def _note_heard(self, now_ms: float) -> None:
+        """What is heard now becomes the item's heard position (before in-flight frames are forgotten)."""
+        now = self.heard(now_ms)
         if now is not None:
             item = self._items.get(now[0])
             if item is not None and not item.cut and now[1] > item.heard_ms:
                 item.heard_ms = now[1]
+
+    def _agent_cut(self, now_ms: float, audible: bool) -> Cut | None:
+        if not (audible or self.response_id is not None):
+            return None
+        self._note_heard(now_ms)
         cancel = None if self._cancel_sent else self.response_id
         self._cancel_sent = self._cancel_sent or cancel is not None
         item_id, end_ms = self._playing_item, 0

@@ -28,14 +28,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, assert_never
 
 from bridge.call.agent import AgentConfig, AgentLink, agent_config
-from bridge.call.bargein import BargeInCore, Cut
+from bridge.call.bargein import BargeInCore, Cut, Pause, Resume
+from bridge.call.caller_audio import CallerFront
 from bridge.call.prompts import PromptVoice, prompt_voice, read_wav_8k
 from bridge.call.record import CallObserver, RecorderFactory
 from bridge.dialplan import runner as dp
 from bridge.dialplan.schema import Dialplan
 from bridge.errors import BridgeError
 from bridge.media import g711
-from bridge.media.playout import Playout
+from bridge.media.echo import EchoCanceller
+from bridge.media.playout import Frame, Playout
 from bridge.media.vad import SpeechDetector, SpeechStart, SpeechStop
 from bridge.settings import Settings
 from bridge.telephony.leg import AudioIn, CallEnded, CallStarted, Dtmf, Leg, MarkPlayed
@@ -54,6 +56,8 @@ class CallStats:
     """Counters a call keeps for metrics and benchmarks (no per-frame logging)."""
 
     barge_ins: int = 0
+    pauses: int = 0  # onsets that paused the bot (backchannel rule) ...
+    resumes: int = 0  # ... and those that were acknowledgements (the bot played on)
     truncates: list[tuple[str, int]] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     ended_reason: str = ""
@@ -186,7 +190,10 @@ class Call:
         self._timer_wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._control: asyncio.Queue[ControlMessage] = asyncio.Queue()
-        self._vad: SpeechDetector | None = None
+        self._front: CallerFront | None = None  # echo canceller + barge-in detector, from the start
+        self._clean_upstream = settings.echo_to_upstream  # the model gets the echo-cancelled audio
+        self._unplayed: dict[str, Frame] = {}  # frames sent whose marks have not come back (by mark)
+        self._held: list[tuple[bytes, bytes | None]] = []  # caller audio held from the model while paused
         self._listener: MenuListener | None = None  # while a menu listens for speech
         self._agent_task: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
@@ -263,29 +270,82 @@ class Call:
 
     async def _on_caller_audio(self, payload: bytes) -> None:
         pcm8k = g711.decode(payload, self.encoding)
-        agent = self.agent
-        vad = self._vad
+        front = self._front
+        barge = self.bargein
         observer = self.observer
-        if vad is not None:
-            for change in vad.feed(pcm8k):
+        heard = pcm8k
+        if front is not None:
+            now = self._now_ms()
+            heard, changes = front.hear(pcm8k, now)
+            for change in changes:
                 if isinstance(change, SpeechStart):
                     await self._on_speech_onset()
-                elif isinstance(change, SpeechStop) and observer is not None:  # when speech ended
-                    observer.caller_stopped(self._now_ms() - (vad.position_ms - change.audio_ms))
+                elif isinstance(change, SpeechStop):
+                    if observer is not None:  # when the caller's speech ended, on the call clock
+                        observer.caller_stopped(now - (front.detector.position_ms - change.audio_ms))
+                    if barge.paused:
+                        await self._on_speech_end(now)
+            if barge.paused:
+                cut = barge.caller_speech(now, front.detector.voiced_ms)
+                if cut is not None:
+                    await self._execute_cut(cut, "local_vad")
         if self._listener is not None:
-            self._listener.feed(pcm8k)
+            self._listener.feed(heard)
+        agent = self.agent
         if agent is not None:
-            await agent.send_caller_audio(pcm8k, payload)
+            up: tuple[bytes, bytes | None] = (pcm8k, payload)
+            if self._clean_upstream and heard is not pcm8k:
+                up = (heard, None)  # changed by the canceller: G.711 upstream re-encodes it
+            if barge.paused:
+                self._held.append(up)
+            else:
+                await agent.send_caller_audio(*up)
 
     async def _on_speech_onset(self) -> None:
         now = self._now_ms()
-        cut = self.bargein.speech_started(
+        decision = self.bargein.speech_started(
             now, audible=self._bot_audible(now), listening=self._listener is not None
         )
-        if cut is not None:
-            await self._execute_cut(cut, "local_vad")
+        if isinstance(decision, Pause):
+            await self._pause()
+        elif decision is not None:
+            await self._execute_cut(decision, "local_vad")
+
+    async def _on_speech_end(self, now: float) -> None:
+        if isinstance(self.bargein.speech_stopped(now), Resume):
+            await self._resume()
+
+    async def _pause(self) -> None:
+        """Stop the bot now, keeping what the caller has not heard: the frames the leg holds go back
+        to the front of the playout (the leg drops them), and caller audio is held from the model."""
+        self.stats.pauses += 1
+        unplayed = list(self._unplayed.values())
+        self._unplayed.clear()
+        self._playout.pause(unplayed)
+        await self.leg.clear()
+
+    async def _resume(self) -> None:
+        """An acknowledgement: play on, and let the model hear silence for it (its VAD must not
+        cut the bot either)."""
+        self.stats.resumes += 1
+        self._playout.resume()
+        self._wake.set()
+        held, self._held = self._held, []
+        agent = self.agent
+        if agent is not None:
+            for pcm8k, _ in held:
+                await agent.send_caller_audio(bytes(len(pcm8k)), None)
+
+    async def _flush_held(self) -> None:
+        """The barge-in was committed: the model gets everything the caller said."""
+        held, self._held = self._held, []
+        agent = self.agent
+        if agent is not None:
+            for pcm8k, payload in held:
+                await agent.send_caller_audio(pcm8k, payload)
 
     def _on_mark(self, name: str) -> None:
+        self._unplayed.pop(name, None)
         if self.observer is not None:
             self.observer.mark_played(name, self._now_ms())
         done = self.bargein.mark_played(name, self._now_ms())
@@ -321,7 +381,7 @@ class Call:
         """The session's `input_audio_buffer.speech_started` (from the agent link)."""
         now = self._now_ms()
         cut = self.bargein.speech_started(now, audible=self._bot_audible(now), server=True)
-        if cut is not None:
+        if isinstance(cut, Cut):
             await self._execute_cut(cut, "server_vad")
 
     def _bot_audible(self, now: float) -> bool:
@@ -336,26 +396,33 @@ class Call:
                 received = self.bargein.received_ms(cut.item_id) if cut.item_id else 0
                 self.observer.barge_in(source, cut.item_id, cut.audio_end_ms, received, self._now_ms())
         self._playout.clear()
+        self._unplayed.clear()
         self._check_drained()
         for prompt_id in cut.prompts:
             self._post(PromptDone(prompt_id))
         await self.leg.clear()
         if agent is not None:
             await agent.tell_model(cut, source)
+        if self._held:
+            await self._flush_held()
 
     async def _pacer(self) -> None:
-        playout, leg, barge = self._playout, self.leg, self.bargein
+        playout, leg, barge, unplayed = self._playout, self.leg, self.bargein, self._unplayed
         while True:
             # One mark per 20 ms frame: the far end's echoes then say, to the frame, what the
             # caller has heard (a mark per batch would leave barge-in ~100 ms blind).
             now = self._now_ms()
             observer = self.observer
+            front = self._front
             for frame in playout.pop_due(now):
                 self._mark_seq += 1
                 name = str(self._mark_seq)
                 barge.frame_sent(name, frame.item_id, frame.end_ms, now)  # before sending: not drained
+                unplayed[name] = frame
                 if observer is not None:  # the bot channel at send time: it plays from then on
                     observer.bot_frame(frame.item_id, frame.payload, name, now)
+                if front is not None:  # the echo canceller's reference, when it starts playing
+                    front.played(g711.decode(frame.payload, self.encoding), frame.start_ms)
                 await leg.send_audio(frame.payload)
                 await leg.send_mark(name)
             due = playout.next_due_ms()
@@ -463,11 +530,13 @@ class Call:
             call_id=started.call_id,
         )
         self._record_start(started, now)
-        self._vad = SpeechDetector(
-            threshold=self.settings.barge_in_threshold,
-            min_speech_ms=self.settings.barge_in_min_speech_ms,
+        settings = self.settings
+        detector = SpeechDetector(
+            threshold=settings.barge_in_threshold,
+            min_speech_ms=settings.barge_in_min_speech_ms,
             min_silence_ms=300,
         )
+        self._front = CallerFront(detector, EchoCanceller() if settings.echo_cancel else None)
         return self.runner.start(now)
 
     async def _execute(self, action: dp.Action) -> None:
@@ -564,13 +633,20 @@ class Call:
                 self._now_ms(), provider=action.agent.provider, format=config.upstream_format
             )
         self.agent = link
-        self.bargein.agent_started(config.upstream_format, barge_in=config.barge_in)
-        if self._vad is not None:
-            self._vad = SpeechDetector(
+        self.bargein.agent_started(
+            config.upstream_format,
+            barge_in=config.barge_in,
+            backchannel_max_ms=config.backchannel_max_ms if config.barge_in else 0,
+        )
+        front = self._front
+        if front is not None:
+            front.detector = SpeechDetector(
                 threshold=config.barge_in_threshold,
                 min_speech_ms=config.barge_in_min_speech_ms,
                 min_silence_ms=300,
             )
+            front.use_echo = front.echo is not None and config.echo_cancel
+        self._clean_upstream = config.send_cleaned_upstream
         assert self._tg is not None
         try:
             self._agent_task = self._tg.create_task(self._run_agent(link))
@@ -612,6 +688,10 @@ class Call:
     def _retire(self, link: AgentLink) -> None:
         if self.observer is not None:
             self.observer.agent_stopped(self._now_ms(), "stopped")
+        if self.bargein.paused:  # a pause left undecided: the bot's audio plays on
+            self._playout.resume()
+            self._wake.set()
+        self._held.clear()
         self.bargein.agent_stopped()
         self.stats.truncates += link.truncates
         self.stats.barge_ins += link.barge_ins

@@ -743,6 +743,10 @@ class Runner:
             enabled=barge.enabled if step.barge_in else d.barge_in.enabled,
             min_speech_ms=min_ms if min_ms is not None else d.barge_in.min_speech_ms,
             threshold=threshold if threshold is not None else d.barge_in.threshold,
+            **{
+                name: getattr(barge, name) if getattr(barge, name) is not None else getattr(d.barge_in, name)
+                for name in ("echo_cancel", "send_cleaned_upstream", "backchannel", "backchannel_max_ms")
+            },
         )
         tools = tuple(
             t.model_copy(update={"target": t.target or d.transfer_to}) if t.name == TOOL_TRANSFER else t

@@ -258,6 +258,12 @@ class BargeIn(_Model):
     enabled: bool = True
     min_speech_ms: int | None = Field(None, ge=20, le=2000)
     threshold: float | None = Field(None, gt=0.0, lt=1.0)
+    # None: the environment's default (BRIDGE_ECHO_CANCEL, BRIDGE_ECHO_TO_UPSTREAM, BRIDGE_BACKCHANNEL,
+    # BRIDGE_BACKCHANNEL_MAX_MS).
+    echo_cancel: bool | None = None
+    send_cleaned_upstream: bool | None = None
+    backchannel: bool | None = None
+    backchannel_max_ms: int | None = Field(None, ge=100, le=2000)
 
 
 class Tool(_Model):

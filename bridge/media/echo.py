@@ -59,6 +59,12 @@ _MIN_ERL = 10 ** (_MIN_ERL_DB / 10)
 _KAPPA_QUANTILE = 0.95  # the suppressor's residual coupling: this quantile of echo-only frames
 _OVER_SUPPRESS = 4.0  # ... times this (6 dB) is taken for echo
 _ECHO_EST_WEIGHT = 1.0  # residual at least this share of the linear echo estimate's power
+_NOISE_MARGIN = 1.0  # the kappa tracker counts residual above this many times the noise floor as echo
+_LIN_FRAMES = 100  # echo-only frames of adaptation before the linear path gain caps the coupling (2 s)
+_LIN_MARGIN_DB = 3.0
+_NOISE_RISE = 10 ** (3.0 / 10 / 50)  # the noise floor (a minimum tracker) rises at most 3 dB/s
+_OPEN_RATIO = 4.0  # residual this far (6 dB) above the echo expected: the caller talks, open at once
+_OPEN_HOLD_FRAMES = 3  # ... and stay open this many frames after the last such frame (60 ms)
 
 
 def _db(ratio: float) -> float:
@@ -124,12 +130,15 @@ class EchoCanceller:
         self._delay: int | None = None
         self._x_valid = False  # _X holds the spectra for the current delay
         self._dt_hold = 0
+        self._open_hold = 0
+        self._lin_erl = 0.0
+        self._lin_frames = 0
         # suppressor state
         self._erl_db = _MIN_ERL_DB
         self._kappa_db = _MIN_ERL_DB
         self._near_s = 0.0
         self._err_s = 0.0
-        self._noise = 1e-9
+        self._noise = 1.0  # falls to the first frame's power at once (a minimum tracker)
         self._gain = 1.0
         # delay estimator state
         self._acc = np.zeros(self.max_delay_samples + 1, dtype=np.float64)
@@ -149,6 +158,12 @@ class EchoCanceller:
     def position_ms(self) -> float:
         """Caller audio processed so far (ms): the clock `far(..., at_ms=...)` is expressed in."""
         return self._pos * 1000.0 / RATE_8K
+
+    @property
+    def aligned(self) -> bool:
+        """The echo path's delay is known (before that, `near` only gates against the loudest
+        reference in the delay range, which can attenuate a caller who talks over the bot)."""
+        return self._delay is not None
 
     @property
     def delay_ms(self) -> float | None:
@@ -309,9 +324,17 @@ class EchoCanceller:
                 # Quantile trackers (dB): the echo path's gain (80th percentile) and the residual
                 # coupling after the filter (90th percentile), on echo-only frames.
                 self._erl_db += 1.0 * (0.8 - (near_db < self._erl_db))
-                res_db = _db(max(excess, 1e-12) / far_span_pow)
-                self._kappa_db += 1.0 * (_KAPPA_QUANTILE - (res_db < self._kappa_db))
+                # Noise above its floor is not echo: a frame's noise power varies by a few dB.
+                # Only where the echo the path gives back stands above the noise floor: elsewhere
+                # the residual is noise, and counting it as echo closes the gate on the caller.
+                if far_span_pow * 10.0 ** (self._erl_db / 10.0) > self._noise:
+                    res_db = _db(max(e_pow - _NOISE_MARGIN * self._noise, 1e-12) / far_span_pow)
+                    self._kappa_db += 1.0 * (_KAPPA_QUANTILE - (res_db < self._kappa_db))
                 self.stats.kappa_db = self._kappa_db
+                if far_pow > _ACTIVE_POW:
+                    # The linear filter's view of the echo path gain (noise does not inflate it).
+                    self._lin_erl += 0.05 * (y_pow / far_pow - self._lin_erl)
+                    self._lin_frames += 1
         # Adapt (NLMS per bin) when the reference is active and the caller is not talking.
         xpow = self._xpow
         xpow *= 0.7
@@ -332,23 +355,37 @@ class EchoCanceller:
             return self._apply_gain(e, 1.0)
         # Residual echo: the coupling learned on echo-only frames, or the filter's own echo estimate
         # (what it predicts is there; when the caller talks, their speech is far above it).
-        echo = max(_OVER_SUPPRESS * 10.0 ** (self._kappa_db / 10.0) * far_span_pow, _ECHO_EST_WEIGHT * y_pow)
+        kappa_db = self._kappa_db
+        if self._lin_frames >= _LIN_FRAMES:
+            # In noise the residual trackers count noise as echo; the residual cannot exceed the
+            # echo path's own gain (as the converged linear filter sees it) by much.
+            kappa_db = min(kappa_db, _db(max(self._lin_erl, 1e-12)) + _LIN_MARGIN_DB)
+        echo = max(_OVER_SUPPRESS * 10.0 ** (kappa_db / 10.0) * far_span_pow, _ECHO_EST_WEIGHT * y_pow)
         gain = 1.0 - echo / max(excess, 1e-12)
+        if excess > _OPEN_RATIO * echo:
+            # Well above any echo this frame can hold: the caller. Open within this frame (no ramp
+            # from a closed gate, which would cost the onset half a frame) and hold it open.
+            self._open_hold = _OPEN_HOLD_FRAMES
+            return self._apply_gain(e, 1.0, ramp=False)
+        if self._open_hold:
+            self._open_hold -= 1
+            if gain > 0.0:
+                gain = 1.0
         if self._dt_hold and gain > 0.0:
             gain = 1.0  # the caller is talking: pass them whole (no chopping for the upstream's VAD)
         return self._apply_gain(e, min(1.0, max(0.0, gain)))
 
     def _track_noise(self, pow_: float) -> None:
         n = self._noise
-        self._noise = pow_ if pow_ < n else n * 1.0023  # rises at most ~1 dB/s (50 frames/s)
+        self._noise = pow_ if pow_ < n else n * _NOISE_RISE
 
-    def _apply_gain(self, x: np.ndarray, gain: float) -> bytes:
+    def _apply_gain(self, x: np.ndarray, gain: float, *, ramp: bool = True) -> bytes:
         g0 = self._gain
         self._gain = gain
         if gain < 0.1:
             self.stats.frames_suppressed += 1
         out = self._out
-        if g0 == gain:
+        if g0 == gain or not ramp:
             np.multiply(x, 32768.0 * gain, out=x)
         else:
             x *= 32768.0
@@ -415,5 +452,7 @@ class EchoCanceller:
         self._kappa_db = _MIN_ERL_DB
         self._near_s = self._err_s = 0.0
         self._dt_hold = 0
+        self._lin_erl = 0.0
+        self._lin_frames = 0
         self.stats.delay_ms = self._delay * 1000.0 / RATE_8K
         self.stats.delay_changes += 1

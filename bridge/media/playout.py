@@ -21,7 +21,7 @@ Time is an input (milliseconds on any monotonic clock); nothing here sleeps or r
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from bridge.media.g711 import FRAME_BYTES_G711, FRAME_MS, SILENCE_BYTE
@@ -34,6 +34,7 @@ class Frame:
     payload: bytes  # one 20 ms G.711 frame (160 bytes)
     item_id: str  # the realtime assistant item it belongs to ("" for prompts)
     end_ms: int  # ms of that item's audio the caller has heard once this frame is played
+    start_ms: float = field(default=0.0, compare=False)  # when it starts playing (pop_due's schedule)
 
 
 class Playout:
@@ -61,6 +62,7 @@ class Playout:
         self._remainder = b""
         self._playhead_ms = _IDLE
         self._last_now_ms = 0.0
+        self._held = False  # paused: nothing is due until resume()
 
     # ----------------------------------------------------------------------------- filling
 
@@ -104,7 +106,7 @@ class Playout:
         """Frames to send now: those whose scheduled play start is < now_ms + lead_ms (or <= now_ms)."""
         self._last_now_ms = now_ms
         queue = self._queue
-        if not queue:
+        if not queue or self._held:
             return []
         playhead = self._playhead_ms
         if playhead < now_ms:
@@ -113,7 +115,9 @@ class Playout:
         frame_ms = self.frame_ms
         due: list[Frame] = []
         while queue and (playhead < limit or playhead <= now_ms):
-            due.append(queue.popleft())
+            frame = queue.popleft()
+            frame.start_ms = playhead
+            due.append(frame)
             playhead += frame_ms
         self._playhead_ms = playhead
         return due
@@ -123,7 +127,7 @@ class Playout:
 
         With `lead_ms > 0` this is the bound of a strict inequality: any time after it hands the
         frame out, the instant itself may not (a shell that wakes exactly on time just asks again)."""
-        if not self._queue:
+        if not self._queue or self._held:
             return None
         if self._playhead_ms == _IDLE:
             return self._last_now_ms
@@ -137,7 +141,24 @@ class Playout:
         self._queue.clear()
         self._remainder = b""
         self._playhead_ms = _IDLE
+        self._held = False
         return dropped
+
+    def pause(self, unplayed: list[Frame]) -> None:
+        """Stop handing frames out; `unplayed` (frames handed out that the far end will now drop,
+        in order) go back to the front of the queue, to be played first on `resume`."""
+        self._queue.extendleft(reversed(unplayed))
+        self._playhead_ms = _IDLE
+        self._held = True
+
+    def resume(self) -> None:
+        """Hand frames out again, from where `pause` left off (the schedule restarts at `now`)."""
+        self._held = False
+        self._playhead_ms = _IDLE
+
+    @property
+    def paused(self) -> bool:
+        return self._held
 
     # ----------------------------------------------------------------------------- state
 

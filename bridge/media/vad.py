@@ -176,6 +176,7 @@ class SpeechDetector:
         min_speech_ms: int = 200,
         min_silence_ms: int = 500,
         neg_threshold: float | None = None,
+        fast_threshold: float | None = None,
         vad: Vad | None = None,
     ) -> None:
         if not 0.0 < threshold < 1.0:
@@ -184,6 +185,10 @@ class SpeechDetector:
         self.neg_threshold = max(0.01, threshold - 0.15) if neg_threshold is None else neg_threshold
         if self.neg_threshold > threshold:
             raise ConfigError(f"VAD neg_threshold {self.neg_threshold} is above threshold {threshold}")
+        if fast_threshold is not None and not threshold <= fast_threshold <= 1.0:
+            raise ConfigError(f"VAD fast_threshold {fast_threshold} must be within threshold..1")
+        # One window at or above this confirms an onset at once (no `min_speech_ms` wait).
+        self.fast_threshold = 2.0 if fast_threshold is None else fast_threshold
         self.vad: Vad = vad if vad is not None else create_vad()
         self._window = self.vad.window_samples
         self._min_speech_samples = min_speech_ms * RATE_8K // 1000
@@ -200,6 +205,14 @@ class SpeechDetector:
     @property
     def speaking(self) -> bool:
         return self._speaking
+
+    @property
+    def voiced_ms(self) -> int:
+        """How long the current utterance has been voiced: from its onset to the end of its last
+        window at or above `threshold` (0 when the caller is not talking)."""
+        if not self._speaking or self._start is None:
+            return 0
+        return (self._last_voiced_end - self._start) * 1000 // RATE_8K
 
     @property
     def position_ms(self) -> int:
@@ -256,10 +269,10 @@ class SpeechDetector:
             elif self._start is None:
                 if prob >= self.threshold:
                     self._start = begin
-                    if window >= self._min_speech_samples:
+                    if window >= self._min_speech_samples or prob >= self.fast_threshold:
                         self._confirm(events)
             elif prob >= self.neg_threshold:
-                if end - self._start >= self._min_speech_samples:
+                if end - self._start >= self._min_speech_samples or prob >= self.fast_threshold:
                     self._confirm(events)
             else:
                 self._start = None

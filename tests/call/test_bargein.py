@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bridge.call.bargein import PROMPT_PREFIX, BargeInCore, Cut
+from bridge.call.bargein import PAUSE_LIMIT_MS, PROMPT_PREFIX, BargeInCore, Cut, Pause, Resume
 from bridge.media.g711 import UpstreamFormat
 
 PCM24K_MS = 48  # bytes per ms of 24 kHz PCM16
@@ -298,3 +298,92 @@ def test_a_prompt_that_must_be_heard_keeps_the_playout() -> None:
     assert core.cut_prompts(only_barge_in=True) is None  # DTMF over the menu: the legal text stays
     assert core.in_flight
     assert core.cut_prompts(only_barge_in=False) == Cut(prompts=("menu", "legal"))  # StopPrompts
+
+
+# -- backchannels: pause at onset, then resume or commit -------------------------------------------
+
+
+def backchannel_agent(max_ms: int = 400) -> Leg:
+    leg = Leg()
+    leg.core.agent_started("pcm24k", barge_in=True, backchannel_max_ms=max_ms)
+    leg.core.response_started("resp_1")
+    leg.core.audio_received("item_1", PCM24K_MS * 2000)
+    leg.send("item_1", *frames(20, 30))
+    leg.at(400.0).echo(20)  # 400 ms heard, 10 frames still in flight
+    return leg
+
+
+def test_an_onset_pauses_and_keeps_the_unheard_audio() -> None:
+    leg = backchannel_agent()
+    core = leg.core
+    assert core.speech_started(410.0, audible=True) == Pause()
+    assert core.paused
+    assert not core.in_flight  # the call re-queues them; their late marks are not "heard"
+    assert core.mark_played(leg.marks[0], 415.0) is None
+    assert core.speech_started(420.0, audible=True) is None  # one pause at a time
+    assert core.caller_speech(500.0, voiced_ms=200) is None  # still short
+
+
+def test_a_short_acknowledgement_resumes_without_cancel_or_truncate() -> None:
+    leg = backchannel_agent()
+    core = leg.core
+    assert core.speech_started(410.0, audible=True) == Pause()
+    assert leg.at(412.0).echo(10) == [None] * 10  # the far end's clear echoes the dropped frames' marks
+    for now, voiced in ((430.0, 60), (530.0, 160), (650.0, 250)):
+        assert core.caller_speech(now, voiced) is None
+    assert core.speech_stopped(950.0) == Resume()
+    assert not core.paused
+    assert core.speech_stopped(960.0) is None
+    # Playing on: the re-queued frames are sent again and their marks count.
+    leg.send("item_1", *frames(420, 10))
+    leg.at(1200.0).echo(10)
+    assert core.heard(1200.0) == ("item_1", 600)
+    assert core.audio_received("item_1", 100)  # not cut
+    # A real interruption later still cuts, at what was heard then.
+    core.backchannel_max_ms = 0
+    cut = core.speech_started(1210.0, audible=True)
+    assert cut == Cut(agent=True, cancel_response_id="resp_1", truncate_item_id="item_1", audio_end_ms=600)
+
+
+def test_speech_longer_than_a_backchannel_commits_at_what_was_heard_at_the_pause() -> None:
+    leg = backchannel_agent()
+    core = leg.core
+    assert core.speech_started(410.0, audible=True) == Pause()  # 10 ms into the 21st frame
+    assert core.caller_speech(600.0, voiced_ms=300) is None
+    cut = core.caller_speech(760.0, voiced_ms=420)
+    assert cut == Cut(agent=True, cancel_response_id="resp_1", truncate_item_id="item_1", audio_end_ms=410)
+    assert not core.paused
+    assert core.audio_received("item_1", 100) is False  # late deltas of the cut item are dropped
+
+
+def test_the_server_hearing_speech_commits_a_pause() -> None:
+    leg = backchannel_agent()
+    core = leg.core
+    assert core.speech_started(410.0, audible=True) == Pause()
+    cut = core.speech_started(450.0, audible=True, server=True)
+    assert isinstance(cut, Cut)
+    assert cut.truncate_item_id == "item_1"
+    assert cut.audio_end_ms == 410
+
+
+def test_a_pause_that_never_ends_commits() -> None:
+    leg = backchannel_agent(max_ms=400)
+    core = leg.core
+    assert core.speech_started(410.0, audible=True) == Pause()
+    assert core.caller_speech(410.0 + 400 + PAUSE_LIMIT_MS, voiced_ms=100) is None
+    assert isinstance(core.caller_speech(411.0 + 400 + PAUSE_LIMIT_MS, voiced_ms=100), Cut)
+
+
+def test_server_onsets_and_backchannel_off_cut_at_once() -> None:
+    leg = backchannel_agent()
+    assert isinstance(leg.core.speech_started(410.0, audible=True, server=True), Cut)
+    leg = backchannel_agent(max_ms=0)
+    assert isinstance(leg.core.speech_started(410.0, audible=True), Cut)
+
+
+def test_a_new_session_forgets_a_pause() -> None:
+    leg = backchannel_agent()
+    assert leg.core.speech_started(410.0, audible=True) == Pause()
+    leg.core.agent_started("pcm24k", barge_in=True, backchannel_max_ms=400)
+    assert not leg.core.paused
+    assert leg.core.speech_stopped(500.0) is None

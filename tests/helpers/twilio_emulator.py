@@ -4,6 +4,10 @@ It sends `connected`, `start`, 20 ms `media` frames on absolute deadlines, `dtmf
 and it *plays* what the bridge sends in real time: one 20 ms frame per 20 ms from a FIFO, a
 `mark` echoed when playback reaches it, and `clear` dropping the unplayed audio and echoing the
 pending marks (as Twilio does). So the test knows exactly which bytes the caller heard, and when.
+
+Speakerphone model (`echo_delay_s` set): every caller frame sent carries the bot audio that
+started playing `echo_delay_s` earlier, `echo_erl_db` quieter, mixed in (µ-law decoded, summed,
+re-encoded), the way a phone on speaker returns the bot's voice to the bridge.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from bridge.media import g711
 
 FRAME_BYTES = 160
 FRAME_S = 0.02
@@ -48,6 +55,8 @@ class TwilioEmulator:
     close_code: int | None = None
     closed_at: float | None = None
     stop_sent_at: float | None = None
+    echo_delay_s: float | None = None  # speakerphone: the played audio comes back this much later ...
+    echo_erl_db: float = 10.0  # ... this much quieter
     _queue: deque[bytes | str] = field(default_factory=deque)
     _seq: int = 0
     _chunk: int = 0
@@ -117,8 +126,27 @@ class TwilioEmulator:
             delay = t0 + (i // FRAME_BYTES) * FRAME_S - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await self.send_media(g711[i : i + FRAME_BYTES])
+            frame = g711[i : i + FRAME_BYTES]
+            if self.echo_delay_s is not None:
+                frame = self._with_echo(frame, time.monotonic() - self.echo_delay_s)
+            await self.send_media(frame)
         return t0
+
+    def _with_echo(self, frame: bytes, played_at: float) -> bytes:
+        """`frame` (µ-law) plus the bot frame that was playing at `played_at`, echo_erl_db quieter."""
+        echo = None
+        for p in reversed(self.played):
+            if p.at <= played_at:
+                if played_at - p.at < FRAME_S:
+                    echo = p.payload
+                break
+        if echo is None:
+            return frame
+        gain = 10 ** (-self.echo_erl_db / 20)
+        mixed = g711.decode(frame, "pcmu")
+        x = np.frombuffer(mixed, dtype="<i2").astype(np.float64)
+        x += np.frombuffer(g711.decode(echo, "pcmu"), dtype="<i2").astype(np.float64) * gain
+        return g711.encode(np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes(), "pcmu")
 
     async def send_silence(self, seconds: float) -> None:
         await self.stream_audio(ULAW_SILENCE * int(seconds / FRAME_S))

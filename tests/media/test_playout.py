@@ -186,3 +186,24 @@ def test_frames_of_other_geometries() -> None:
 def test_bad_geometry_is_rejected(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError, match="bad playout geometry"):
         Playout(**kwargs)
+
+
+def test_pause_requeues_unplayed_frames_first_and_resume_plays_on() -> None:
+    p = Playout(lead_ms=40)
+    p.push("a", _audio(160 * 6))
+    sent = p.pop_due(0)  # 40 ms of lead: frames starting at 0, 20 (and the one due at once)
+    assert [f.end_ms for f in sent] == [20, 40, 60][: len(sent)]
+    assert [f.start_ms for f in sent] == [0.0, 20.0, 40.0][: len(sent)]
+    p.pause(sent[1:])  # the first was heard; the far end drops the rest
+    assert p.paused
+    assert p.pop_due(100) == []
+    assert p.next_due_ms() is None
+    assert p.queued_ms == 20 * (6 - 1)
+    p.push("a", _audio(160))  # the model's audio keeps coming while paused
+    p.resume()
+    again = p.pop_due(500)
+    assert [f.end_ms for f in again][:2] == [40, 60]  # from where it was paused
+    assert again[0].start_ms == 500.0
+    p.pause([])
+    p.clear()  # a committed barge-in ends the pause too
+    assert not p.paused
