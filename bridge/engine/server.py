@@ -139,7 +139,8 @@ class EngineServices:
         if self.synthesizer_factory is None:
             self.synthesizer_factory = _piper_synthesizer
         if self.whisper is None:
-            self.whisper = self.recognizer_factory is _pocketsphinx_recognizer or self.whisper_lanes is not None
+            default_asr = self.recognizer_factory is _pocketsphinx_recognizer
+            self.whisper = default_asr or self.whisper_lanes is not None
 
     def get_responder(self) -> Responder:
         if self.responder is None:

@@ -44,7 +44,7 @@ WHISPER_FILES_SHA256: dict[str, str] = {
 }
 ComputeType = Literal["int8", "float32"]
 # Chosen by measurement (bench/results/whisper.md): see DEFAULT_* in bridge/speech/whisper_pool.py.
-BEAM_SIZE = 1
+BEAM_SIZE = 5  # greedy (1) misheard "hours" as "now" on a clip that beam search gets right
 # The engine's names for what the Realtime API calls its transcription models: all are served by Whisper.
 TRANSCRIPTION_MODELS = frozenset({"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"})
 
