@@ -458,6 +458,7 @@ class EngineConnection:
         if handle is not None:
             handle.cancel()
         if text is None:
+            log.info("whisper gave no text for %s (%s); using pocketsphinx's", item_id, reason)
             if "Busy" in reason or "Unavailable" in reason:
                 METRICS.whisper_fallbacks.inc(reason="busy" if "Busy" in reason else "unavailable")
             else:

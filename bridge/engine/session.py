@@ -33,7 +33,7 @@ from bridge.engine.commands import (
 )
 from bridge.engine.conversation import Conversation
 from bridge.engine.outbox import Outbox
-from bridge.engine.responder import DEFAULT_GREETING, Reply
+from bridge.engine.responder import DEFAULT_GREETING, Reply, match_turn
 from bridge.engine.responses import ReplyContext, Response, Responses
 from bridge.engine.session_config import (
     EgressError,
@@ -333,6 +333,9 @@ class EngineSession:
             else:
                 self.conversation.transcript_settled(item_id)
         self.responses.transcript_settled(item_id, text)
+
+    def confident_match(self, text: str) -> bool:
+        return match_turn(self.extension, text) is not None
 
     def understands(self) -> bool:
         """The reply to a caller's turn depends on the words (intents, FAQ or a chat backend)."""

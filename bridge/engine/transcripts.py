@@ -6,8 +6,9 @@ better but costs 0.3-1 s of CPU per turn, so it runs only where its text matters
 
 - **the reply** waits for Whisper when the session has something to understand (intents, FAQ, a chat
   backend) and the turn is open (no expected phrases) or pocketsphinx's grammar says the answer was out
-  of grammar (`in_grammar=False`, which includes hearing nothing). In-grammar answers keep the fast path:
-  the reply starts from pocketsphinx's text at once. Such a Whisper job runs in the `live` lane.
+  of grammar (`in_grammar=False`, which includes hearing nothing) or its words select no intent or FAQ
+  entry with confidence (a phrase word among garbage words). In-grammar answers that do keep the fast
+  path: the reply starts from pocketsphinx's text at once. Such a Whisper job runs in the `live` lane.
 - **the transcript events** (`conversation.item.input_audio_transcription.delta/.completed`) carry
   Whisper's text when the session's `input_audio_transcription.model` is one of the transcription
   models (`whisper-1`, `gpt-4o-transcribe`, `gpt-4o-mini-transcribe`); when no reply needs it, that job
@@ -35,6 +36,9 @@ class TranscriptHost(Protocol):
 
     def reply_text(self, item_id: str, text: str | None) -> None:
         """The text a reply waiting on this item should use (None: it will get none)."""
+
+    def confident_match(self, text: str) -> bool:
+        """Does this text select an intent or FAQ entry with enough confidence?"""
 
 
 @dataclass(slots=True)
@@ -135,8 +139,10 @@ class Transcripts:
             text = st.whisper
         elif not st.asr_done:
             return  # pocketsphinx decides whether Whisper is needed
-        elif not st.understand or (st.in_grammar and not st.open_turn):
-            text = st.asr  # nothing to understand, or an in-grammar answer: the fast path
+        elif not st.understand or (
+            st.in_grammar and not st.open_turn and self._host.confident_match(st.asr or "")
+        ):
+            text = st.asr  # nothing to understand, or an in-grammar answer that selects something
         elif st.whisper_state in ("none", "record"):
             self._whisper(item_id, st, "live")  # out of grammar: decide on Whisper's words
             return
