@@ -495,9 +495,16 @@ def main() -> None:
         "(300-3400 Hz band-pass, 8 kHz, -20 dBFS active level, G.711 µ-law round trip). Only one Piper voice "
         "ships in a package (joe), so speaking rate and noise stand in for more Piper voices.",
         "",
+        "Bounded to ~10 minutes on an idle machine: the compute-type table uses a subsample of 8 utterances "
+        "(every 19th), the engine latency 12 grammar + 8 open + 10 no-extension turns, the capacity runs "
+        "3 turns per session.",
+        "",
         "## Compute type, threads and beam (subsample of 8 utterances, one process)",
         "",
         *cfg,
+        "",
+        "RSS is the growth of the bench process when the model loads (models loaded before are freed, so "
+        "later rows understate it; a fresh int8 lane process measured ~100 MB).",
         "",
         "Chosen: **int8, beam 5**; the live lane 2 threads (lower latency when a core is free), "
         "the record lane "
