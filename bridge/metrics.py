@@ -266,6 +266,12 @@ class BridgeMetrics(MetricsRegistry):
             p + "engine_egress_refusals_total",
             "Session events that tried to choose an outbound endpoint or key (refused).",
         )
+        self.whisper_fallbacks = self.counter(
+            p + "engine_whisper_fallbacks_total",
+            "Engine turns that used pocketsphinx's text because Whisper could not answer"
+            " (busy: over its CPU budget; unavailable: model package missing; failed).",
+            ["reason"],
+        )
         # Call records (bridge/records): writes never block a call; what could not be kept is counted.
         self.records_written = self.counter(p + "records_written_total", "Call-record rows stored.", ["kind"])
         self.records_lost = self.counter(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from bridge.engine.responder import Turn
 from bridge.media.vad import SpeechStart, SpeechStop
@@ -45,6 +45,24 @@ class SetExpected:
     """The phrases the recogniser should expect from now on (None: the general language model)."""
 
     phrases: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class WhisperTranscribe:
+    """Transcribe a committed turn with Whisper, in the `live` lane (a reply waits for it) or the
+    `record` lane (only the transcript event does); answer with `whisper_done(item_id, text)` or
+    `whisper_failed`. Asking again for `live` promotes a queued `record` job."""
+
+    item_id: str
+    pcm16_8k: bytes
+    priority: Literal["live", "record"]
+
+
+@dataclass(frozen=True, slots=True)
+class WarmWhisper:
+    """The session will need this Whisper lane: start its worker now (loading takes about a second)."""
+
+    priority: Literal["live", "record"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +110,8 @@ Command = (
     | AsrEnd
     | AsrDiscard
     | SetExpected
+    | WhisperTranscribe
+    | WarmWhisper
     | GenerateReply
     | Synthesize
     | CancelWork

@@ -193,8 +193,11 @@ class Conversation:
 
     # -- client events -----------------------------------------------------------------------------
 
-    def on_create(self, msg: dict[str, Any], decode_audio: Callable[[Any], bytes]) -> None:
-        """`conversation.item.create`; user audio (decoded by `decode_audio`) is sent to the recogniser."""
+    def on_create(
+        self, msg: dict[str, Any], decode_audio: Callable[[Any], bytes]
+    ) -> tuple[str, bytes] | None:
+        """`conversation.item.create`; user audio (decoded by `decode_audio`) is sent to the recogniser.
+        Returns (item id, 8 kHz PCM16) of a user audio item whose transcript is to come, else None."""
         data = self.validate(require(msg, "item", dict))
         if data["id"] in self._items:
             raise EventError(f"Item with id '{data['id']}' already exists.", param="item.id")
@@ -220,6 +223,8 @@ class Conversation:
             item.transcript_pending = True
             self._out.command(AsrBegin(data["id"], pcm))
             self._out.command(AsrEnd(data["id"]))
+            return data["id"], pcm
+        return None
 
     def validate(self, raw: dict[str, Any]) -> dict[str, Any]:
         """A client's item as the GA item the engine stores (ids filled in, beta part types renamed)."""

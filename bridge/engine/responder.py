@@ -86,6 +86,9 @@ def tokens(text: str) -> list[str]:
     """Normalised words: lower case, synonyms folded (yeah -> yes, 4 -> four), crude stemming."""
     out: list[str] = []
     for raw in _WORD.findall(text.lower()):
+        if len(raw) > 1 and raw.isdigit():  # Whisper writes "45678": say it digit by digit
+            out.extend(_SYNONYMS[ch] for ch in raw)
+            continue
         word = _SYNONYMS.get(raw, raw).replace("'", "")
         out.append(_stem(word))
     return out

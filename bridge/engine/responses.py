@@ -55,6 +55,9 @@ class ReplyContext:
 class ResponseHost(Protocol):
     def reply_context(self) -> ReplyContext: ...
 
+    def reply_needs_text(self) -> bool:
+        """Does a reply to the caller's words depend on them (else it starts without the transcript)?"""
+
     def response_started(self) -> None: ...
 
     def response_completed(self, played_until_ms: float) -> None: ...
@@ -101,6 +104,8 @@ class Responses:
     def create(self, p: dict[str, Any], *, kind_override: TurnKind | None = None) -> Response:
         """Start a response with resolved parameters `p` (session_config.response_params)."""
         kind, user_text, tool_output, wait_item = self._conv.turn_source(p["input"])
+        if wait_item is not None and not self._host.reply_needs_text():
+            wait_item = None  # nothing to understand: the reply (the fallback) starts at once
         resp = Response(
             id=self._out.new_id("resp_"),
             out_of_band=p["conversation"] == "none",

@@ -33,7 +33,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,8 @@ from bridge.engine.commands import (
     Prewarm,
     SetExpected,
     Synthesize,
+    WarmWhisper,
+    WhisperTranscribe,
 )
 from bridge.engine.redact import error_text
 from bridge.engine.responder import Reply, Responder
@@ -66,12 +68,15 @@ from bridge.media.g711 import RATE_8K, RATE_24K
 from bridge.metrics import METRICS
 from bridge.realtime.local_engine import ChatBackend
 from bridge.settings import Settings
+from bridge.speech.whisper_pool import WhisperLanes, get_whisper_lanes
 
 log = logging.getLogger(__name__)
 
 REALTIME_PATHS = ("/v1/realtime", "/realtime")
 # A turn whose transcript takes longer than this is answered as not understood (the late text is dropped).
 ASR_TIMEOUT_S = 8.0
+# A reply waiting for Whisper (live lane) uses pocketsphinx's text if Whisper has not answered by then.
+WHISPER_LIVE_TIMEOUT_S = 4.0
 
 
 def _now_ms() -> float:
@@ -100,6 +105,12 @@ class EngineServices:
     token: str | None = None
     chat_backends: ChatBackends = field(default_factory=ChatBackends)
     asr_timeout_s: float = ASR_TIMEOUT_S
+    # Whisper lanes (bridge/speech/whisper_pool.py); None: the process-wide ones, started when a session
+    # first needs them. `whisper=False` never runs Whisper (pocketsphinx's text everywhere); the default is
+    # on with the default recognizer and off when a test swaps the recognizer (its text is then the text).
+    whisper_lanes: WhisperLanes | None = None
+    whisper: bool | None = None
+    whisper_live_timeout_s: float = WHISPER_LIVE_TIMEOUT_S
     # Fixed replies (intents, FAQ, greeting, ...) are synthesized once per process and cached; the
     # session's replies are prewarmed when its extension arrives. False: synthesize every time.
     cache_replies: bool = True
@@ -127,6 +138,9 @@ class EngineServices:
             self._holds_asr_pool = True
         if self.synthesizer_factory is None:
             self.synthesizer_factory = _piper_synthesizer
+        if self.whisper is None:
+            default_asr = self.recognizer_factory is _pocketsphinx_recognizer
+            self.whisper = default_asr or self.whisper_lanes is not None
 
     def get_responder(self) -> Responder:
         if self.responder is None:
@@ -145,6 +159,13 @@ class EngineServices:
     def safe(self, message: BaseException | str) -> str:
         """An error message fit for an `error` event (no token, key or credential-bearing URL)."""
         return error_text(message, self.secret_values())
+
+    def lanes(self) -> WhisperLanes | None:
+        if not self.whisper:
+            return None
+        if self.whisper_lanes is None:
+            self.whisper_lanes = get_whisper_lanes()
+        return self.whisper_lanes
 
     def chat_backend(self, backend_id: str) -> ChatBackend | None:
         return self.chat_backends.get(backend_id)
@@ -334,6 +355,8 @@ class EngineConnection:
         self._wake = asyncio.Event()
         self._closed = False
         self._asr_deadlines: dict[str, asyncio.TimerHandle] = {}
+        self._whisper_jobs: dict[str, tuple[str, Future[Any]]] = {}  # item -> (lane, job)
+        self._whisper_deadlines: dict[str, asyncio.TimerHandle] = {}
         self.asr_timeout_s = services.asr_timeout_s
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -359,6 +382,12 @@ class EngineConnection:
                 self._asr_deadlines[cmd.item_id] = self.loop.call_later(
                     self.asr_timeout_s, self._on_asr_timeout, cmd.item_id
                 )
+        elif isinstance(cmd, WhisperTranscribe):
+            self._whisper(cmd)
+        elif isinstance(cmd, WarmWhisper):
+            lanes = self.services.lanes()
+            if lanes is not None:
+                lanes.warm(cmd.priority)
         elif isinstance(cmd, GenerateReply):
             task = asyncio.create_task(self._generate(cmd))
             self._reply_tasks[cmd.response_id] = task
@@ -379,6 +408,66 @@ class EngineConnection:
         elif isinstance(cmd, EgressRefused):
             METRICS.egress_refusals.inc()
 
+    def _whisper(self, cmd: WhisperTranscribe) -> None:
+        lanes = self.services.lanes()
+        if lanes is None:
+            self.session.whisper_failed(cmd.item_id, "whisper is off", _now_ms())
+            self.loop.call_soon(self.pump)
+            return
+        previous = self._whisper_jobs.get(cmd.item_id)
+        if previous is not None:
+            if previous[0] == cmd.priority:
+                return
+            previous[1].cancel()  # promote a queued record job (a running one just races the live one)
+        future = lanes.transcribe(cmd.pcm16_8k, cmd.priority)
+        self._whisper_jobs[cmd.item_id] = (cmd.priority, future)
+        if cmd.priority == "live":
+            self._whisper_deadlines[cmd.item_id] = self.loop.call_later(
+                self.services.whisper_live_timeout_s, self._on_whisper_timeout, cmd.item_id
+            )
+        item_id = cmd.item_id
+
+        def settled(f: Future[Any]) -> None:
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is None:
+                self.from_thread(self.on_whisper, item_id, f, f.result().text, "")
+            else:
+                self.from_thread(self.on_whisper, item_id, f, None, f"{type(exc).__name__}: {exc}")
+
+        future.add_done_callback(settled)
+
+    def _on_whisper_timeout(self, item_id: str) -> None:
+        if self._whisper_deadlines.pop(item_id, None) is None:
+            return
+        self._whisper_jobs.pop(item_id, None)
+        log.warning("whisper gave no text for %s within %.1f s; using pocketsphinx's",
+                    item_id, self.services.whisper_live_timeout_s)  # fmt: skip
+        self.session.whisper_failed(item_id, "whisper timed out", _now_ms())
+        self.pump()
+
+    def on_whisper(self, item_id: str, future: Future[Any], text: str | None, reason: str) -> None:
+        job = self._whisper_jobs.get(item_id)
+        if job is None:
+            return  # timed out already
+        if job[1] is not future and text is None:
+            return  # a superseded (promoted) job failed: the newer one answers
+        self._whisper_jobs.pop(item_id, None)
+        handle = self._whisper_deadlines.pop(item_id, None)
+        if handle is not None:
+            handle.cancel()
+        if text is None:
+            log.info("whisper gave no text for %s (%s); using pocketsphinx's", item_id, reason)
+            if "Busy" in reason or "Unavailable" in reason:
+                METRICS.whisper_fallbacks.inc(reason="busy" if "Busy" in reason else "unavailable")
+            else:
+                METRICS.whisper_fallbacks.inc(reason="failed")
+            self.session.whisper_failed(item_id, self.services.safe(reason), _now_ms())
+        else:
+            self.session.whisper_done(item_id, text, _now_ms())
+        self.pump()
+
     # -- results coming back ----------------------------------------------------------------------
 
     def _on_asr_timeout(self, item_id: str) -> None:
@@ -398,7 +487,11 @@ class EngineConnection:
             return  # timed out already (or an item created with its own transcript)
         handle.cancel()
         self.session.transcript_done(
-            item_id, transcript.text, _now_ms(), audio_s=getattr(transcript, "audio_ms", 0) / 1000.0
+            item_id,
+            transcript.text,
+            _now_ms(),
+            audio_s=getattr(transcript, "audio_ms", 0) / 1000.0,
+            in_grammar=getattr(transcript, "in_grammar", True),
         )
         self.pump()
 
@@ -537,8 +630,10 @@ class EngineConnection:
             ev.set()
         for task in self._reply_tasks.values():
             task.cancel()
-        for handle in self._asr_deadlines.values():
+        for handle in (*self._asr_deadlines.values(), *self._whisper_deadlines.values()):
             handle.cancel()
+        for _lane, job in self._whisper_jobs.values():
+            job.cancel()
         self._asr.stop()
         self._tts.shutdown(wait=False, cancel_futures=True)
 

@@ -23,10 +23,17 @@ import secrets
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from bridge.engine.commands import Command, DetectorFactory, EgressRefused, Prewarm, SetExpected
+from bridge.engine.commands import (
+    Command,
+    DetectorFactory,
+    EgressRefused,
+    Prewarm,
+    SetExpected,
+    WarmWhisper,
+)
 from bridge.engine.conversation import Conversation
 from bridge.engine.outbox import Outbox
-from bridge.engine.responder import DEFAULT_GREETING, Reply
+from bridge.engine.responder import DEFAULT_GREETING, Reply, match_turn
 from bridge.engine.responses import ReplyContext, Response, Responses
 from bridge.engine.session_config import (
     EgressError,
@@ -36,6 +43,7 @@ from bridge.engine.session_config import (
     require,
     response_params,
 )
+from bridge.engine.transcripts import Transcripts
 from bridge.engine.turns import Turns
 from bridge.media.g711 import RATE_8K, RATE_24K
 from bridge.realtime.dialect import BETA, GA
@@ -53,6 +61,7 @@ from bridge.realtime.local_engine import (
     EngineExtension,
     parse_extension,
 )
+from bridge.speech.whisper import TRANSCRIPTION_MODELS
 
 _EXTRA_KEYS = (EXTENSION_KEY,)  # the engine's own session key, passed through in both dialects
 
@@ -84,6 +93,8 @@ class EngineSession:
         self.conversation = Conversation(self._out)
         self.turns = Turns(self._out, detector_factory, self)
         self.responses = Responses(self._out, self.conversation, self)
+        self.transcripts = Transcripts(self._out, self)
+        self._prewarmed = False
         self.turns.set_turn_detection(self.config["audio"]["input"]["turn_detection"])
         self._out.emit(SessionCreated(self.dialect.session(self.config, _EXTRA_KEYS)))
 
@@ -165,9 +176,16 @@ class EngineSession:
         if new_in["turn_detection"] != old_in["turn_detection"]:
             self.turns.set_turn_detection(new_in["turn_detection"])
         out_format = new["audio"]["output"]["format"]
-        if new[EXTENSION_KEY] and (extension_changed or out_format != old["audio"]["output"]["format"]):
+        # Fixed replies (the greeting and the fallback too, with or without an extension) are put in
+        # the prompt cache ahead of the first turn: a reply that needs no understanding never waits.
+        if not self._prewarmed or extension_changed or out_format != old["audio"]["output"]["format"]:
+            self._prewarmed = True
             rate = RATE_24K if out_format["type"] == "audio/pcm" else RATE_8K
             self._out.command(Prewarm(self._fixed_replies(), rate))
+        if self.understands():
+            self._out.command(WarmWhisper("live"))
+        if self.whisper_events():
+            self._out.command(WarmWhisper("record"))
         self._out.emit(SessionUpdated(self.dialect.session(self.config, _EXTRA_KEYS)))
 
     def _resolve_chat(self, backend_id: str | None) -> ChatBackend | None:
@@ -201,7 +219,10 @@ class EngineSession:
         self.turns.on_clear(msg, now_ms)
 
     def _on_item_create(self, msg: dict[str, Any], now_ms: float) -> None:
-        self.conversation.on_create(msg, self.turns.decode_item_audio)
+        audio = self.conversation.on_create(msg, self.turns.decode_item_audio)
+        if audio is not None:
+            item_id, pcm = audio
+            self._track_transcript(item_id, pcm, len(pcm) / 16.0)
 
     def _on_item_truncate(self, msg: dict[str, Any], now_ms: float) -> None:
         item = self.conversation.on_truncate(msg)
@@ -269,22 +290,92 @@ class EngineSession:
     def work_failed(self, response_id: str, message: str, now_ms: float) -> None:
         self.responses.work_failed(response_id, message, now_ms)
 
-    def transcript_done(self, item_id: str, text: str, now_ms: float, *, audio_s: float = 0.0) -> None:
+    def transcript_done(
+        self, item_id: str, text: str, now_ms: float, *, audio_s: float = 0.0, in_grammar: bool = True
+    ) -> None:
+        """pocketsphinx's transcript of a user turn (`in_grammar`: False when a grammar turn heard
+        out-of-grammar speech)."""
+        if self.transcripts.tracking(item_id):
+            self.transcripts.asr_done(item_id, text, in_grammar=in_grammar, audio_s=audio_s)
+            return
+        self._final(item_id, text, audio_s)
+        self.responses.transcript_settled(item_id, text)
+
+    def _final(self, item_id: str, text: str, audio_s: float) -> None:
         item = self.conversation.set_transcript(item_id, text)
         if item is not None and self.config["audio"]["input"]["transcription"] is not None:
+            # One delta with the whole text: Whisper re-reads a 30 s window per pass, so true partials
+            # would cost a full transcription each (docs/speech.md).
             self._out.emit(InputAudioTranscriptionDelta(item_id, 0, text))
             usage = {"type": "duration", "seconds": round(audio_s or item.audio_ms / 1000, 3)}
             self._out.emit(InputAudioTranscriptionCompleted(item_id, 0, text, usage))
+
+    def whisper_done(self, item_id: str, text: str, now_ms: float) -> None:
+        self.transcripts.whisper_done(item_id, text)
+
+    def whisper_failed(self, item_id: str, message: str, now_ms: float) -> None:
+        self.transcripts.whisper_failed(item_id, message)
+
+    # -- TranscriptHost ---------------------------------------------------------------------------
+
+    def final_transcript(self, item_id: str, text: str | None, audio_s: float, message: str) -> None:
+        if text is None:
+            self._failed_events(item_id, message or "no transcript")
+            self.conversation.transcript_settled(item_id)
+        else:
+            self._final(item_id, text, audio_s)
+
+    def reply_text(self, item_id: str, text: str | None) -> None:
+        item = self.conversation.get(item_id)
+        if item is not None and item.transcript_pending:
+            if text is not None:
+                self.conversation.set_transcript(item_id, text)  # the final text may replace it
+            else:
+                self.conversation.transcript_settled(item_id)
         self.responses.transcript_settled(item_id, text)
 
+    def confident_match(self, text: str) -> bool:
+        return match_turn(self.extension, text) is not None
+
+    def understands(self) -> bool:
+        """The reply to a caller's turn depends on the words (intents, FAQ or a chat backend)."""
+        ext = self.extension
+        return bool(ext.intents or ext.faq or self.chat_backend is not None)
+
+    def whisper_events(self) -> bool:
+        """The transcript events carry Whisper's text (the session asked for a transcription model)."""
+        transcription = self.config["audio"]["input"]["transcription"]
+        return transcription is not None and transcription.get("model") in TRANSCRIPTION_MODELS
+
+    def reply_needs_text(self) -> bool:
+        return self.understands()
+
+    def _track_transcript(self, item_id: str, pcm16_8k: bytes, audio_ms: float) -> None:
+        understand, whisper_events = self.understands(), self.whisper_events()
+        if understand or whisper_events:
+            self.transcripts.committed(
+                item_id,
+                pcm16_8k,
+                audio_ms,
+                understand=understand,
+                open_turn=not self.extension.expected_phrases(),
+                whisper_events=whisper_events,
+            )
+
     def transcript_failed(self, item_id: str, message: str, now_ms: float) -> None:
+        if self.transcripts.tracking(item_id):
+            self.transcripts.asr_failed(item_id, message)
+            return
+        self._failed_events(item_id, message)
+        self.transcript_done_silently(item_id)
+
+    def _failed_events(self, item_id: str, message: str) -> None:
         if (
             self.conversation.get(item_id) is not None
             and self.config["audio"]["input"]["transcription"] is not None
         ):
             error = {"type": "transcription_error", "code": "asr_failed", "message": message, "param": None}
             self._out.emit(InputAudioTranscriptionFailed(item_id, 0, error))
-        self.transcript_done_silently(item_id)
 
     def transcript_done_silently(self, item_id: str) -> None:
         self.conversation.transcript_settled(item_id)
@@ -303,9 +394,11 @@ class EngineSession:
         return self.conversation.last_id()
 
     def add_audio_item(
-        self, item_id: str, audio_ms: float, previous: str | None, *, transcribe: bool
+        self, item_id: str, audio_ms: float, previous: str | None, *, transcribe: bool, pcm16_8k: bytes = b""
     ) -> None:
         self.conversation.add_user_audio(item_id, audio_ms, previous, transcribe=transcribe)
+        if transcribe:
+            self._track_transcript(item_id, pcm16_8k, audio_ms)
 
     def responding(self) -> bool:
         return self.responses.active is not None

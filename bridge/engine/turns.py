@@ -46,9 +46,9 @@ class TurnHost(Protocol):
         """The conversation's last item (a committed turn follows it)."""
 
     def add_audio_item(
-        self, item_id: str, audio_ms: float, previous: str | None, *, transcribe: bool
+        self, item_id: str, audio_ms: float, previous: str | None, *, transcribe: bool, pcm16_8k: bytes = b""
     ) -> None:
-        """The committed turn becomes a user item."""
+        """The committed turn becomes a user item (`pcm16_8k`: its audio, for a second recogniser)."""
 
     def responding(self) -> bool:
         """A response is in progress."""
@@ -257,14 +257,13 @@ class Turns:
         """The buffer up to end_ms becomes user item `item_id` (its transcript follows asynchronously)."""
         previous = self._host.last_item_id()
         self._out.emit(InputAudioBufferCommitted(item_id, previous))
-        self._host.add_audio_item(item_id, end_ms - start_ms, previous, transcribe=transcribe)
+        pcm = bytes(self._buf[self._offset(start_ms) : self._offset(end_ms)]) if transcribe else b""
+        self._host.add_audio_item(item_id, end_ms - start_ms, previous, transcribe=transcribe, pcm16_8k=pcm)
         if transcribe:
             if self._asr_item != item_id:
                 if self._asr_item is not None:
                     self._out.command(AsrDiscard(self._asr_item))
-                self._out.command(
-                    AsrBegin(item_id, bytes(self._buf[self._offset(start_ms) : self._offset(end_ms)]))
-                )
+                self._out.command(AsrBegin(item_id, pcm))
             self._out.command(AsrEnd(item_id))
         self._asr_item = None
         self._trim_to(end_ms)

@@ -10,6 +10,7 @@ from bridge.engine.commands import (
     CancelWork,
     GenerateReply,
     Synthesize,
+    WhisperTranscribe,
 )
 from bridge.engine.conversation import Conversation
 from bridge.engine.outbox import Outbox
@@ -28,7 +29,16 @@ def test_response_waits_for_transcript_then_streams_full_sequence() -> None:
     item_id = h.of("input_audio_buffer.committed")[0]["item_id"]
     h.s.transcript_done(item_id, "billing please", h.now)
     h.collect()
-    assert h.of("conversation.item.input_audio_transcription.completed")[0]["transcript"] == "billing please"
+    # an in-grammar answer: the reply starts from pocketsphinx's text; the transcript event (whisper-1)
+    # waits for Whisper, which runs in the record lane
+    (job,) = h.take(WhisperTranscribe)
+    assert (job.item_id, job.priority) == (item_id, "record")
+    assert not h.of("conversation.item.input_audio_transcription.completed")
+    h.s.whisper_done(item_id, "Billing, please.", h.now)
+    h.collect()
+    assert (
+        h.of("conversation.item.input_audio_transcription.completed")[0]["transcript"] == "Billing, please."
+    )
     (gen,) = h.take(GenerateReply)
     assert gen.turn.kind == "user"
     assert gen.turn.user_text == "billing please"
@@ -151,6 +161,9 @@ class Host:
 
     def reply_context(self) -> ReplyContext:
         return ReplyContext("Be brief.", ({"type": "function", "name": "transfer"},), EngineExtension(), None)
+
+    def reply_needs_text(self) -> bool:
+        return True
 
     def response_started(self) -> None:
         self.started += 1

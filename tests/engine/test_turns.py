@@ -54,6 +54,15 @@ def test_vad_turn_events_with_audio_positions() -> None:
     fed = sum(len(c.pcm16_8k) for c in h.take(AsrAudio))
     assert 500 * 16 <= fed <= 2000 * 16
     assert [c.item_id for c in h.take(AsrEnd)] == [started["item_id"]]
+    # a session with nothing to understand (no intents, FAQ or chat) answers without the transcript
+    assert [g.turn.kind for g in h.take(GenerateReply)] == ["user"]
+
+
+def test_vad_turn_waits_for_the_transcript_when_the_reply_depends_on_it() -> None:
+    h = pcmu_session(prefix_padding_ms=300, silence_duration_ms=500)
+    h.update(local_engine={"intents": [{"name": "billing", "phrases": ["billing"], "reply": "Billing."}]})
+    speak_turn(h, speech_ms=800, lead_ms=1000, tail_ms=700)
+    assert h.of("response.created")
     assert not h.take(GenerateReply)  # waits for the transcript
 
 
@@ -196,9 +205,10 @@ class RecordingHost:
         return self.last
 
     def add_audio_item(
-        self, item_id: str, audio_ms: float, previous: str | None, *, transcribe: bool
+        self, item_id: str, audio_ms: float, previous: str | None, *, transcribe: bool, pcm16_8k: bytes = b""
     ) -> None:
         self.calls.append(("item", item_id, audio_ms, previous, transcribe))
+        self.pcm = pcm16_8k
         self.last = item_id
 
     def responding(self) -> bool:
