@@ -50,7 +50,9 @@ log = logging.getLogger(__name__)
 UPSTREAM_CLOSE_TIMEOUT_S = 0.08
 # The session transcribes the caller's turns for the call record.
 DEFAULT_TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
-TRANSCRIPTION_MODELS = {"local": "local"}  # the embedded engine uses its own recognizer
+TRANSCRIPTION_MODELS = {
+    "local": "whisper-1"
+}  # the embedded engine serves it with offline Whisper (record lane)
 
 TRANSFER_TOOL = {
     "name": "transfer",
