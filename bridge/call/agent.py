@@ -50,9 +50,10 @@ log = logging.getLogger(__name__)
 UPSTREAM_CLOSE_TIMEOUT_S = 0.08
 # The session transcribes the caller's turns for the call record.
 DEFAULT_TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
-TRANSCRIPTION_MODELS = {
-    "local": "whisper-1"
-}  # the embedded engine serves it with offline Whisper (record lane)
+# The embedded engine: its own fast transcripts, ready before the reply. ("whisper-1" would give
+# Whisper's text from the low-priority record lane, but the last turn of a call that ends on it, a
+# transfer, would then be transcribed after the record closed.)
+TRANSCRIPTION_MODELS = {"local": "local"}
 
 TRANSFER_TOOL = {
     "name": "transfer",
