@@ -9,15 +9,18 @@ and saves what the caller heard as a WAV file.
     ivr-bridge call --script calls/billing.txt --transcribe
 
 A script has one action per line, `TIME ACTION`: `2.5s press 1`, `3s play hello.wav`,
-`4s say what are your opening hours` (synthesized with the local voice), `20s hangup`; `#` starts a
-comment. Exit status: 0 when the call was connected, 1 when the bridge refused it, 2 on bad usage.
+`4s say what are your opening hours` (synthesized with the local voice), `20s hangup`; a line
+starting with `#` and ` # words` after an action are comments (`press #` is the key).
+Exit status: 0 when the call was connected, 1 when the bridge refused it, 2 on bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -46,7 +49,8 @@ def parse_script(text: str, source: str = "script", base: Path | None = None) ->
     """`TIME VERB [ARG]` lines -> actions (ConfigError naming the line when one is wrong)."""
     actions: list[Action] = []
     for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
+        # Comments: a line starting with `#`, or ` # words` after an action (`press #` is a key).
+        line = "" if raw.lstrip().startswith("#") else re.sub(r"\s#\s+\S.*$", "", raw).strip()
         if not line:
             continue
         parts = line.split(maxsplit=2)
@@ -94,12 +98,12 @@ def actions_from_args(args: argparse.Namespace) -> list[Action]:
     return sorted(actions, key=lambda a: a.at_s)
 
 
-async def _act(phone: Softphone, action: Action, out: TextIO) -> None:
+async def _act(phone: Softphone, action: Action, out: TextIO, wavs: dict[str, bytes]) -> None:
     if action.verb == "press":
         print(f"{phone.now_s:7.2f}s  caller presses {action.arg}", file=out)
         await phone.press(action.arg)
     elif action.verb == "play":
-        pcm = await asyncio.get_running_loop().run_in_executor(None, read_wav_8k, Path(action.arg))
+        pcm = wavs[action.arg]
         print(f"{phone.now_s:7.2f}s  caller plays {action.arg} ({len(pcm) / 16000:.1f} s)", file=out)
         await phone.play(pcm)
     elif action.verb == "say":
@@ -123,6 +127,14 @@ async def run_call(args: argparse.Namespace, actions: list[Action], out: TextIO)
         print(f"{event.t_s:7.2f}s  {event.kind}{': ' + event.detail if event.detail else ''}", file=out)
         out.flush()
 
+    wavs: dict[str, bytes] = {}
+    for action in actions:  # read (and resample) before dialling, so each plays on time
+        if action.verb == "play" and action.arg not in wavs:
+            try:
+                wavs[action.arg] = read_wav_8k(Path(action.arg))
+            except (OSError, EOFError, wave.Error) as exc:
+                print(f"ivr-bridge call: cannot read {action.arg}: {exc}", file=sys.stderr)
+                return 2
     phone = Softphone(
         args.url, caller=args.caller, called=args.called, auth_token=args.twilio_auth_token, on_event=show
     )
@@ -139,7 +151,7 @@ async def run_call(args: argparse.Namespace, actions: list[Action], out: TextIO)
                 pass
             if phone.closed:
                 break
-            running.append(asyncio.create_task(_act(phone, action, out)))
+            running.append(asyncio.create_task(_act(phone, action, out, wavs)))
         remaining = max(0.0, seconds(args.duration) - phone.now_s)
         if not await phone.wait_closed(remaining) and not phone.closed:
             print(f"{phone.now_s:7.2f}s  caller hangs up (--duration {args.duration})", file=out)
