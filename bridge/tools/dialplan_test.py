@@ -52,7 +52,7 @@ import numpy as np
 import yaml
 
 from bridge.dialplan.schema import Dialplan, parse_duration_ms
-from bridge.errors import ConfigError
+from bridge.errors import BridgeError, ConfigError
 from bridge.tools.softphone import Softphone, SoftphoneError
 
 # Fields of the dialplan whose strings the bot can say (prompts, replies, answers, ...).
@@ -650,7 +650,7 @@ def dialplan_test_command(args: argparse.Namespace, out: TextIO | None = None) -
     try:
         for test_file in files:
             results[test_file.path] = run_file(test_file, out, args.k)
-    except ConfigError as exc:
+    except BridgeError as exc:  # the dialplans do not load, the bridge does not start
         print(f"ivr-bridge dialplan test: {exc}", file=sys.stderr)
         return 2
     flat = [r for rs in results.values() for r in rs]
