@@ -23,6 +23,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -43,6 +44,7 @@ from bridge.settings import Settings
 from bridge.telephony.leg import Leg
 from bridge.telephony.twilio.routes import TwilioRoutes
 from bridge.web.api import mount_admin_api
+from bridge.web.console import mount_console
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,7 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
         settings = settings.model_copy(update={"engine_token": secrets.token_urlsafe(32)})
     store = DialplanStore(settings.dialplans)  # raises DialplanInvalid: never serve a broken plan
     calls: set[Call] = set()
+    recent_calls: deque[Call] = deque(maxlen=50)  # ended calls, newest first (console, dialplan tests)
     runtime = RuntimeState()
     # Admission: one pool of call slots for every leg of this process (Twilio takes a slot at
     # stream start, the SIP leg at INVITE); the Twilio webhooks' per-source token buckets.
@@ -140,6 +143,7 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
             result = await call.run()
         finally:
             calls.discard(call)
+            recent_calls.appendleft(call)
             stats.active_calls.dec(leg=kind)
             app.state.drainer.call_ended()
         outcome = result.ended_reason.split(":", 1)[0].split(" ", 1)[0] or "unknown"
@@ -188,11 +192,13 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
     app = FastAPI(title="ivr-bridge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.calls = calls
+    app.state.recent_calls = recent_calls
     app.state.dialplans = store
     app.state.call_slots = call_slots
     app.state.webhook_rate = webhook_rate
     records = app.state.records = Records(settings)  # started and stopped in the lifespan
     mount_admin_api(app, settings, records)  # /api/* only when BRIDGE_ADMIN_TOKEN is set
+    mount_console(app, settings, records)  # /console only when BRIDGE_ADMIN_TOKEN is set
     engine = mount_engine(app, settings)
     # The operator's chat-completions backends (dialplan agent steps): the only places the engine may
     # send requests. Read again after a reload; earlier entries stay for calls in progress.

@@ -151,7 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_twilio_subcommand(sub)
     from bridge.dialplan.cli import add_parser as add_dialplan_parser
 
-    add_dialplan_parser(sub)
+    dialplan_sub = add_dialplan_parser(sub)
+    from bridge.tools.dialplan_test import add_parser as add_dialplan_test_parser
+
+    add_dialplan_test_parser(dialplan_sub)
+    from bridge.tools.call_cli import add_parser as add_call_parser
+
+    add_call_parser(sub)
     from bridge.records.cli import add_parser as add_calls_parser
 
     add_calls_parser(sub)

@@ -36,7 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("call",),
     ("records",),
     ("web",),
-    ("app", "ops_routes", "cli", "__main__"),
+    ("app", "ops_routes", "cli", "tools", "__main__"),
 )
 
 # Same-layer imports allowed, (importer, imported) -> why.
@@ -44,6 +44,9 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("__main__", "cli"): "`python -m bridge` is the command line",
     ("cli", "app"): "`ivr-bridge serve` builds the app and runs it",
     ("app", "ops_routes"): "the app mounts the operations routes (health, readiness, metrics)",
+    ("cli", "tools"): "`ivr-bridge call` and `ivr-bridge dialplan test` are command lines",
+    ("tools", "app"): "`ivr-bridge dialplan test` serves the app in-process to call it",
+    ("tools", "cli"): "`ivr-bridge dialplan test` listens the way `ivr-bridge serve` does",
 }
 
 # Packages only some higher packages may import, -> (who may, why).

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,15 @@ class ShutDown:
     transfer_to: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class OperatorAction:
+    """An operator (the ops console) ends the call or transfers it to a target of the dialplan."""
+
+    kind: str  # "hang_up" | "transfer"
+    target: str = ""
+    who: str = "operator"
+
+
 ControlMessage = (
     Started
     | Digit
@@ -150,6 +160,7 @@ ControlMessage = (
     | AgentEnded
     | ToolCalled
     | ShutDown
+    | OperatorAction
 )
 
 
@@ -204,6 +215,11 @@ class Call:
         self._moderator: Moderator | None = None
         self._safe_line = ""
         self._moderation_seq = 0
+        # What the ops console shows and `ivr-bridge dialplan test` checks (wall-clock seconds).
+        self.started_wall_s: float | None = None
+        self.ended_wall_s: float | None = None
+        self.tool_calls: list[tuple[str, dict[str, object]]] = []
+        self.operator_error: str | None = None
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -228,6 +244,7 @@ class Call:
             if not self.stats.ended_reason.startswith(("stop", "closed", "refused", "error")):
                 with contextlib.suppress(BridgeError, OSError, RuntimeError):
                     await self.leg.hang_up()
+            self.ended_wall_s = time.time()
         return self.stats
 
     @property
@@ -239,6 +256,16 @@ class Call:
 
     def _post(self, message: ControlMessage) -> None:
         self._control.put_nowait(message)
+
+    # -- operator actions (the ops console): handled in order with everything else ----------------
+
+    def request_hang_up(self, who: str = "operator") -> None:
+        """End the call now (what the caller hears stops; the leg is hung up)."""
+        self._post(OperatorAction("hang_up", who=who))
+
+    def request_transfer(self, target: str, who: str = "operator") -> None:
+        """Hand the call to `target` now (a target the dialplan names; the caller checks that)."""
+        self._post(OperatorAction("transfer", target, who))
 
     # -- phone leg -----------------------------------------------------------------------------
 
@@ -252,6 +279,7 @@ class Call:
                 self._on_mark(event.name)
             elif isinstance(event, CallStarted):
                 self.started = event
+                self.started_wall_s = time.time()
                 self.encoding = self.leg.encoding
                 silence = g711.silence_byte(self.encoding)
                 self._playout = Playout(lead_ms=self.leg.lead_ms, silence_byte=silence)
@@ -514,6 +542,8 @@ class Call:
                 return runner.on_hangup(now)
             case ShutDown():  # handled above
                 return []
+            case OperatorAction():
+                return await self._operator(message)
             case _:
                 assert_never(message)
 
@@ -707,7 +737,22 @@ class Call:
             task.cancel()
 
     async def _on_tool(self, name: str, arguments: dict[str, object]) -> None:
+        self.tool_calls.append((name, dict(arguments)))
         self._post(ToolCalled(name, arguments))
+
+    async def _operator(self, message: OperatorAction) -> list[dp.Action]:
+        """Carry out an operator's hang-up or transfer at once (prompts and agent stopped first)."""
+        log.info("call %s: %s by %s %s", self.call_id, message.kind, message.who, message.target)
+        await self._stop_agent()
+        cut = self.bargein.cut_prompts(only_barge_in=False)
+        if cut is not None:
+            await self._execute_cut(cut, "operator")
+        if message.kind == "hang_up":
+            raise _CallOver(f"hangup: operator ({message.who})")
+        if await self.leg.transfer(message.target):
+            raise _CallOver(f"transferred to {message.target} (operator {message.who})")
+        self.operator_error = f"this leg cannot transfer to {message.target}"
+        return []
 
     async def _transfer(self, action: dp.Transfer) -> None:
         if action.announce:

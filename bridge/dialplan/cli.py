@@ -184,8 +184,11 @@ def simulate_command(
             print("  (the agent hears this; in a real call it answers)", file=out)
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `dialplan check|simulate` on the main parser's sub-commands."""
+def add_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """Register `dialplan check|simulate` on the main parser's sub-commands; returns the `dialplan`
+    sub-commands (bridge/cli.py adds `dialplan test` there)."""
     dialplan = sub.add_parser("dialplan", help="check or simulate dialplans")
     dsub = dialplan.add_subparsers(dest="dialplan_command", required=True)
     check = dsub.add_parser("check", help="validate dialplan files or directories; exit 1 on any error")
@@ -203,3 +206,4 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--called", default="", help="the called number ({called}); picks the flow when none is given"
     )
     sim.set_defaults(func=simulate_command)
+    return dsub

@@ -297,6 +297,13 @@ class Records:
         async with self._admin() as engine, engine.begin() as conn:
             await store.audit_append(conn, actor, action, target, detail)
 
+    async def audit(
+        self, actor: Actor, action: str, target: str | None, detail: Mapping[str, Any] | None = None
+    ) -> None:
+        """Write one audit entry for an action taken elsewhere (the console's hang-up, transfer);
+        RecordsUnavailable when it cannot be written (the caller then refuses the action)."""
+        await self._audit(actor, action, target, detail)
+
     @contextlib.asynccontextmanager
     async def _admin(self) -> Any:
         """The engine, with the schema in place; database errors become RecordsUnavailable."""
