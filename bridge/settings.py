@@ -64,6 +64,8 @@ ENV_FIELDS: dict[str, str] = {
     "BRIDGE_RETENTION_DAYS": "retention_days",
     "BRIDGE_PII_RULES": "pii_rules",
     "BRIDGE_PII_PATTERNS": "pii_patterns",
+    "BRIDGE_WEBRTC_HOSTS": "webrtc_hosts",
+    "BRIDGE_WEBRTC_PORTS": "webrtc_ports",
 }
 
 # Settings whose values are secrets: redacted from logs, error events and health output.
@@ -186,6 +188,11 @@ class Settings(BaseModel):
     # card, spoken_card, ssn, email, phone; "none" for none) and a YAML file of extra named regexes.
     pii_rules: str = "card,spoken_card,ssn,email,phone"
     pii_patterns: Path | None = None
+    # The browser softphone (/phone, WebRTC): the addresses of the bridge's ICE host candidates
+    # (comma-separated; unset: BRIDGE_HOST when it is one address, else every IPv4 interface and
+    # 127.0.0.1) and the UDP ports they use, one per call (docs/security.md, docs/softphone.md).
+    webrtc_hosts: str | None = None
+    webrtc_ports: str = Field("40000-40999", pattern=r"^\d{4,5}-\d{4,5}$")
 
     @field_validator("data_key")
     @classmethod

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bridge.call.bargein import BargeInCore, Cut
+from bridge.call.observer import BotSaid, CallerSaid, CallNote
 from bridge.dialplan.schema import AgentStep, Dialplan
 from bridge.errors import BridgeError, ConfigError, UpstreamError
 from bridge.media import g711
@@ -191,8 +192,10 @@ class AgentLink:
         *,
         on_tool: ToolHandler,
         call_id: str = "?",
+        on_note: Callable[[CallNote], None] | None = None,
     ) -> None:
         self.config = config
+        self._on_note = on_note  # transcripts for whoever watches the call (bridge.call.observer)
         self.truncates: list[tuple[str, int]] = []
         self.barge_ins = 0
         self._audio = audio
@@ -293,6 +296,12 @@ class AgentLink:
             await self._audio.server_speech_started()
         elif isinstance(event, rt.ResponseFunctionCallArgumentsDone):
             self._queue_tool(event)
+        elif isinstance(event, rt.ResponseOutputAudioTranscriptDone):
+            if self._on_note is not None and event.transcript.strip():
+                self._on_note(BotSaid(event.transcript.strip(), "agent"))
+        elif isinstance(event, rt.InputAudioTranscriptionCompleted):
+            if self._on_note is not None and event.transcript.strip():
+                self._on_note(CallerSaid(event.transcript.strip(), "agent"))
         elif isinstance(event, rt.Error):
             error = event.error
             log.warning("call %s: upstream error %s: %s", self._call_id, error.code, error.message)

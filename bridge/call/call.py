@@ -29,6 +29,16 @@ from typing import TYPE_CHECKING, assert_never
 
 from bridge.call.agent import AgentLink, agent_config
 from bridge.call.bargein import BargeInCore, Cut
+from bridge.call.observer import (
+    BargedIn,
+    BotSaid,
+    CallerSaid,
+    CallFinished,
+    CallNote,
+    CallObserver,
+    KeyPressed,
+    StepEntered,
+)
 from bridge.call.prompts import PromptVoice, prompt_voice, read_wav_8k
 from bridge.dialplan import runner as dp
 from bridge.dialplan.schema import Dialplan
@@ -143,8 +153,10 @@ class Call:
         *,
         plan_dir: Path | None = None,
         voice: PromptVoice | None = None,
+        observer: CallObserver | None = None,
     ) -> None:
         self.leg = leg
+        self.observer = observer  # told what a person watching the call would want to see
         self.plan = plan
         self.settings = settings
         self.plan_dir = plan_dir or settings.dialplans
@@ -166,6 +178,7 @@ class Call:
         self._listener: MenuListener | None = None  # while a menu listens for speech
         self._agent_task: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
+        self._position: tuple[str, int] | None = None
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -189,6 +202,7 @@ class Call:
             if not self.stats.ended_reason.startswith(("stop", "closed", "refused", "error")):
                 with contextlib.suppress(BridgeError, OSError, RuntimeError):
                     await self.leg.hang_up()
+            self._note(CallFinished(self.stats.ended_reason))
         return self.stats
 
     @property
@@ -200,6 +214,20 @@ class Call:
 
     def _post(self, message: ControlMessage) -> None:
         self._control.put_nowait(message)
+
+    def _note(self, note: CallNote) -> None:
+        if self.observer is not None:
+            self.observer.note(note)
+
+    def _note_position(self) -> None:
+        runner = self.runner
+        if self.observer is None or runner is None or runner.finished:
+            return
+        position = runner.position
+        if position != self._position:
+            self._position = position
+            step = runner.step
+            self._note(StepEntered(position[0], position[1], step.kind if step is not None else "end"))
 
     # -- phone leg -----------------------------------------------------------------------------
 
@@ -274,6 +302,7 @@ class Call:
 
     async def _execute_cut(self, cut: Cut, source: str) -> None:
         """Carry out the core's decision: playout and leg cleared, prompts done, the model told."""
+        self._note(BargedIn(source))
         agent = self.agent if cut.agent else None
         if agent is not None:
             agent.cut()
@@ -347,6 +376,7 @@ class Call:
         while True:
             message = await self._control.get()
             actions = await self._handle(message, self._now_ms())
+            self._note_position()
             for action in actions:
                 await self._execute(action)
             self._timer_wake.set()
@@ -360,11 +390,13 @@ class Call:
             return []
         match message:
             case Digit(digit):
+                self._note(KeyPressed(digit))
                 cut = self.bargein.cut_prompts(only_barge_in=True)
                 if cut is not None:
                     await self._execute_cut(cut, "dtmf")
                 return runner.on_dtmf(digit, now)
             case Heard(text):
+                self._note(CallerSaid(text, "menu"))
                 return runner.on_speech(text, now)
             case PromptDone(prompt_id):
                 return runner.on_prompt_done(prompt_id, now)
@@ -444,6 +476,7 @@ class Call:
             self._post(PromptDone(action.prompt_id))
             return
         item_id = self.bargein.prompt(action.prompt_id, len(pcm8k) // (2 * 8), action.barge_in)
+        self._note(BotSaid(action.text, "prompt"))
         await self._speak(item_id, pcm8k)
 
     async def _play_file(self, action: dp.Play) -> None:
@@ -474,7 +507,7 @@ class Call:
         except BridgeError as exc:
             self._post(ActionFailed(action, str(exc)))
             return
-        link = AgentLink(config, self, on_tool=self._on_tool, call_id=self.call_id)
+        link = AgentLink(config, self, on_tool=self._on_tool, call_id=self.call_id, on_note=self._note)
         self.agent = link
         self.bargein.agent_started(config.upstream_format, barge_in=config.barge_in)
         if self._vad is not None:
