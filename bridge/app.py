@@ -27,6 +27,7 @@ from fastapi import FastAPI
 from bridge import logsafe, metrics
 from bridge.call import Call
 from bridge.call.agent import dialplan_chat_backends
+from bridge.call.observer import CallObserver
 from bridge.call.prompts import prewarm_prompts
 from bridge.dialplan.store import DialplanStore
 from bridge.engine.server import mount_engine
@@ -39,6 +40,7 @@ from bridge.settings import Settings
 from bridge.telephony.leg import Leg
 from bridge.telephony.twilio.routes import TwilioRoutes
 from bridge.web.api import mount_admin_api
+from bridge.web.phone import mount_phone
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,10 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
     call_slots = Slots(settings.max_calls)
     webhook_rate = RateLimiter(settings.rate_per_source_per_s, settings.rate_burst)
 
-    async def run_call(leg: Leg) -> None:
-        call = Call(leg, store.current(), settings)  # the call keeps this snapshot to its end
+    async def run_call(leg: Leg, observer: CallObserver | None = None) -> None:
+        # The call keeps this dialplan snapshot to its end; `observer` (the softphone page) is told
+        # what happens in the call as it happens.
+        call = Call(leg, store.current(), settings, observer=observer)
         kind = leg.kind
         stats = metrics.METRICS
         calls.add(call)
@@ -106,6 +110,8 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
                     await task
             if runtime.sip is not None:
                 await runtime.sip.stop()
+            for phone_call in list(getattr(app.state, "phone_calls", ())):
+                phone_call.cancel()  # its leg closes its peer connection and frees its call slot
             await engine.close_all()
             await records.stop()
 
@@ -118,6 +124,8 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
     app.state.webhook_rate = webhook_rate
     records = app.state.records = Records(settings)  # started and stopped in the lifespan
     mount_admin_api(app, settings, records)  # /api/* only when BRIDGE_ADMIN_TOKEN is set
+    # /phone (the browser softphone) only when BRIDGE_ADMIN_TOKEN is set
+    mount_phone(app, settings, run_call=run_call, call_slots=call_slots, dialplans=store)
     engine = mount_engine(app, settings)
     # The operator's chat-completions backends (dialplan agent steps): the only places the engine may
     # send requests. Read again after a reload; earlier entries stay for calls in progress.
