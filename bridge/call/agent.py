@@ -72,6 +72,9 @@ class AgentConfig:
     barge_in: bool = True
     barge_in_min_speech_ms: int = 200
     barge_in_threshold: float = 0.6
+    # Ask the session for the caller's transcript (set when someone watches the call live, e.g. the
+    # softphone page; on hosted providers this is billed as transcription).
+    transcription: str | None = None
 
 
 def step_chat_backend(step: AgentStep) -> ChatBackend | None:
@@ -225,6 +228,7 @@ class AgentLink:
             tools=list(config.tools),
             turn_detection=config.turn_detection,
             extra=config.session_extra,
+            transcription=config.transcription,
         )
         await self._client.send(rt.SessionUpdate(session=session))
         if config.greeting:  # the agent speaks first; the local engine reads the same instruction

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import wave
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 15.0
+# The transcription model asked for when a call is watched live (bridge.call.observer).
+WATCHED_TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
 
 
 @dataclass(slots=True)
@@ -199,10 +202,10 @@ class Call:
             await self._stop_agent()
             if self._listener is not None:
                 await self._listener.aclose()
+            self._note(CallFinished(self.stats.ended_reason))  # before the leg closes: the page sees it
             if not self.stats.ended_reason.startswith(("stop", "closed", "refused", "error")):
                 with contextlib.suppress(BridgeError, OSError, RuntimeError):
                     await self.leg.hang_up()
-            self._note(CallFinished(self.stats.ended_reason))
         return self.stats
 
     @property
@@ -507,6 +510,8 @@ class Call:
         except BridgeError as exc:
             self._post(ActionFailed(action, str(exc)))
             return
+        if self.observer is not None:  # the watcher wants the caller's words too
+            config = dataclasses.replace(config, transcription=WATCHED_TRANSCRIPTION_MODEL)
         link = AgentLink(config, self, on_tool=self._on_tool, call_id=self.call_id, on_note=self._note)
         self.agent = link
         self.bargein.agent_started(config.upstream_format, barge_in=config.barge_in)

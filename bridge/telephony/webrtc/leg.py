@@ -157,8 +157,7 @@ class WebRtcLeg:
             if digit in DTMF_DIGITS:
                 self.push_dtmf(digit)
         elif kind == "hangup":
-            self.end("hangup")
-            self._spawn(self.pc.close())
+            self.end("hangup")  # the call's owner closes the connection (`close`)
 
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState
@@ -167,7 +166,6 @@ class WebRtcLeg:
             self._queue.put_nowait(self.started)
         elif state == "failed":
             self.end("error: the WebRTC connection failed")
-            await self.pc.close()
         elif state == "closed":
             self.end("hangup")
 
@@ -176,7 +174,6 @@ class WebRtcLeg:
         await asyncio.sleep(timeout_s)
         if not self.connected and self.ended is None:
             self.end("error: the browser did not connect")
-            await self.pc.close()
 
     # -- fed by the tasks above ------------------------------------------------------------------
 
@@ -253,12 +250,11 @@ class WebRtcLeg:
 
     async def transfer(self, target: str) -> bool:
         """A browser cannot be handed to a phone number: the page is told where the call would go,
-        then the call ends as a transfer would end it."""
+        and the call ends as a transfer ends it (then hangs the leg up)."""
         if self.ended is not None:
             return False
         self.send_event({"type": "transfer", "target": target})
-        await self.hang_up()
-        return True
+        return True  # the call ends as "transferred" and hangs the leg up
 
     async def close(self) -> None:
         """Close the peer connection and stop the leg's tasks (idempotent)."""

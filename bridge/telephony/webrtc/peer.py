@@ -118,18 +118,17 @@ def _apply_policy(pc: RTCPeerConnection, policy: IcePolicy) -> None:
 
 async def answer_offer(offer_sdp: str, started: CallStarted, policy: IcePolicy) -> tuple[WebRtcLeg, str]:
     """A connection for the browser's offer: (its leg, the SDP answer with every candidate)."""
+    if "\nm=audio " not in "\n" + offer_sdp.replace("\r\n", "\n"):
+        raise WebRtcError("the SDP offer has no audio")
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     leg = WebRtcLeg(pc, started)
     try:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        except (ValueError, KeyError, IndexError) as exc:
-            raise WebRtcError(f"the SDP offer cannot be used: {exc}") from exc
-        if not any(t.kind == "audio" for t in pc.getTransceivers()):
-            raise WebRtcError("the SDP offer has no audio")
-        _apply_policy(pc, policy)
-        answer = await pc.createAnswer()
-        await pc.setLocalDescription(answer)  # gathers every candidate first (no trickle)
+            _apply_policy(pc, policy)
+            await pc.setLocalDescription(await pc.createAnswer())  # gathers every candidate (no trickle)
+        except (ValueError, KeyError, IndexError, AttributeError) as exc:
+            raise WebRtcError(f"the SDP offer cannot be answered: {exc}") from exc
     except BaseException:
         await leg.close()
         raise
