@@ -47,6 +47,7 @@ QUESTIONS = ("what are your opening hours", "what is your address", "do you deli
 PLAN = """
 numbers:
   default: faq
+  "+15550999": prompt_loop
 flows:
   faq:
     - agent:
@@ -60,8 +61,12 @@ flows:
           - question: [do you deliver, delivery]
             answer: "Yes, within ten miles."
   prompt_loop:
-    - say: "This is a long prompt that the bridge keeps playing, so that audio flows both ways."
-    - goto: prompt_loop
+    - menu:
+        prompt: "This is a long prompt that the bridge keeps playing, so that audio flows both ways."
+        options: {"9": faq}
+        timeout: 1s
+        no_input: prompt_loop
+        no_match: prompt_loop
 """
 LOCAL_LOUD = 0.02  # page RMS (full scale 1.0) above which the microphone carries speech
 REMOTE_LOUD = 0.02
@@ -192,7 +197,7 @@ async def cpu_run(leg: str, calls: int, seconds: float) -> dict[str, float]:
         if leg == "webrtc":
             clients = [SoftphoneClient(bridge.url, TOKEN) for _ in range(calls)]
             for client in clients:
-                r = await client.call(flow="prompt_loop")
+                r = await client.call(number="+15550999", flow="prompt_loop")
                 assert r.status_code == 200, r.text
             for client in clients:
                 await client.wait_for(lambda e: e.get("type") == "transcript", timeout=30)
