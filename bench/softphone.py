@@ -17,11 +17,13 @@ Run: `.venv/bin/python -m bench softphone` (writes bench/results/softphone.md). 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +100,13 @@ def mouth_to_ear(levels: list[list[float]]) -> list[float]:
     t, local, remote = arr[:, 0], arr[:, 1], arr[:, 2]
     questions = segments(t, local > LOCAL_LOUD)
     latencies: list[float] = []
+    answers = segments(t, remote > REMOTE_LOUD)
     for i, (_start, end) in enumerate(questions):
         limit = questions[i + 1][0] if i + 1 < len(questions) else t[-1]
-        after = np.nonzero((t > end) & (t < limit) & (remote > REMOTE_LOUD))[0]
-        if after.size:
-            latencies.append(float(t[after[0]] - end))
+        # The first answer that starts after the question ends (not the tail of an earlier one).
+        onsets = [a for a, _b in answers if end < a < limit]
+        if onsets:
+            latencies.append(onsets[0] - end)
     return latencies
 
 
@@ -135,9 +139,12 @@ def browser_run(tmp: Path) -> dict[str, Any]:
             time.sleep(0.5)
         finally:
             driver.quit()
+    out = Path(__file__).parent / "out"
+    out.mkdir(exist_ok=True)
+    (out / "softphone_state.json").write_text(json.dumps(state))
     latencies = mouth_to_ear(state["levels"])
-    answers = sum(1 for e in state["transcript"] if e["who"] == "bot")
-    return {"latencies": latencies, "answers": answers, "questions": TURNS}
+    bot = Counter(e["text"] for e in state["transcript"] if e["who"] == "bot")
+    return {"latencies": latencies, "answers": sum(bot.values()), "bot_lines": bot, "questions": TURNS}
 
 
 # --------------------------------------------------------------------------- CPU per call-second
@@ -259,11 +266,16 @@ def main() -> None:
         f"| {len(lat)} of {browser['questions']} | {browser['answers']} | {pct(lat, 50):.0f} "
         f"| {pct(lat, 95):.0f} | {pct(lat, 0):.0f} | {pct(lat, 100):.0f} |",
         "",
+        "What the bot said (the page's transcript), by line:",
+        "",
+        *[f"- {count} x {text}" for text, count in browser["bot_lines"].most_common()],
+        "",
         "## Bridge CPU per call-second, WebRTC leg beside the Twilio leg",
         "",
-        "The bridge in its own process; each call plays a cached prompt in a loop while the caller streams",
-        "speech (so both directions carry audio; the menu/agent machinery is idle). WebRTC adds Opus",
-        "decode + encode, SRTP and the 48/24 kHz resampling per call; Twilio adds JSON + base64 per frame.",
+        "The bridge's main process (psutil; its speech-recognition worker processes are not counted);",
+        "each call is a menu whose cached prompt loops while the caller streams speech, so both",
+        "directions carry audio. WebRTC adds Opus decode + encode, SRTP and the 48/24 kHz resampling",
+        "per call (aiortc encodes on a thread pool); Twilio adds JSON + base64 per frame.",
         "",
         "| leg | calls | seconds | CPU s per call-second |",
         "|---|---|---|---|",
