@@ -132,6 +132,7 @@ def browser_run(tmp: Path) -> dict[str, Any]:
             deadline = time.monotonic() + 10
             while not driver.find_elements("css selector", "#number option") and time.monotonic() < deadline:
                 time.sleep(0.1)
+            driver.execute_script('document.getElementById("number").value = "default";')
             driver.find_element("id", "call").click()
             time.sleep((FIRST_QUESTION_MS + TURNS * PERIOD_MS + 3000) / 1000)
             state = driver.execute_script("return window.softphone.state")

@@ -259,6 +259,7 @@
       option.value = option.textContent = number;
       $("number").appendChild(option);
     }
+    if (config.numbers.includes("default")) $("number").value = "default";
     for (const flow of config.flows) {
       const option = document.createElement("option");
       option.value = option.textContent = flow;
