@@ -33,6 +33,7 @@ from bridge import logsafe, metrics
 from bridge.call import Call
 from bridge.call.agent import dialplan_chat_backends
 from bridge.call.prompts import prewarm_prompts
+from bridge.call.watch import CallWatcher
 from bridge.dialplan.store import DialplanStore
 from bridge.engine.server import mount_engine
 from bridge.errors import BridgeError
@@ -45,6 +46,7 @@ from bridge.telephony.leg import Leg
 from bridge.telephony.twilio.routes import TwilioRoutes
 from bridge.web.api import mount_admin_api
 from bridge.web.console import mount_console
+from bridge.web.phone import mount_phone
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +132,15 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
     call_slots = Slots(settings.max_calls)
     webhook_rate = RateLimiter(settings.rate_per_source_per_s, settings.rate_burst)
 
-    async def run_call(leg: Leg) -> None:
-        # The call keeps this dialplan snapshot to its end; its record goes through `records`.
+    async def run_call(leg: Leg, watcher: CallWatcher | None = None) -> None:
+        # The call keeps this dialplan snapshot to its end; its record goes through `records`;
+        # `watcher` (the softphone page) is told what happens in the call as it happens.
         call = Call(
-            leg, store.current(), settings, records=records.start_call if settings.records_enabled else None
+            leg,
+            store.current(),
+            settings,
+            records=records.start_call if settings.records_enabled else None,
+            watcher=watcher,
         )
         kind = leg.kind
         stats = metrics.METRICS
@@ -185,6 +192,8 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
                     await task
             if runtime.sip is not None:
                 await runtime.sip.stop()
+            for phone_call in list(getattr(app.state, "phone_calls", ())):
+                phone_call.cancel()  # its leg closes its peer connection and frees its call slot
             await engine.close_all()
             await records.stop()
 
@@ -199,6 +208,8 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
     records = app.state.records = Records(settings)  # started and stopped in the lifespan
     mount_admin_api(app, settings, records)  # /api/* only when BRIDGE_ADMIN_TOKEN is set
     mount_console(app, settings, records)  # /console only when BRIDGE_ADMIN_TOKEN is set
+    # /phone (the browser softphone) only when BRIDGE_ADMIN_TOKEN is set
+    mount_phone(app, settings, run_call=run_call, call_slots=call_slots, dialplans=store)
     engine = mount_engine(app, settings)
     # The operator's chat-completions backends (dialplan agent steps): the only places the engine may
     # send requests. Read again after a reload; earlier entries stay for calls in progress.

@@ -77,6 +77,8 @@ ENV_FIELDS: dict[str, str] = {
     "BRIDGE_HOLD_LINE": "hold_line",
     "BRIDGE_MODERATION_URL": "moderation_url",
     "BRIDGE_RECORDS": "records_enabled",
+    "BRIDGE_WEBRTC_HOSTS": "webrtc_hosts",
+    "BRIDGE_WEBRTC_PORTS": "webrtc_ports",
 }
 
 # Settings whose values are secrets: redacted from logs, error events and health output.
@@ -228,6 +230,11 @@ class Settings(BaseModel):
     moderation_url: str = "https://api.openai.com/v1/moderations"
     # Keep a record of every call (off: calls leave no rows; the admin API still reads older ones).
     records_enabled: bool = True
+    # The browser softphone (/phone, WebRTC): the addresses of the bridge's ICE host candidates
+    # (comma-separated; unset: BRIDGE_HOST when it is one address, else every IPv4 interface and
+    # 127.0.0.1) and the UDP ports they use, one per call (docs/security.md, docs/softphone.md).
+    webrtc_hosts: str | None = None
+    webrtc_ports: str = Field("40000-40999", pattern=r"^\d{4,5}-\d{4,5}$")
 
     @field_validator("data_key")
     @classmethod

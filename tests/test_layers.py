@@ -64,6 +64,7 @@ TELEPHONY_AREAS: dict[str, frozenset[str]] = {
     "rtp": frozenset({"base"}),
     "sip": frozenset({"base", "rtp"}),
     "twilio": frozenset({"base", "rtp"}),
+    "webrtc": frozenset({"base"}),  # the browser softphone's leg (aiortc does its own RTP)
 }
 
 LAYER_OF: dict[str, int] = {name: i for i, names in enumerate(LAYERS) for name in names}

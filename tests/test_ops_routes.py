@@ -21,6 +21,7 @@ from bridge.settings import Settings
 from bridge.telephony.leg import LegKind
 from bridge.telephony.sip.leg import SipLeg
 from bridge.telephony.twilio.leg import TwilioLeg
+from bridge.telephony.webrtc.leg import WebRtcLeg
 from tests.helpers.realtime_standin import AGENT_ONLY, StandinRealtime
 from tests.helpers.servers import serve
 from tests.helpers.twilio_emulator import TwilioEmulator
@@ -31,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_each_leg_class_declares_its_kind() -> None:
     assert TwilioLeg.kind == "twilio"
     assert SipLeg.kind == "sip"
-    assert {TwilioLeg.kind, SipLeg.kind} == set(get_args(LegKind))
+    assert WebRtcLeg.kind == "webrtc"
+    assert {TwilioLeg.kind, SipLeg.kind, WebRtcLeg.kind} == set(get_args(LegKind))
 
 
 def sample_sum(text: str, name: str, **labels: str) -> float:

@@ -33,6 +33,7 @@ from bridge.call.bargein import BargeInCore, Cut
 from bridge.call.record import CallObserver
 from bridge.call.resume import Backoff, RolloverPlan
 from bridge.call.upstream import SessionPlan, Timeline, Upstream
+from bridge.call.watch import BotSaid, CallerSaid, CallNote
 from bridge.dialplan.schema import AgentStep, BargeIn, Dialplan, Moderation
 from bridge.errors import BridgeError, ConfigError
 from bridge.media import g711
@@ -273,9 +274,11 @@ class AgentLink:
         call_id: str = "?",
         timeline: Timeline | None = None,
         observer: CallObserver | None = None,
+        on_note: Callable[[CallNote], None] | None = None,
     ) -> None:
         self.config = config
         self._observer = observer  # the call's record and moderator (bridge/call/record.py)
+        self._on_note = on_note  # transcripts for whoever watches the call live (bridge.call.watch)
         self.truncates: list[tuple[str, int]] = []
         self.barge_ins = 0
         self._audio = audio
@@ -370,6 +373,12 @@ class AgentLink:
             await self._audio.server_speech_started()
         elif isinstance(event, rt.ResponseFunctionCallArgumentsDone):
             self._queue_tool(event)
+        elif isinstance(event, rt.ResponseOutputAudioTranscriptDone):
+            if self._on_note is not None and event.transcript.strip():
+                self._on_note(BotSaid(event.transcript.strip(), "agent"))
+        elif isinstance(event, rt.InputAudioTranscriptionCompleted):
+            if self._on_note is not None and event.transcript.strip():
+                self._on_note(CallerSaid(event.transcript.strip(), "agent"))
         elif isinstance(event, rt.Error):
             error = event.error
             log.warning("call %s: upstream error %s: %s", self._call_id, error.code, error.message)

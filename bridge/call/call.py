@@ -33,6 +33,16 @@ from bridge.call.bargein import BargeInCore, Cut, Pause, Resume
 from bridge.call.caller_audio import CallerFront
 from bridge.call.prompts import PromptVoice, prompt_voice, read_wav_8k
 from bridge.call.record import CallObserver, RecorderFactory
+from bridge.call.watch import (
+    BargedIn,
+    BotSaid,
+    CallerSaid,
+    CallFinished,
+    CallNote,
+    CallWatcher,
+    KeyPressed,
+    StepEntered,
+)
 from bridge.dialplan import runner as dp
 from bridge.dialplan.schema import Dialplan
 from bridge.errors import BridgeError
@@ -182,6 +192,7 @@ class Call:
         plan_dir: Path | None = None,
         voice: PromptVoice | None = None,
         records: RecorderFactory | None = None,
+        watcher: CallWatcher | None = None,
     ) -> None:
         self.leg = leg
         self.plan = plan
@@ -211,6 +222,8 @@ class Call:
         # The call's record (bridge/call/record.py): created with the runner; every hook below is
         # `if self.observer is not None: self.observer.<what happened>(...)`, no I/O.
         self._records = records
+        self.watcher = watcher  # told what a person watching the call live would want to see
+        self._position: tuple[str, int] | None = None
         self.observer: CallObserver | None = None
         self._moderator: Moderator | None = None
         self._safe_line = ""
@@ -241,6 +254,7 @@ class Call:
             if self._listener is not None:
                 await self._listener.aclose()
             self._record_end()
+            self._note(CallFinished(self.stats.ended_reason))  # before the leg closes: the page sees it
             if not self.stats.ended_reason.startswith(("stop", "closed", "refused", "error")):
                 with contextlib.suppress(BridgeError, OSError, RuntimeError):
                     await self.leg.hang_up()
@@ -258,6 +272,20 @@ class Call:
         self._control.put_nowait(message)
 
     # -- operator actions (the ops console): handled in order with everything else ----------------
+
+    def _note(self, note: CallNote) -> None:
+        if self.watcher is not None:
+            self.watcher.note(note)
+
+    def _note_position(self) -> None:
+        runner = self.runner
+        if self.watcher is None or runner is None or runner.finished:
+            return
+        position = runner.position
+        if position != self._position:
+            self._position = position
+            step = runner.step
+            self._note(StepEntered(position[0], position[1], step.kind if step is not None else "end"))
 
     def request_hang_up(self, who: str = "operator") -> None:
         """End the call now (what the caller hears stops; the leg is hung up)."""
@@ -417,6 +445,7 @@ class Call:
 
     async def _execute_cut(self, cut: Cut, source: str) -> None:
         """Carry out the core's decision: playout and leg cleared, prompts done, the model told."""
+        self._note(BargedIn(source))
         agent = self.agent if cut.agent else None
         if agent is not None:
             agent.cut()
@@ -506,6 +535,7 @@ class Call:
             self._record_input(message, now)
             actions = await self._handle(message, now)
             self._record_outcome(message, actions, now)
+            self._note_position()
             for action in actions:
                 await self._execute(action)
             self._timer_wake.set()
@@ -522,11 +552,13 @@ class Call:
             return []
         match message:
             case Digit(digit):
+                self._note(KeyPressed(digit))
                 cut = self.bargein.cut_prompts(only_barge_in=True)
                 if cut is not None:
                     await self._execute_cut(cut, "dtmf")
                 return runner.on_dtmf(digit, now)
             case Heard(text):
+                self._note(CallerSaid(text, "menu"))
                 return runner.on_speech(text, now)
             case PromptDone(prompt_id):
                 return runner.on_prompt_done(prompt_id, now)
@@ -617,6 +649,7 @@ class Call:
         item_id = self.bargein.prompt(action.prompt_id, len(pcm8k) // (2 * 8), action.barge_in)
         if self.observer is not None:
             self.observer.prompt(action.prompt_id, action.text, len(pcm8k) // 16, self._now_ms())
+        self._note(BotSaid(action.text, "prompt"))
         await self._speak(item_id, pcm8k)
 
     async def _play_file(self, action: dp.Play) -> None:
@@ -656,6 +689,7 @@ class Call:
             call_id=self.call_id,
             timeline=self.timeline,
             observer=self.observer,
+            on_note=self._note if self.watcher is not None else None,
         )
         self._start_moderation(config)
         if self.observer is not None:

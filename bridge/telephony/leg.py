@@ -1,8 +1,8 @@
 """The events every leg produces, and the `Leg` protocol: what a call asks of a leg.
 
-The Twilio leg (Media Streams) and the SIP leg (pyVoIP signalling + the bridge's own RTP) both
-produce these events and both implement `Leg`, so `bridge.call` and the dialplan runner never
-know which one they are talking to.
+The Twilio leg (Media Streams), the SIP leg (pyVoIP signalling + the bridge's own RTP) and the
+browser softphone's WebRTC leg (aiortc) all produce these events and all implement `Leg`, so
+`bridge.call` and the dialplan runner never know which one they are talking to.
 
 Audio on a leg is always 8 kHz G.711 in the leg's `encoding`, in 20 ms frames (160 bytes).
 """
@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 # Which telephony a leg speaks (metrics labels, logs); a constant of each leg class.
-LegKind = Literal["twilio", "sip"]
+LegKind = Literal["twilio", "sip", "webrtc"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,13 +147,21 @@ def allowed_origins(request: Request) -> set[str]:
     return origins
 
 
-def check_csrf(request: Request, how: str, form: Mapping[str, str]) -> None:
-    """Refuse (403) a cookie-authenticated POST from another origin or without the CSRF field."""
+def require_same_origin(request: Request, how: str) -> None:
+    """Refuse (403) a cookie-authenticated request whose Origin (or Referer) is not the bridge's own.
+    Bearer requests (scripts) need none: a browser never sends the bearer by itself."""
     if how == "bearer":
         return
     origin = request.headers.get("origin") or _origin_of(request.headers.get("referer", ""))
     if not origin or origin.lower() not in allowed_origins(request):
         raise HTTPException(status_code=403, detail="cross-origin request refused (Origin)")
+
+
+def check_csrf(request: Request, how: str, form: Mapping[str, str]) -> None:
+    """Refuse (403) a cookie-authenticated POST from another origin or without the CSRF field."""
+    if how == "bearer":
+        return
+    require_same_origin(request, how)
     expected = csrf_token(request)
     given = form.get(CSRF_FIELD, "")
     if not expected or not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
@@ -169,5 +177,6 @@ __all__ = [
     "csrf_token",
     "issue_session",
     "require_admin",
+    "require_same_origin",
     "token_login",
 ]
