@@ -18,6 +18,7 @@ import pytest
 
 from bridge.app import create_app
 from bridge.settings import Settings
+from bridge.web.auth import COOKIE
 from tests.helpers.browser import ARTIFACTS, chromium, decode_recording, write_mic_wav
 from tests.helpers.e2e import overlap, recognise, trim_silence
 from tests.helpers.servers import serve
@@ -73,7 +74,7 @@ def test_browser_calls_the_default_dialplan_presses_1_and_hears_the_opening_hour
     try:
         driver.get(f"{bridge}/phone?token={TOKEN}")
         assert driver.current_url == f"{bridge}/phone", "the token link redirects to the clean URL"
-        cookie = driver.get_cookie("ivr_bridge_session")
+        cookie = driver.get_cookie(COOKIE)
         assert cookie is not None
         assert cookie["httpOnly"]
         assert cookie["sameSite"] == "Strict"
