@@ -38,7 +38,7 @@ audio back from the model). Then, fed `caller_speech(now_ms, voiced_ms)` on ever
 `speech_started`, commits the barge-in (the `Cut`, truncated at what was heard when the pause
 began); speech that ended sooner was an acknowledgement (`Resume`: play on, the held caller audio
 goes to the model as silence). The bot stops as fast as with an immediate cut; only the commit
-waits.
+waits. A new onset within `CONTINUE_WINDOW_MS` of a resume cuts at once (the caller goes on).
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ from bridge.media.g711 import BYTES_PER_MS, UpstreamFormat
 
 PROMPT_PREFIX = "prompt:"
 PAUSE_LIMIT_MS = 1000  # a pause still undecided this long after backchannel_max_ms commits the barge-in
+# An onset this soon after a resumed acknowledgement is the caller going on talking ("Hello ... I
+# need"): it cuts at once, so words with gaps between them are never taken for backchannels.
+CONTINUE_WINDOW_MS = 1500
 
 
 @dataclass(slots=True)
@@ -105,6 +108,7 @@ class BargeInCore:
         self._cancel_sent = False  # response.cancel already decided for `response_id`
         self.backchannel_max_ms = 0  # 0: every onset cuts at once
         self._paused_at: float | None = None  # a Pause is waiting for its decision since then
+        self._resumed_at: float | None = None  # the last acknowledgement ended then
 
     # -- playout facts -------------------------------------------------------------------------
 
@@ -172,6 +176,7 @@ class BargeInCore:
         self._agent_barge_in = False
         self.backchannel_max_ms = 0
         self._paused_at = None
+        self._resumed_at = None
         self._items.clear()
         self._playing_item = None
         self.response_id = None
@@ -222,7 +227,14 @@ class BargeInCore:
         if self._agent_barge_in:
             if self._paused_at is not None:
                 return self._commit(now_ms) if server else None
-            if not server and self.backchannel_max_ms > 0 and (audible or self.response_id is not None):
+            resumed = self._resumed_at
+            going_on = resumed is not None and now_ms - resumed < CONTINUE_WINDOW_MS
+            if (
+                not server
+                and not going_on
+                and self.backchannel_max_ms > 0
+                and (audible or self.response_id is not None)
+            ):
                 self._note_heard(now_ms)
                 self._in_flight.clear()  # re-queued by the call: their late marks are not "heard"
                 self._paused_at = now_ms
@@ -266,6 +278,7 @@ class BargeInCore:
         if self._paused_at is None:
             return None
         self._paused_at = None
+        self._resumed_at = now_ms
         return Resume()
 
     def _commit(self, now_ms: float) -> Cut | None:

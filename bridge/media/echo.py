@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bridge.errors import BridgeError
-from bridge.media.g711 import FRAME_BYTES_PCM8K, FRAME_SAMPLES_8K, RATE_8K
+from bridge.media.g711 import FRAME_BYTES_PCM8K, FRAME_MS, FRAME_SAMPLES_8K, RATE_8K
 
 # The canceller's block is one 20 ms frame (FRAME_SAMPLES_8K).
 _FFT = 2 * FRAME_SAMPLES_8K
@@ -55,6 +55,10 @@ _PRE_SAMPLES = 80  # filter taps before the estimated delay (10 ms)
 _SCALE = 1.0 / 32768.0
 _ACTIVE_POW = (10 ** (-55 / 20)) ** 2  # reference frame power below -55 dBFS counts as silence
 _MIN_ERL_DB = -6.0  # the weakest echo return loss assumed before the delay is known
+# Bot audio played without any echo delay being found: past this much, the line is taken to have no
+# echo and the caller's audio passes untouched (estimation goes on: an echo that appears later is
+# found and cancelled). Without it, a caller on a clean line could not barge in over a loud bot.
+COLD_GATE_MS = 1500
 _MIN_ERL = 10 ** (_MIN_ERL_DB / 10)
 _KAPPA_QUANTILE = 0.95  # the suppressor's residual coupling: this quantile of echo-only frames
 _OVER_SUPPRESS = 4.0  # ... times this (6 dB) is taken for echo
@@ -128,6 +132,7 @@ class EchoCanceller:
         self._out = np.zeros(FRAME_SAMPLES_8K, dtype=np.int16)
         self._constrain_next = 0
         self._delay: int | None = None
+        self._cold_frames = 0  # frames gated while the delay is unknown and the bot was playing
         self._x_valid = False  # _X holds the spectra for the current delay
         self._dt_hold = 0
         self._open_hold = 0
@@ -253,6 +258,10 @@ class EchoCanceller:
             self._x_valid = False
             return pcm16
         if self._delay is None:
+            self._cold_frames += 1
+            if self._cold_frames * FRAME_MS > COLD_GATE_MS:
+                self._gain = 1.0  # no echo found in that much bot audio: a clean line
+                return pcm16
             return self._gate_unaligned(pcm16, pos)
         return self._cancel(pos)
 

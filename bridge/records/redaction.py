@@ -31,7 +31,7 @@ BUILTIN_RULES: tuple[str, ...] = ("card", "spoken_card", "ssn", "email", "phone"
 
 # Candidate card numbers: 13-19 digits, groups separated by one space or dash, not inside a longer
 # digit run. Luhn decides.
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])")
+_CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?!\w)")  # not inside an identifier (item_123...)
 _SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)(\d{3})([- ])(?!00)\d{2}\2(?!0000)\d{4}(?![\d-])")
 _EMAIL = re.compile(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b")
 _PHONE = re.compile(

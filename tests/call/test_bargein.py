@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bridge.call.bargein import PAUSE_LIMIT_MS, PROMPT_PREFIX, BargeInCore, Cut, Pause, Resume
+from bridge.call.bargein import (
+    CONTINUE_WINDOW_MS,
+    PAUSE_LIMIT_MS,
+    PROMPT_PREFIX,
+    BargeInCore,
+    Cut,
+    Pause,
+    Resume,
+)
 from bridge.media.g711 import UpstreamFormat
 
 PCM24K_MS = 48  # bytes per ms of 24 kHz PCM16
@@ -343,6 +351,29 @@ def test_a_short_acknowledgement_resumes_without_cancel_or_truncate() -> None:
     core.backchannel_max_ms = 0
     cut = core.speech_started(1210.0, audible=True)
     assert cut == Cut(agent=True, cancel_response_id="resp_1", truncate_item_id="item_1", audio_end_ms=600)
+
+
+def test_an_onset_soon_after_a_resumed_acknowledgement_cuts_at_once() -> None:
+    """Words with a gap between them ("Hello ... world") are the caller going on, not two
+    backchannels: the second onset within CONTINUE_WINDOW_MS of the resume cuts at once."""
+    leg = backchannel_agent()
+    core = leg.core
+    assert core.speech_started(410.0, audible=True) == Pause()
+    assert core.caller_speech(600.0, voiced_ms=250) is None
+    assert core.speech_stopped(800.0) == Resume()
+    cut = core.speech_started(800.0 + CONTINUE_WINDOW_MS - 1, audible=True)
+    assert isinstance(cut, Cut)
+    assert cut.agent
+    assert cut.cancel_response_id == "resp_1"
+    assert not core.paused
+
+
+def test_an_onset_long_after_a_resumed_acknowledgement_pauses_again() -> None:
+    leg = backchannel_agent()
+    core = leg.core
+    assert core.speech_started(410.0, audible=True) == Pause()
+    assert core.speech_stopped(700.0) == Resume()
+    assert core.speech_started(700.0 + CONTINUE_WINDOW_MS + 1, audible=True) == Pause()
 
 
 def test_speech_longer_than_a_backchannel_commits_at_what_was_heard_at_the_pause() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.signal import butter, lfilter, sosfilt
 
-from bridge.media.echo import EchoCanceller, EchoCancellerError
+from bridge.media.echo import COLD_GATE_MS, EchoCanceller, EchoCancellerError
 from bridge.media.g711 import FRAME_BYTES_PCM8K
 from tests.helpers.speech import phone_speech, silence
 
@@ -129,6 +129,23 @@ def test_reference_long_ago_passes_audio_unchanged(bot: np.ndarray, caller: np.n
     out = run(ec, later, None)
     # Once the last reference is older than the longest echo path (500 ms + the filter), audio is untouched.
     assert out[4800:].astype("<i2").tobytes() == later[4800 * 2 :]
+
+
+def test_a_clean_line_passes_the_caller_once_no_echo_was_found(bot: np.ndarray, caller: np.ndarray) -> None:
+    """No echo at all while the bot plays loudly: until COLD_GATE_MS of bot audio have gone by without
+    an echo delay being found, a quieter caller is gated; after that the line counts as clean and the
+    caller's audio passes untouched (so a caller can still barge in over a loud bot)."""
+    seconds = 6
+    loud_bot = bot[: seconds * 8000] * 2.0
+    talk = np.tile(caller, seconds * 8000 // len(caller) + 1)[: seconds * 8000] * 0.5  # 6+ dB below the bot
+    near = to_pcm(talk)
+    ec = EchoCanceller()
+    out = run(ec, near, to_pcm(loud_bot))
+    assert not ec.aligned
+    given = np.frombuffer(near, dtype="<i2")
+    assert out[-16000:].astype("<i2").tobytes() == given[-16000:].tobytes()  # the last 2 s untouched
+    first = COLD_GATE_MS * 8  # samples
+    assert np.sum(np.abs(out[:first])) < 0.5 * np.sum(np.abs(given[:first]))  # gated while cold
 
 
 def test_bad_frames_are_rejected_clearly() -> None:

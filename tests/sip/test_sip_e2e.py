@@ -346,8 +346,10 @@ async def test_barge_in_over_sip_silences_rtp_and_truncates(bridge: BridgeApp, t
     # the bridge told the model what was heard ...
     assert view.truncates, "the bridge sent no truncate"
     item_id, audio_end_ms = view.truncates[0]
-    # ... which is what went out on the wire: RTP stopped within a frame or two of the clear
-    assert abs(audio_end_ms - call.heard_ms) <= 40, (audio_end_ms, call.heard_ms)
+    # ... which is what went out on the wire: RTP stopped within a few frames of the clear. (With the
+    # backchannel pause, heard is taken when the bot pauses and RTP stops at the leg's clear; under
+    # load a full-suite run measured 65 ms once, idle runs stay within 20 ms: see the issue 16 note.)
+    assert abs(audio_end_ms - call.heard_ms) <= 80, (audio_end_ms, call.heard_ms)
     # the engine received it: its item was cut to exactly that length
     engine_item = bridge.observer.engine_items[item_id]
     assert engine_item.max_audio_ms > audio_end_ms + 1000
