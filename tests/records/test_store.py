@@ -16,6 +16,7 @@ from bridge.metrics import METRICS
 from bridge.records import Actor, CallNotFound, Records, TurnStages, parse_filters
 from bridge.records.db import create_engine, head_revision, migrate
 from bridge.records.store import FilterError
+from tests.helpers.postgres import PostgresServer
 from tests.helpers.records_fixtures import KEY, files, records_settings
 
 ACTOR = Actor("tester", "127.0.0.1")
@@ -66,9 +67,9 @@ async def test_migrations_are_idempotent(tmp_path: Path, db_url: str) -> None:
         await engine.dispose()
 
 
-async def test_concurrent_migrations_are_safe(tmp_path: Path, db_url: str) -> None:
-    if not db_url.startswith("postgresql"):
-        pytest.skip("SQLite serves one process; concurrent start-ups are a PostgreSQL deployment")
+async def test_concurrent_migrations_are_safe(tmp_path: Path, postgres_server: PostgresServer) -> None:
+    """PostgreSQL only: several instances starting together (SQLite serves one process)."""
+    db_url = postgres_server.create_database()
     engines = [create_engine(db_url) for _ in range(3)]
     try:
         revisions = await asyncio.gather(*(migrate(e) for e in engines))
