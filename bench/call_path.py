@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 import psutil
 
+from bench._proc import stop_bridge
 from tests.helpers.realtime_standin import AGENT_ONLY, StandinRealtime, StandinSession
 from tests.helpers.servers import bind_ephemeral
 from tests.helpers.signals import onset_s, pcm, speech_8k, tone, ulaw
@@ -87,8 +88,7 @@ class BridgeProcess:
         return self.ps.memory_info().rss / 2**20
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        stop_bridge(self.proc)
 
 
 async def open_call(

@@ -29,6 +29,7 @@ import numpy as np
 import psutil
 import websockets
 
+from bench._proc import stop_bridge
 from bridge.media import g711
 from tests.helpers.servers import bind_ephemeral
 from tests.helpers.speech import phone_speech, silence
@@ -178,8 +179,7 @@ class EngineProcess:
         self.url = f"ws://127.0.0.1:{self.port}/v1/realtime"
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        stop_bridge(self.proc)
 
 
 async def run_session(

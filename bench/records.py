@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from bench._proc import stop_bridge
 from tests.helpers.realtime_standin import StandinRealtime, StandinSession
 from tests.helpers.servers import bind_ephemeral
 from tests.helpers.signals import pcm, tone, ulaw
@@ -100,8 +101,7 @@ class Bridge:
         return size, seconds
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
+        stop_bridge(self.proc)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -31,6 +31,7 @@ import httpx
 import numpy as np
 import psutil
 
+from bench._proc import stop_bridge
 from bridge.app import create_app
 from bridge.media import g711
 from bridge.settings import Settings
@@ -191,8 +192,7 @@ class BridgeProcess:
         return t.user + t.system
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        stop_bridge(self.proc)
 
 
 async def cpu_run(leg: str, calls: int, seconds: float) -> dict[str, float]:

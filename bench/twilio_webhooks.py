@@ -25,6 +25,8 @@ import httpx
 import numpy as np
 import psutil
 
+from bench._proc import stop_bridge
+
 RESULTS = Path(__file__).parent / "results" / "twilio_webhooks.md"
 TOKEN = "bench-auth-token"
 CONCURRENCY = 50
@@ -167,8 +169,7 @@ def main() -> None:
         bursts = asyncio.run(_bursts(base))
         figures = asyncio.run(_run(base))
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_bridge(proc)
     rejected = figures["rejected"]
     assert isinstance(rejected, dict)
     lines = [
