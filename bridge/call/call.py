@@ -300,9 +300,10 @@ class Call:
     async def _leg_loop(self) -> None:
         async for event in self.leg.events():
             if isinstance(event, AudioIn):
+                pcm8k = g711.decode(event.payload, self.encoding)  # once per frame, for all below
                 if self.observer is not None:  # the recording's caller channel, on the stream's own clock
-                    self.observer.caller_audio(event.payload, event.timestamp_ms, self._now_ms())
-                await self._on_caller_audio(event.payload)
+                    self.observer.caller_audio(pcm8k, event.timestamp_ms, self._now_ms())
+                await self._on_caller_audio(event.payload, pcm8k)
             elif isinstance(event, MarkPlayed):
                 self._on_mark(event.name)
             elif isinstance(event, CallStarted):
@@ -324,8 +325,7 @@ class Call:
                 raise _CallOver(event.reason)
         raise _CallOver("closed")
 
-    async def _on_caller_audio(self, payload: bytes) -> None:
-        pcm8k = g711.decode(payload, self.encoding)
+    async def _on_caller_audio(self, payload: bytes, pcm8k: bytes) -> None:
         front = self._front
         barge = self.bargein
         observer = self.observer
@@ -476,10 +476,12 @@ class Call:
                 name = str(self._mark_seq)
                 barge.frame_sent(name, frame.item_id, frame.end_ms, now)  # before sending: not drained
                 unplayed[name] = frame
-                if observer is not None:  # the bot channel at send time: it plays from then on
-                    observer.bot_frame(frame.item_id, frame.payload, name, now)
-                if front is not None:  # the echo canceller's reference, when it starts playing
-                    front.played(g711.decode(frame.payload, self.encoding), frame.start_ms)
+                if observer is not None or front is not None:  # decoded once for both
+                    pcm8k = g711.decode(frame.payload, self.encoding)
+                    if observer is not None:  # the bot channel at send time: it plays from then on
+                        observer.bot_frame(frame.item_id, pcm8k, name, now)
+                    if front is not None:  # the echo canceller's reference, when it starts playing
+                        front.played(pcm8k, frame.start_ms)
                 await leg.send_audio(frame.payload)
                 await leg.send_mark(name)
             due = playout.next_due_ms()
@@ -817,7 +819,7 @@ class Call:
                 )
             except (BridgeError, OSError, ValueError) as exc:  # no record, but the call goes on
                 log.error("call %s: no record kept: %s", started.call_id, exc)
-        self.observer = CallObserver(recorder, now, encoding=self.encoding)
+        self.observer = CallObserver(recorder, now)
         self.observer.answered(now)
 
     def _record_input(self, message: ControlMessage, now: float) -> None:

@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from bridge.call.moderation import BotLines, Sentence, heard_text
-from bridge.media import g711
-from bridge.media.g711 import Encoding
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +133,6 @@ class CallObserver:
 
     recorder: Recorder | None
     t0_ms: float
-    encoding: Encoding = "pcmu"
     moderator: SentenceCheck | None = None
     lines: BotLines = field(default_factory=BotLines)
     _turn: _Turn | None = None
@@ -161,8 +158,8 @@ class CallObserver:
         if self.recorder is not None:
             self.recorder.answered(self.t(now_ms))
 
-    def caller_audio(self, payload: bytes, timestamp_ms: int, now_ms: float) -> None:
-        """Every inbound frame (G.711, `timestamp_ms` its position in the leg's stream; per frame:
+    def caller_audio(self, pcm8k: bytes, timestamp_ms: int, now_ms: float) -> None:
+        """Every inbound frame (PCM16 8 kHz, `timestamp_ms` its position in the leg's stream; per frame:
         keep it cheap). Placed on the call clock by the stream's own timeline, anchored at the
         earliest arrival seen (arrival - position, never later): a stall of the event loop delays
         frames, it does not shift the caller's words in the recording."""
@@ -172,13 +169,13 @@ class CallObserver:
         offset = now_ms - self.t0_ms - timestamp_ms
         if self._caller_offset_ms is None or offset < self._caller_offset_ms:
             self._caller_offset_ms = offset
-        recording.caller(g711.decode(payload, self.encoding), int(self._caller_offset_ms + timestamp_ms))
+        recording.caller(pcm8k, int(self._caller_offset_ms + timestamp_ms))
 
-    def bot_frame(self, item_id: str, payload: bytes, mark: str, now_ms: float) -> None:
-        """A 20 ms frame went to the caller (the pacer's send time: it plays from then on)."""
+    def bot_frame(self, item_id: str, pcm8k: bytes, mark: str, now_ms: float) -> None:
+        """A 20 ms frame (PCM16 8 kHz) went to the caller (the pacer's send time: it plays from then on)."""
         recording = self.recording
         if recording is not None:
-            recording.bot(g711.decode(payload, self.encoding), int(now_ms - self.t0_ms))
+            recording.bot(pcm8k, int(now_ms - self.t0_ms))
         item = self._items.get(item_id)
         if item is not None and not item.sent:
             item.sent = True
