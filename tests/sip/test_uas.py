@@ -578,6 +578,14 @@ def test_closing_refuses_new_invites() -> None:
     assert shell.statuses("INVITE") == [503]
 
 
+def test_closing_answers_options_503_so_a_dispatcher_probe_takes_the_bridge_out() -> None:
+    shell = Shell()
+    shell.feed(request("OPTIONS", call_id="opt-open", branch="z9hG4bK-oo"))
+    shell.core.closing = True
+    shell.feed(request("OPTIONS", call_id="opt-draining", branch="z9hG4bK-od"))
+    assert shell.statuses("OPTIONS") == [200, 503]
+
+
 # ---------------------------------------------------------------------------------------------
 # Malformed datagrams
 
