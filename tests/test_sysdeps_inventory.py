@@ -2,7 +2,8 @@
 bridge use, so `make sysdeps` on a fresh machine installs all of them.
 
 The scan is deliberately simple: the string literals of tests/, bench/ and bridge/ Python (AST), and the
-text of the peer configuration templates (tests/sip/peers/). It finds
+text of the peer configuration templates (tests/sip/peers/, tests/deploy/peers/) and of the
+shipped deployment configs (deploy/). It finds
 - absolute paths under the system's top-level directories (tests/, bench/ and the peer templates);
 - commands: the first word of what subprocess / asyncio.create_subprocess_* / os.exec* run when it is a
   literal, the argument of shutil.which / require_binary, and any literal naming a known peer or tool;
@@ -226,9 +227,13 @@ def inventory() -> list[tuple[str, str, str]]:
         found += scan_python(path.read_text(), str(path.relative_to(REPO)))
     for path in _sources(("bridge",)):  # the bridge's own paths are settings; its commands are not
         found += scan_python(path.read_text(), str(path.relative_to(REPO)), paths=False)
-    for path in sorted((REPO / "tests" / "sip" / "peers").rglob("*")):
+    for path in sorted(p for d in ("sip", "deploy") for p in (REPO / "tests" / d / "peers").rglob("*")):
         if path.is_file():
             found += scan_config(path.read_text(), str(path.relative_to(REPO)))
+    # The shipped Kamailio configs: the modules they load (their other paths are the target machine's).
+    for path in sorted((REPO / "deploy" / "kamailio").glob("*.cfg")):
+        modules = scan_config(path.read_text(), str(path.relative_to(REPO)))
+        found += [f for f in modules if f[1].endswith((".so", "/modules/"))]
     return found
 
 

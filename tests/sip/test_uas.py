@@ -576,6 +576,7 @@ def test_closing_refuses_new_invites() -> None:
     shell.core.closing = True
     shell.feed(invite())
     assert shell.statuses("INVITE") == [503]
+    assert shell.core.counters["calls_rejected"] == 1
 
 
 def test_closing_answers_options_503_so_a_dispatcher_probe_takes_the_bridge_out() -> None:

@@ -599,6 +599,9 @@ class UasCore:
         if msg.call_id in self._starting:
             return  # a retransmission while the call is being set up: its 180/200 follow
         if self.closing:
+            # Drain (docs/resilience.md): counted like the Twilio leg's refusals.
+            self.counters["calls_rejected"] += 1
+            METRICS.admission_rejections.inc(leg="sip", reason="draining")
             out.append(Send(build_response(msg, 503, "Service Unavailable", addr, to_tag=new_tag()), addr))
             out.append(Refused(addr, "INVITE", 503, "shutting down"))
             return
