@@ -8,7 +8,8 @@ in-dialog requests to route (`ClientRequest`: the shell resolves the next hop an
 the timers, RTP and the legs. What the core does, per request:
 
 - OPTIONS -> 200 (503 while draining: the answer an INVITE would get, RFC 3261 11.2, so a dispatcher's
-  OPTIONS probe takes a draining bridge out of its rotation); unknown methods -> 405/501; malformed requests -> 400 (or dropped if unusable);
+  OPTIONS probe takes a draining bridge out of its rotation); unknown methods -> 405/501; malformed
+  requests -> 400 (or dropped if unusable);
 - INVITE -> 100, `CallOffered` (the shell binds RTP and calls `media_ready`), 180, then 200 with the
   bridge's RTP port (after `answer_delay_ms`), retransmitted T1 doubling to T2 until the ACK; no ACK
   for 64*T1 ends the call with a BYE; offers with neither PCMU nor PCMA -> 488;
