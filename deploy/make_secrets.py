@@ -7,6 +7,7 @@ Writes into DIR (mode 0644: see make()):
                         (default: localhost, 127.0.0.1); replace them with real ones in production
   metrics_token         BRIDGE_METRICS_TOKEN, also read by Prometheus (credentials_file)
   postgres_password     the PostgreSQL password (the postgres image reads POSTGRES_PASSWORD_FILE)
+  grafana_password      Grafana's admin password (GF_SECURITY_ADMIN_PASSWORD__FILE)
   bridge.env            the bridges' shared secrets as KEY=value lines: BRIDGE_METRICS_TOKEN,
                         BRIDGE_ADMIN_TOKEN, BRIDGE_STREAM_SECRET (the same on every replica: a stream
                         token issued by one is checked by another), BRIDGE_DATA_KEY, BRIDGE_DATABASE_URL
@@ -86,7 +87,7 @@ def make(directory: Path, hosts: list[str], *, postgres_host: str = "postgres") 
         _write(directory / "tls.key", key)
         _write(directory / "tls.crt", cert)
         written += ["tls.crt", "tls.key"]
-    for name in ("metrics_token", "postgres_password"):
+    for name in ("metrics_token", "postgres_password", "grafana_password"):
         if _write(directory / name, secrets.token_urlsafe(32).encode()):
             written.append(name)
     password = _read(directory / "postgres_password")
