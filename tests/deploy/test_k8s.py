@@ -104,7 +104,7 @@ def test_deployments_probes_grace_period_and_prestop_follow_the_drain() -> None:
         assert pod["securityContext"]["runAsNonRoot"] is True
         # the image's CMD is `ivr-bridge serve` (PID 1: it gets the kubelet's SIGTERM and drains)
         assert "command" not in bridge
-        assert 'CMD ["ivr-bridge", "serve"]' in (REPO / "docker" / "Dockerfile").read_text()
+        assert 'CMD ["ivr-bridge", "serve"]' in (REPO / "docker/Dockerfile").read_text()
 
 
 def test_environment_names_are_settings_and_secrets_come_from_the_secret() -> None:
@@ -166,10 +166,14 @@ def test_sip_side_host_network_ports_and_the_shipped_dispatcher() -> None:
     assert all(line.endswith(f":{sip_port}") for line in listing.split("\n") if line.strip())
     kamailio = next(d for d in of_kind("Deployment") if d["metadata"]["name"] == "kamailio")
     args = " ".join(kamailio["spec"]["template"]["spec"]["containers"][0]["args"])
-    assert 'DISPATCHER_LIST="/etc/kamailio/dispatcher/dispatcher.list"' in args
+    [mount] = kamailio["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][:1]
+    assert mount["name"] == "dispatcher"
+    assert f'DISPATCHER_LIST="{mount["mountPath"]}/dispatcher.list"' in args
     # the image bakes in the very config tests/deploy/test_kamailio_dispatcher.py runs
-    dockerfile = (REPO / "docker" / "kamailio.Dockerfile").read_text()
-    assert "COPY deploy/kamailio/dispatcher.cfg /etc/kamailio/dispatcher.cfg" in dockerfile
+    dockerfile = (REPO / "docker/kamailio.Dockerfile").read_text()
+    copied = re.search(r"^COPY deploy/kamailio/dispatcher.cfg (\S+)$", dockerfile, re.M)
+    assert copied, dockerfile
+    assert f'"-f", "{copied.group(1)}"' in dockerfile  # and runs it
     header = (K8S / "sip.yaml").read_text().split("apiVersion", 1)[0]
     assert re.search(r"UDP 10000-20000", header), "the RTP port range is documented"
     assert "10000-20000" in (REPO / "docs" / "sip.md").read_text()  # the range the SIP leg uses
