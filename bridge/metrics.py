@@ -316,6 +316,24 @@ class BridgeMetrics(MetricsRegistry):
         self.drain_state = self.gauge(
             p + "draining", "1 while the process drains calls before exiting, else 0."
         )
+        # Scale-out (docs/cluster.md): the shared state in Redis, and this instance's link to it.
+        self.cluster_degraded = self.gauge(
+            p + "cluster_degraded",
+            "1 while BRIDGE_REDIS_URL is set but Redis is not usable (this instance runs on local state).",
+        )
+        self.cluster_errors = self.counter(
+            p + "cluster_errors_total",
+            "Redis operations that failed or timed out (each one degrades the instance to local state).",
+            ["op"],
+        )
+        self.cluster_transitions = self.counter(
+            p + "cluster_transitions_total", "Switches between shared and local (degraded) state.", ["to"]
+        )
+        self.cluster_control = self.counter(
+            p + "cluster_control_messages_total",
+            "Control messages between instances (forwarded status callbacks, hang-ups, transfers).",
+            ["direction", "type"],
+        )
 
 
 METRICS = BridgeMetrics()

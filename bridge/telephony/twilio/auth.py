@@ -386,6 +386,20 @@ def check_stream_token(
         raise StreamTokenError("replayed", "stream token was already used")
 
 
+def token_nonce(token: str | None) -> tuple[str, int] | None:
+    """The nonce and expiry (unix s) of a well-formed token, for spending it in shared state; None
+    when it is not one (call `check_stream_token` first: this checks the shape, not the MAC)."""
+    parts = (token or "").split(".")
+    if (
+        len(parts) != 5
+        or parts[0] != _TOKEN_VERSION
+        or not parts[2].isdigit()
+        or not _NONCE_RE.match(parts[3])
+    ):
+        return None
+    return parts[3], int(parts[2])
+
+
 def resolve_stream_secret(settings: Settings) -> bytes:
     """The stream-token key: `BRIDGE_STREAM_SECRET`, else derived from the auth token (so every
     instance sharing the account agrees without more config), else random for this process
