@@ -290,7 +290,7 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
         shared=cluster,
     )
     app.state.drainer = Drainer(settings, calls, runtime, twilio)
-    ops = OpsRoutes(settings, runtime, calls=calls, call_slots=call_slots, dialplans=store)
+    ops = OpsRoutes(settings, runtime, calls=calls, call_slots=call_slots, dialplans=store, cluster=cluster)
     app.include_router(twilio.router())
     app.include_router(ops.router())
     return app

@@ -246,19 +246,19 @@ return ok
 """
 
 # KEYS[1] the dialplan hash; ARGV: content hash, instance, the caller's version. A new content hash
-# gets the next version (never below the caller's, so a Redis that lost its data cannot make versions
-# go back); the same hash keeps its version. Returns {version, hash}: every instance adopts it.
+# gets the next version, or the caller's own version when that is higher (so a Redis that lost its
+# data cannot make versions go back); the same hash keeps its version. Returns {version, hash}: every instance adopts it.
 PUBLISH_DIALPLAN = """
 local current = redis.call('HGET', KEYS[1], 'hash')
 local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if current == ARGV[1] then
   return {version, current}
 end
+version = version + 1
 local floor = tonumber(ARGV[3])
 if version < floor then
   version = floor
 end
-version = version + 1
 redis.call('HSET', KEYS[1], 'version', version, 'hash', ARGV[1], 'by', ARGV[2])
 return {version, ARGV[1]}
 """

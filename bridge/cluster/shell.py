@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
+from redis.asyncio.retry import Retry
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from bridge.cluster.core import (
     ACQUIRE_LEASE,
@@ -326,6 +326,10 @@ class Cluster:
             return self.instance
         owner = await self._run("directory", lambda c: c.get(self.keys.call(call_id)))
         return str(owner) if owner else None
+
+    @property
+    def held_calls(self) -> frozenset[str]:
+        return frozenset(self._calls)
 
     def holds(self, call_id: str) -> bool:
         return call_id in self._calls
