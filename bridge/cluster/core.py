@@ -247,7 +247,8 @@ return ok
 
 # KEYS[1] the dialplan hash; ARGV: content hash, instance, the caller's version. A new content hash
 # gets the next version, or the caller's own version when that is higher (so a Redis that lost its
-# data cannot make versions go back); the same hash keeps its version. Returns {version, hash}: every instance adopts it.
+# data cannot make versions go back); the same hash keeps its version. Returns {version, hash}:
+# every instance adopts that number.
 PUBLISH_DIALPLAN = """
 local current = redis.call('HGET', KEYS[1], 'hash')
 local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
