@@ -324,9 +324,9 @@ def issue_stream_token(
 class UsedTokens:
     """Nonces of stream tokens already spent, each kept until its token expires.
 
-    Per instance (in memory): with several instances a token could in principle be spent once on
-    each within its TTL; the CallSid binding and the call registry's one-stream-per-call rule
-    (shared when the registry is) close that gap. Memory is bounded by issued tokens x TTL,
+    Per instance (in memory). With several instances (BRIDGE_REDIS_URL) the Twilio routes also spend
+    each nonce in Redis (`SET NX`, bridge/cluster), so a token is good once across the cluster; this
+    set still decides alone while Redis is unreachable. Memory is bounded by issued tokens x TTL,
     and only the bridge can issue tokens.
     """
 
