@@ -182,3 +182,12 @@ async def test_a_dead_redis_answers_none_fast_and_recovery_is_automatic(redis: R
         assert await cluster.spend_token("nonce-0002", int(time.time()) + 60) is True
     finally:
         await cluster.stop()
+
+
+def test_the_redis_password_is_a_secret_and_the_instance_has_a_name() -> None:
+    settings = Settings(redis_url="redis://:s3cret%2Dpw@10.0.0.5:6379/0")
+    assert "s3cret-pw" in settings.secret_values()
+    assert "s3cret%2Dpw" in settings.secret_values()
+    assert settings.instance_name.endswith(f"-{__import__('os').getpid()}")
+    assert Settings(instance_id="pod-7").instance_name == "pod-7"
+    assert Settings.from_env({"BRIDGE_CLUSTER_MAX_CALLS": "3"}).cluster_max_calls == 3
