@@ -3,8 +3,9 @@ by Mozilla's `marionette-driver` client. Debian ships no geckodriver and nothing
 is started here with `--marionette` and a fresh profile whose user.js sets the prefs below.
 
 Firefox has no "WAV file as microphone" like Chromium: with media.navigator.streams.fake its microphone
-is a sine tone. The tone is put at 6 kHz, above the telephone band, so the bridge's 8 kHz path (its
-anti-aliasing resampler) removes it and the caller is silent to the VAD and the recogniser.
+is a steady sine tone (1 kHz by default). It is put at 6 kHz, above the telephone band, so the bridge's
+8 kHz path (its anti-aliasing resampler) removes it and the caller is silent to the VAD and the
+recogniser whatever the browser's noise suppression does with a tone.
 
 Headless Firefox on a machine without a sound server cannot open an audio output, so AudioContexts stay
 "suspended" (the page's level meters read nothing) and the page's <audio> plays into nothing; WebRTC

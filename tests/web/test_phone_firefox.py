@@ -3,11 +3,12 @@ calling the repo's default dialplan through the real app, like tests/web/test_ph
 with Chromium.
 
 The page is opened with a token link (303 to the clean URL, HttpOnly session cookie) and calls. Then:
-the greeting shows in the live transcript (the data channel), the bot's audio arrives (the page's
-inbound RTP counters grow), pressing 1 on the keypad moves the call to the assistant step (its
-greeting in the transcript too), the page hangs up, and the ops console's history lists the call.
-Firefox's fake microphone is a tone above the phone band (tests/helpers/firefox.py), so the caller is
-silent. Screenshots go to tests/artifacts/phone/firefox-*.png.
+the greeting shows in the live transcript (the data channel); the bot's audio arrives and the
+microphone's goes out (the page's RTP counters, window.softphone.audioStats, grow); pressing 1 on the
+keypad moves the call to the assistant step (its greeting in the transcript too); what the page heard
+(its MediaRecorder) is recognised as the greeting and then the assistant's greeting; the page hangs
+up, and the ops console's history lists the call. Firefox's fake microphone is a tone above the phone
+band (tests/helpers/firefox.py), so the caller is silent. Screenshots: tests/artifacts/phone/firefox-*.png.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import pytest
 from bridge.app import create_app
 from bridge.settings import Settings
 from bridge.web.auth import COOKIE
-from tests.helpers.browser import ARTIFACTS
+from tests.helpers.browser import ARTIFACTS, decode_recording
+from tests.helpers.e2e import overlap, recognise, trim_silence
 from tests.helpers.firefox import firefox, run, run_async, save_screenshot
 from tests.helpers.servers import serve
 
@@ -32,6 +34,9 @@ REPO = Path(__file__).resolve().parents[2]
 TOKEN = "firefox-test-admin-token"
 GREETING = "Thanks for calling Acme."
 ASSISTANT_GREETING = "I'm the Acme assistant."
+ASSISTANT_LINE = "I'm the Acme assistant. Ask me about our opening hours or our address, or say operator."
+MENU_START = "For opening hours and other questions, press 1 or say questions."
+ASSISTANT_PLAYS_S = 14.0  # from its transcript line to the end of its audio, with a slow first synthesis
 SHOTS = ARTIFACTS / "phone"
 # The bridge sends 20 ms packets: 5 s of the greeting and the menu is ~250 of them.
 MIN_PACKETS = 150
@@ -102,6 +107,7 @@ def test_firefox_calls_the_default_dialplan_hears_the_greeting_presses_1_and_the
         received = stats()
         assert received.get("packetsReceived", 0) >= MIN_PACKETS, received
         assert received.get("bytesReceived", 0) > 0, received
+        assert received.get("packetsSent", 0) >= MIN_PACKETS, f"the microphone's packets go out: {received}"
         save_screenshot(ff, SHOTS / "firefox-2-menu.png")
 
         ff.find_element("css selector", '#keypad button[data-digit="1"]').click()
@@ -111,11 +117,26 @@ def test_firefox_calls_the_default_dialplan_hears_the_greeting_presses_1_and_the
         assert keys == ["1"]
         later = stats()
         assert later["packetsReceived"] > received["packetsReceived"], (received, later)
+        assert later["packetsSent"] > received["packetsSent"], (received, later)
         bot_lines = [line["text"] for line in run(ff, "return window.softphone.state.transcript")]
         assert not [
             line for line in run(ff, "return window.softphone.state.transcript") if line["who"] == "caller"
         ], "the fake microphone's tone is above the phone band: the caller said nothing"
         save_screenshot(ff, SHOTS / "firefox-3-assistant.png")
+
+        # What the page heard (its MediaRecorder, handed back and decoded): the greeting first, and
+        # after the key press the assistant's greeting (the engine may take seconds to voice it).
+        time.sleep(ASSISTANT_PLAYS_S)
+        recording = run_async(ff, "const done = arguments[0]; window.softphone.recording().then(done);")
+        heard = decode_recording(recording["base64"])
+        (SHOTS / "firefox-heard.pcm").write_bytes(heard)
+        assert len(heard) > 2 * 8000 * 10, f"only {len(heard) / 16000:.1f} s of audio reached the page"
+        start = trim_silence(heard[: 2 * 8000 * 3])[: int(2 * 8000 * 1.6)]  # the greeting's 1.3 s
+        text = recognise(start, [GREETING.lower(), MENU_START.lower()])
+        assert overlap(GREETING, text) >= 0.5, f"heard {text!r} at the start"
+        tail = trim_silence(heard[2 * 8000 * 6 :])  # after the key press at ~4.5 s
+        text = recognise(tail, [ASSISTANT_LINE.lower()])
+        assert overlap(ASSISTANT_LINE, text) >= 0.6, f"heard {text!r} after the key press"
 
         ff.find_element("id", "hangup").click()
         wait(ff, lambda: ff.find_element("id", "status").text == "You hung up.", 5, "the hang-up")

@@ -138,15 +138,20 @@
   }
 
   async function audioStats() {
-    // The call's inbound audio RTP counters (packets, bytes, samples), or null outside a call.
+    // The call's audio RTP counters, both ways ({packetsReceived, bytesReceived, packetsLost, jitter,
+    // packetsSent, bytesSent}), or null outside a call.
     if (!pc) return null;
+    const out = {};
     for (const s of (await pc.getStats()).values()) {
-      if (s.type === "inbound-rtp" && (s.kind || s.mediaType) === "audio") {
-        const { packetsReceived, bytesReceived, totalSamplesReceived, packetsLost, jitter } = s;
-        return { packetsReceived, bytesReceived, totalSamplesReceived, packetsLost, jitter };
+      if ((s.kind || s.mediaType) !== "audio") continue;
+      if (s.type === "inbound-rtp") {
+        Object.assign(out, { packetsReceived: s.packetsReceived, bytesReceived: s.bytesReceived });
+        Object.assign(out, { packetsLost: s.packetsLost, jitter: s.jitter });
+      } else if (s.type === "outbound-rtp") {
+        Object.assign(out, { packetsSent: s.packetsSent, bytesSent: s.bytesSent });
       }
     }
-    return null;
+    return out;
   }
 
   function waitForCandidates(peer, timeoutMs) {
