@@ -2,9 +2,14 @@
 
 The real app under uvicorn with the embedded engine (real pocketsphinx in the process-wide worker pool,
 real Piper speech), a call placed the way Twilio places it. While the caller asks a question, the
-worker hosting the call's recognizer session is killed with `kill -9`. The caller must hear the polite
-fallback line (no dead air), the pool must replace the worker and count it, and the call must go on:
-the same question asked again is answered from the dialplan.
+worker hosting the call's recognizer session is killed with `kill -9`. The caller must hear an answer
+(no dead air): the polite fallback line, or the answer itself when the engine's second recognizer
+(whisper) recovered the turn from its audio. The pool must replace the worker and count it, and the
+call must go on: the same question asked again is answered from the dialplan.
+
+Measured under load (load average ~16 on 2 cores): the fallback came 4.65 s after the caller stopped,
+against 0.93 s for a normal turn: after pocketsphinx fails, the engine asks whisper for the turn and
+waits up to WHISPER_LIVE_TIMEOUT_S (4 s) before the fallback.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import pytest
 
 from bridge.app import create_app
+from bridge.engine.server import WHISPER_LIVE_TIMEOUT_S
 from bridge.metrics import METRICS
 from bridge.settings import Settings
 from bridge.speech.asr_pool import get_asr_pool
@@ -108,9 +114,11 @@ async def test_killed_speech_worker_mid_turn_gives_the_fallback_line_and_the_cal
         first, last = await caller.wait_quiet(said_at, quiet_s=0.8, timeout=15)
         gap_s = first - said_at
         heard, scores = await asyncio.to_thread(best_match, caller.heard(first - 0.1, last + 0.1))
-        print(f"killed worker: fallback heard {gap_s:.2f} s after the caller stopped; {scores}")
-        assert heard == FALLBACK, scores
-        assert gap_s < 3.0, f"{gap_s:.2f} s of dead air after the question"
+        print(f"killed worker: {heard!r} heard {gap_s:.2f} s after the caller stopped; {scores}")
+        # The engine's second recognizer (whisper, when installed) may still understand the turn from its
+        # audio: then the answer itself; else the polite fallback. Never the greeting, never silence.
+        assert heard in (FALLBACK, HOURS), scores
+        assert gap_s < 8.0, f"{gap_s:.2f} s of dead air after the question"
 
         # The pool replaced the worker and counted it; the failed turn is counted too.
         pool = get_asr_pool()
@@ -131,8 +139,12 @@ async def test_killed_speech_worker_mid_turn_gives_the_fallback_line_and_the_cal
         # The call goes on: the same question is now understood (on a live worker).
         _, again_at = await caller.say(question, tail_s=0.1)
         first, last = await caller.wait_quiet(again_at, quiet_s=0.8, timeout=20)
+        normal_gap_s = first - again_at
         heard, scores = await asyncio.to_thread(best_match, caller.heard(first - 0.1, last + 0.1))
         assert heard == HOURS, scores
+        print(f"the next turn, on a live worker: answered {normal_gap_s:.2f} s after the caller stopped")
+        # The failed turn costs at most whisper's bounded second opinion more than a normal one.
+        assert gap_s < normal_gap_s + WHISPER_LIVE_TIMEOUT_S + 1.0, (gap_s, normal_gap_s)
         assert time.monotonic() - killed_at < 60
         assert worker_of_the_call() != victim
     finally:
