@@ -191,6 +191,22 @@ def growth(values: list[float]) -> float:
     return (last - middle) / middle if middle else 0.0
 
 
+def slope_per_min(samples: list[Sample], values: list[float]) -> float:
+    """Least-squares slope (units per minute) over the last 2/3 of the run (the first third is warm-up:
+    models, caches, the first calls' buffers)."""
+    n = len(samples)
+    if n < 4:
+        return 0.0
+    tail = range(n // 3, n)
+    ts = [samples[i].t_s / 60.0 for i in tail]
+    ys = [values[i] for i in tail]
+    t_mean, y_mean = statistics.fmean(ts), statistics.fmean(ys)
+    var = sum((t - t_mean) ** 2 for t in ts)
+    if var == 0:
+        return 0.0
+    return sum((t - t_mean) * (y - y_mean) for t, y in zip(ts, ys, strict=True)) / var
+
+
 def svg_chart(samples: list[Sample], path: Path) -> None:
     """Four small line charts (RSS, fds, threads, tasks) over time, as plain SVG."""
     series = [
@@ -234,6 +250,10 @@ def write_report(soak: Soak, args: argparse.Namespace, elapsed_s: float) -> None
         "tasks": growth([float(x.tasks) for x in s]),
     }
     verdict = ", ".join(f"{k} {v * 100:+.1f} %" for k, v in g.items())
+    # During the calls only: the last sample is taken after the callers hung up.
+    during = s[:-1] if len(s) > 4 and s[-1].calls == 0 else s
+    rss_slope = slope_per_min(during, [x.rss_mb for x in during])
+    per_call = rss_slope / (soak.completed / (elapsed_s / 60.0)) * 1024 if soak.completed else 0.0
     text = f"""# Soak: calls with churn, vitals over time
 
 `python -m bench.soak --minutes {args.minutes:g} --calls {args.calls}` (`make soak` runs 30 min at 50 calls by
@@ -245,6 +265,8 @@ Machine: 2 shared cores, other work running; `os.cpu_count()` = {os.cpu_count()}
 Run: {elapsed_s / 60:.1f} min, {soak.completed} calls completed, {soak.failed} failed, {soak.drops} upstream
 drops injected, {soak.turns} turns answered, {s[-1].db_rows if s else 0} call records written.
 
+RSS slope over the last 2/3 of the run (least squares, calls in progress): **{rss_slope:+.2f} MB/min**
+({per_call:+.0f} KB per completed call at this churn).
 Growth from the middle third of the run to the last third (medians; the first third is warm-up):
 **{verdict}**.
 
@@ -255,7 +277,7 @@ Growth from the middle third of the run to the last third (medians; the first th
 {rows}
 """
     (RESULTS / "soak.md").write_text(text)
-    print(f"soak: {verdict}; report in {RESULTS / 'soak.md'}")
+    print(f"soak: RSS slope {rss_slope:+.2f} MB/min (last 2/3); {verdict}; report in {RESULTS / 'soak.md'}")
 
 
 async def run(args: argparse.Namespace) -> None:

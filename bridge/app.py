@@ -14,6 +14,11 @@ health bodies pass through `bridge.logsafe` so no configured secret is ever prin
 Graceful drain (`Drainer`, started by `ivr-bridge serve` on SIGTERM; docs/resilience.md): /readyz
 turns 503 at once, new calls are refused (Twilio busy or a redirect, SIP 503), calls in progress go
 on for up to BRIDGE_DRAIN_S, then hear BRIDGE_DRAIN_LINE and are transferred or hung up.
+
+Scale-out (BRIDGE_REDIS_URL; docs/cluster.md): a `Cluster` on `app.state.cluster` shares stream
+tokens, the call directory, admission and rate limits through Redis, delivers control messages
+(status callbacks, operator hang-ups and transfers) to the instance holding the call, and numbers
+dialplan versions cluster-wide. Without it nothing of this exists and nothing changes.
 """
 
 from __future__ import annotations
@@ -34,6 +39,14 @@ from bridge.call import Call
 from bridge.call.agent import dialplan_chat_backends
 from bridge.call.prompts import prewarm_prompts
 from bridge.call.watch import CallWatcher
+from bridge.cluster import (
+    Cluster,
+    ClusterCallRegistry,
+    ControlMessage,
+    DialplanSync,
+    ForwardStatus,
+    HangUpCall,
+)
 from bridge.dialplan.store import DialplanStore
 from bridge.engine.server import mount_engine
 from bridge.errors import BridgeError
@@ -44,6 +57,7 @@ from bridge.records import Records
 from bridge.settings import Settings
 from bridge.telephony.leg import Leg
 from bridge.telephony.twilio.routes import TwilioRoutes
+from bridge.web import views
 from bridge.web.api import mount_admin_api
 from bridge.web.console import mount_console
 from bridge.web.phone import mount_phone
@@ -164,6 +178,10 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
         install_redaction()
         loop = asyncio.get_running_loop()
         await records.start()  # call records (docs/records.md); a database that is down is retried
+        if cluster is not None and dialplan_sync is not None:  # Redis down: retried in the background
+            cluster.on_control = on_control
+            await cluster.start()
+            await dialplan_sync.start()
         logsafe.set_pii_redactor(records.redactor if records.redactor.enabled else None)
         background = [asyncio.create_task(store.run_watcher())]
         if preload_models:
@@ -195,6 +213,8 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
             for phone_call in list(getattr(app.state, "phone_calls", ())):
                 phone_call.cancel()  # its leg closes its peer connection and frees its call slot
             await engine.close_all()
+            if cluster is not None:
+                await cluster.stop()
             await records.stop()
 
     # No /docs, /redoc or /openapi.json: an IVR bridge has no API to publish (docs/security.md).
@@ -237,11 +257,40 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
         except KeyError:
             return None
 
+    # Scale-out: shared state in Redis (docs/cluster.md); None keeps everything in this process.
+    cluster = app.state.cluster = Cluster(settings) if settings.redis_url else None
+    registry = ClusterCallRegistry(cluster) if cluster is not None else None
+    dialplan_sync = DialplanSync(cluster, store) if cluster is not None else None
+
+    async def on_control(message: ControlMessage) -> None:
+        """A control message another instance sent for a call this instance holds."""
+        if isinstance(message, ForwardStatus):
+            if registry is not None:
+                await registry.apply_forwarded(message)
+            return
+        call = next((c for c in list(calls) if c.started and c.started.call_id == message.call_id), None)
+        if call is None:
+            log.info("cluster: %s for %s: no such live call here", message.type, message.call_id)
+        elif isinstance(message, HangUpCall):
+            call.request_hang_up(who=message.who)
+        elif message.target in views.transfer_targets(call.plan):  # checked again on the call's version
+            call.request_transfer(message.target, who=message.who)
+        else:
+            log.warning(
+                "cluster: transfer of %s to a target its dialplan does not name: refused", call.call_id
+            )
+
     twilio = TwilioRoutes(
-        settings, run_call, flow_for=flow_for, call_slots=call_slots, rate_limiter=webhook_rate
+        settings,
+        run_call,
+        flow_for=flow_for,
+        call_slots=call_slots,
+        rate_limiter=webhook_rate,
+        registry=registry,
+        shared=cluster,
     )
     app.state.drainer = Drainer(settings, calls, runtime, twilio)
-    ops = OpsRoutes(settings, runtime, calls=calls, call_slots=call_slots, dialplans=store)
+    ops = OpsRoutes(settings, runtime, calls=calls, call_slots=call_slots, dialplans=store, cluster=cluster)
     app.include_router(twilio.router())
     app.include_router(ops.router())
     return app

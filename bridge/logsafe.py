@@ -145,6 +145,19 @@ class SecretFilter(logging.Filter):
         return True
 
 
+class OperatorValue(str):
+    """A string from the operator's configuration (a dialplan's transfer target, BRIDGE_DRAIN_TRANSFER_TO),
+    not from the caller: the PII step of the call records stores it as it is (`PiiRedactor.data`).
+
+    Ops need the number a call was transferred to; it is not the caller's data. Only code that
+    knows a value came from the configuration wraps it; everything else (the caller's number, the
+    model's tool arguments, transcripts) is masked as before. A log line is plain text and is
+    masked whatever it quotes.
+    """
+
+    __slots__ = ()
+
+
 # The optional PII step of every log record (after the secrets): a `str -> str` function or None.
 _PII: list[Callable[[str], str] | None] = [None]
 

@@ -291,6 +291,37 @@ class BridgeMetrics(MetricsRegistry):
             "Time to store one batch of call-record rows (one transaction).",
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
         )
+        self.records_commit_latency_seconds = self.histogram(
+            p + "records_commit_latency_seconds",
+            "Per call-record row: from being handed to the writer (enqueue) to its transaction's commit.",
+            buckets=(
+                0.0005,
+                0.001,
+                0.002,
+                0.003,
+                0.005,
+                0.0075,
+                0.01,
+                0.015,
+                0.02,
+                0.03,
+                0.05,
+                0.075,
+                0.1,
+                0.15,
+                0.2,
+                0.3,
+                0.5,
+                0.75,
+                1.0,
+                1.5,
+                2.0,
+                3.0,
+                5.0,
+                10.0,
+                30.0,
+            ),
+        )
         self.turn_stage_seconds = self.histogram(
             p + "turn_stage_seconds",
             "Agent turn latency by stage (vad_to_upstream_stop, upstream_stop_to_first_delta,"
@@ -315,6 +346,34 @@ class BridgeMetrics(MetricsRegistry):
         )
         self.drain_state = self.gauge(
             p + "draining", "1 while the process drains calls before exiting, else 0."
+        )
+        # Scale-out (docs/cluster.md): the shared state in Redis, and this instance's link to it.
+        self.cluster_degraded = self.gauge(
+            p + "cluster_degraded",
+            "1 while BRIDGE_REDIS_URL is set but Redis is not usable (this instance runs on local state).",
+        )
+        self.cluster_errors = self.counter(
+            p + "cluster_errors_total",
+            "Redis operations that failed or timed out (each one degrades the instance to local state).",
+            ["op"],
+        )
+        self.cluster_transitions = self.counter(
+            p + "cluster_transitions_total", "Switches between shared and local (degraded) state.", ["to"]
+        )
+        self.cluster_control = self.counter(
+            p + "cluster_control_messages_total",
+            "Control messages between instances (forwarded status callbacks, hang-ups, transfers).",
+            ["direction", "type"],
+        )
+        self.speech_worker_restarts = self.counter(
+            p + "speech_worker_restarts_total",
+            "Speech-recognition worker processes that died or were killed mid-run and were replaced, "
+            "by reason (died: crashed or killed from outside; wedged: no answer in time).",
+            ["reason"],
+        )
+        self.speech_turns_failed = self.counter(
+            p + "speech_turns_failed_total",
+            "Caller turns whose recognition failed because their speech worker died or was restarted.",
         )
 
 

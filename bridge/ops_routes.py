@@ -22,6 +22,7 @@ from bridge.limits import Slots
 from bridge.settings import Settings
 
 if TYPE_CHECKING:
+    from bridge.cluster import Cluster
     from bridge.telephony.sip.service import SipService
 
 
@@ -61,8 +62,10 @@ class OpsRoutes:
         calls: Collection[object],
         call_slots: Slots,
         dialplans: DialplanStore,
+        cluster: Cluster | None = None,
     ) -> None:
         self.settings = settings
+        self.cluster = cluster
         self.runtime = runtime
         self.calls = calls
         self.call_slots = call_slots
@@ -94,6 +97,12 @@ class OpsRoutes:
             # Process vitals the soak run watches for leaks (bench/soak.py).
             "runtime": {"tasks": len(asyncio.all_tasks()), "threads": threading.active_count()},
         }
+        if self.cluster is not None:  # scale-out (docs/cluster.md): shared state, or degraded to local
+            body["cluster"] = {
+                "instance": self.cluster.instance,
+                "redis": "up" if self.cluster.available else "degraded",
+                "calls_held": len(self.cluster.held_calls),
+            }
         if self.runtime.draining:
             body["draining"] = True
         return dict(logsafe.log_filter().redactor.data(body))
@@ -104,6 +113,12 @@ class OpsRoutes:
         ready = ready and not self.runtime.draining
         response.status_code = 200 if ready else 503
         body: dict[str, object] = {"ready": ready, "models": self.runtime.models, "sip": sip}
+        if self.cluster is not None:  # scale-out (docs/cluster.md): shared state, or degraded to local
+            body["cluster"] = {
+                "instance": self.cluster.instance,
+                "redis": "up" if self.cluster.available else "degraded",
+                "calls_held": len(self.cluster.held_calls),
+            }
         if self.runtime.draining:
             body["draining"] = True
         return dict(logsafe.log_filter().redactor.data(body))

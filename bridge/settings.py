@@ -79,6 +79,9 @@ ENV_FIELDS: dict[str, str] = {
     "BRIDGE_RECORDS": "records_enabled",
     "BRIDGE_WEBRTC_HOSTS": "webrtc_hosts",
     "BRIDGE_WEBRTC_PORTS": "webrtc_ports",
+    "BRIDGE_REDIS_URL": "redis_url",
+    "BRIDGE_INSTANCE_ID": "instance_id",
+    "BRIDGE_CLUSTER_MAX_CALLS": "cluster_max_calls",
 }
 
 # Settings whose values are secrets: redacted from logs, error events and health output.
@@ -235,6 +238,15 @@ class Settings(BaseModel):
     # 127.0.0.1) and the UDP ports they use, one per call (docs/security.md, docs/softphone.md).
     webrtc_hosts: str | None = None
     webrtc_ports: str = Field("40000-40999", pattern=r"^\d{4,5}-\d{4,5}$")
+    # Scale-out (docs/cluster.md): the Redis that several instances share (redis://[:password@]host:
+    # port/db; its password is redacted like every secret). Unset: one instance, all state in memory.
+    redis_url: str | None = None
+    # This instance's name in the shared call directory and its control channel (hostname-pid when
+    # unset; set it to the pod name in Kubernetes).
+    instance_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    # Calls in progress across every instance sharing BRIDGE_REDIS_URL (unset: no cluster-wide cap,
+    # BRIDGE_MAX_CALLS still caps each instance). Not enforced while Redis is unreachable.
+    cluster_max_calls: int | None = Field(None, ge=1, le=1_000_000)
 
     @field_validator("data_key")
     @classmethod
@@ -270,6 +282,16 @@ class Settings(BaseModel):
         return bool(self.sip_server or self.sip_user)
 
     @property
+    def instance_name(self) -> str:
+        """BRIDGE_INSTANCE_ID, else `<hostname>-<pid>` (unique per process on one host)."""
+        if self.instance_id:
+            return self.instance_id
+        import socket
+
+        host = re.sub(r"[^A-Za-z0-9_.:-]", "_", socket.gethostname())[:80] or "host"
+        return f"{host}-{os.getpid()}"
+
+    @property
     def data_key_bytes(self) -> bytes | None:
         """The records encryption key, or None when BRIDGE_DATA_KEY is unset."""
         return parse_data_key(self.data_key) if self.data_key else None
@@ -283,12 +305,14 @@ class Settings(BaseModel):
 
     def secret_values(self) -> tuple[str, ...]:
         """The values of every secret setting that is set (for log and error redaction)."""
-        values = [getattr(self, name) for name in SECRET_FIELDS]
-        if self.database_url:  # the password inside BRIDGE_DATABASE_URL
-            from urllib.parse import unquote, urlsplit
+        from urllib.parse import unquote, urlsplit
 
+        values = [getattr(self, name) for name in SECRET_FIELDS]
+        for url in (self.database_url, self.redis_url):  # passwords inside BRIDGE_DATABASE_URL / _REDIS_URL
+            if not url:
+                continue
             try:
-                password = urlsplit(self.database_url).password
+                password = urlsplit(url).password
             except ValueError:
                 password = None
             if password:

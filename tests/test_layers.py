@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("speech",),
     ("engine", "dialplan"),
     ("call",),
+    ("cluster",),
     ("records",),
     ("web",),
     ("app", "ops_routes", "cli", "tools", "__main__"),

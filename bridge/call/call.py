@@ -46,6 +46,7 @@ from bridge.call.watch import (
 from bridge.dialplan import runner as dp
 from bridge.dialplan.schema import Dialplan
 from bridge.errors import BridgeError
+from bridge.logsafe import OperatorValue
 from bridge.media import g711
 from bridge.media.echo import EchoCanceller
 from bridge.media.playout import Frame, Playout
@@ -737,7 +738,7 @@ class Call:
             self._post(AgentEnded(error or "the realtime session closed"))
 
     async def _shut_down(self, message: ShutDown) -> None:
-        self.timeline("drain_shutdown", {"transfer_to": message.transfer_to or ""})
+        self.timeline("drain_shutdown", {"transfer_to": OperatorValue(message.transfer_to or "")})
         await self._stop_agent()
         if self._listener is not None:
             self._listener.stop()
@@ -747,8 +748,13 @@ class Call:
         if message.line:
             await self._say(dp.Say(message.line, None, "drain-line", barge_in=False, cache=True))
         await self._drain()
-        if message.transfer_to and await self.leg.transfer(message.transfer_to):
-            raise _CallOver(f"transferred to {message.transfer_to} (drain)")
+        if message.transfer_to:
+            ok = await self.leg.transfer(message.transfer_to)
+            if self.observer is not None:
+                target = OperatorValue(message.transfer_to)  # BRIDGE_DRAIN_TRANSFER_TO: kept unmasked
+                self.observer.event("transfer", self._now_ms(), target=target, ok=ok, by="drain")
+            if ok:
+                raise _CallOver(f"transferred to {message.transfer_to} (drain)")
         raise _CallOver("hangup: drain")
 
     def _retire(self, link: AgentLink) -> None:
@@ -796,7 +802,8 @@ class Call:
         await self._drain()
         ok = await self.leg.transfer(action.target)
         if self.observer is not None:
-            self.observer.event("transfer", self._now_ms(), target=action.target, ok=ok)
+            # the target is the operator's (dialplan), not caller data: the record keeps it unmasked
+            self.observer.event("transfer", self._now_ms(), target=OperatorValue(action.target), ok=ok)
         if ok:
             raise _CallOver(f"transferred to {action.target}")
         self._post(ActionFailed(action, "this leg cannot transfer"))
@@ -905,7 +912,7 @@ class Call:
 def _describe(action: dp.Action) -> str:
     """An action as the record's `tool_call.result` names it."""
     if isinstance(action, dp.Transfer):
-        return f"transfer {action.target}"
+        return OperatorValue(f"transfer {action.target}")  # the dialplan's target: kept unmasked
     if isinstance(action, dp.HangUp):
         return f"hang_up ({action.reason})"
     if isinstance(action, dp.StartAgent):

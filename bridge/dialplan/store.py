@@ -4,12 +4,19 @@
 snapshot it started with (its `Runner` holds it), so edits never change a call in progress. A file
 that fails to load is rejected with its errors logged, and the previous dialplan keeps serving.
 A broken dialplan never starts serving: the constructor raises `DialplanInvalid`.
+
+`content_hash` (sha256 of the files' names and bytes) identifies what was loaded; with several
+instances (bridge/cluster/dialplans.py) the cluster numbers each content once and every instance
+`adopt_version`s that number, so one version means the same plan everywhere. `on_reload` callbacks
+run after each successful reload.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from bridge.dialplan.loader import DialplanInvalid, dialplan_files, load_dialplan
@@ -26,11 +33,13 @@ class DialplanStore:
             raise ValueError("DialplanStore needs at least one file or directory")
         self.paths = tuple(Path(p) for p in paths)
         self._signature = self._scan()
+        self.content_hash = self._hash()
         plan = load_dialplan(*self.paths)  # raises DialplanInvalid: never start with a broken plan
         self._version = 1
         plan._version = 1
         self._plan = plan
         self.last_errors: list[str] = []
+        self.on_reload: list[Callable[[], None]] = []
         log.info("dialplan v1 loaded from %s (%d flows)", _names(plan), len(plan.flows))
 
     def current(self) -> Dialplan:
@@ -44,6 +53,7 @@ class DialplanStore:
     def reload(self) -> list[str]:
         """Load the files now. On success swap and return []; else keep the old plan, return the errors."""
         signature = self._scan()
+        content_hash = self._hash()
         try:
             plan = load_dialplan(*self.paths)
         except DialplanInvalid as exc:
@@ -61,9 +71,35 @@ class DialplanStore:
         plan._version = self._version
         self._signature = signature
         self.last_errors = []
+        self.content_hash = content_hash
         self._plan = plan  # one reference assignment: atomic for every reader
         log.info("dialplan v%d loaded from %s (%d flows)", self._version, _names(plan), len(plan.flows))
+        for callback in list(self.on_reload):
+            callback()
         return []
+
+    def adopt_version(self, version: int) -> bool:
+        """Number the current plan `version` (the cluster's number for this content). Versions never
+        go back: a lower number is ignored (False)."""
+        if version < self._version:
+            return False
+        if version != self._version:
+            log.info("dialplan v%d is cluster version v%d", self._version, version)
+            self._version = version
+            self._plan._version = version
+        return True
+
+    def _hash(self) -> str:
+        """sha256 over every dialplan file's name and bytes, in load order."""
+        digest = hashlib.sha256()
+        for file in dialplan_files(self.paths):
+            digest.update(file.name.encode("utf-8") + b"\0")
+            try:
+                digest.update(file.read_bytes())
+            except OSError:
+                digest.update(b"\0missing")
+            digest.update(b"\0")
+        return digest.hexdigest()
 
     def changed(self) -> bool:
         """Have the files changed since the last load (or rejected load)?"""

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bridge.errors import ConfigError
+from bridge.logsafe import OperatorValue
 
 BUILTIN_RULES: tuple[str, ...] = ("card", "spoken_card", "ssn", "email", "phone")
 
@@ -136,7 +137,10 @@ class PiiRedactor:
         return text
 
     def data(self, value: Any) -> Any:
-        """`value` (JSON-like) with every string masked."""
+        """`value` (JSON-like) with every string masked, except the operator's own values
+        (`bridge.logsafe.OperatorValue`: a transfer target), kept as they are."""
+        if isinstance(value, OperatorValue):
+            return str(value)
         if isinstance(value, str):
             return self(value)
         if isinstance(value, Mapping):

@@ -48,6 +48,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from bridge.media.g711 import FRAME_BYTES_PCM8K
+from bridge.metrics import METRICS
 from bridge.speech.asr import RecognizerError, Transcript
 from bridge.speech.asr_messages import (
     Answer,
@@ -232,6 +233,7 @@ class _Worker:
         self.alive = True
         self.ready = threading.Event()
         self.failure = ""  # why it died (or failed to start)
+        self.wedged = False  # killed by the pool for not answering (restart_worker), not died by itself
         self.load_report: dict[str, float] = {}
         self.started_at = time.monotonic()
         self._pending: dict[int, Future[Answer]] = {}
@@ -456,12 +458,14 @@ class AsrPool:
                 return
             log.error("%s; starting a new one", worker.describe_failure())
             self.restarts += 1
+            METRICS.speech_worker_restarts.inc(reason="wedged" if worker.wedged else "died")
             self._slots[worker.index] = _Worker(self, worker.index)
 
     def restart_worker(self, worker: _Worker, reason: str) -> None:
         """Kill a wedged worker; its reader thread fails its sessions and starts a replacement."""
         log.error("restarting speech worker %d (pid %d): %s", worker.index, worker.pid, reason)
         worker.failure = reason
+        worker.wedged = True
         worker.kill()
 
     # -- sessions ---------------------------------------------------------------------------------
@@ -578,6 +582,7 @@ class RemoteRecognizer:
         try:
             answer = worker.request(End, self._sid, self._pool.end_timeout_s)
         except AsrWorkerError as exc:
+            METRICS.speech_turns_failed.inc()
             if isinstance(exc.__cause__, FutureTimeout) and worker.alive:
                 self._pool.restart_worker(worker, str(exc))
             raise

@@ -30,6 +30,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from bridge.cluster import Cluster, HangUpCall, TransferCall
 from bridge.dialplan.loader import DialplanInvalid, load_dialplan
 from bridge.dialplan.schema import AgentStep
 from bridge.errors import BridgeError
@@ -194,25 +195,54 @@ def mount_console(app: FastAPI, settings: Settings, records: Records) -> bool:
             version=app.state.dialplans.version,
         )
 
+    async def elsewhere(call_id: str) -> str:
+        """The other instance holding `call_id` (docs/cluster.md), else 404."""
+        cluster: Cluster | None = getattr(app.state, "cluster", None)
+        owner = await cluster.owner_of(call_id) if cluster is not None else None
+        if cluster is None or owner is None or owner == cluster.instance:
+            raise HTTPException(status_code=404, detail=f"no live call {call_id}")
+        return owner
+
+    async def send_to(owner: str, message: HangUpCall | TransferCall) -> None:
+        cluster: Cluster = app.state.cluster
+        if not await cluster.send(owner, message):
+            raise HTTPException(status_code=503, detail=f"instance {owner} holding the call did not answer")
+
     async def hangup(request: Request) -> Response:
         await form_of(request)
         call_id = request.path_params["call_id"]
-        call = find_live(call_id)
-        await _audited(request, "console.hangup", call_id, {})
-        call.request_hang_up(who=f"{WHO}@{actor(request).source}")
+        who = f"{WHO}@{actor(request).source}"
+        try:
+            call = find_live(call_id)
+        except HTTPException:  # held by another instance of the cluster?
+            owner = await elsewhere(call_id)
+            await _audited(request, "console.hangup", call_id, {"instance": owner})
+            await send_to(owner, HangUpCall(call_id, who))
+        else:
+            await _audited(request, "console.hangup", call_id, {})
+            call.request_hang_up(who=who)
         return RedirectResponse(f"/console?note=hang-up+requested+for+{safe_name(call_id)}", status_code=303)
 
     async def transfer(request: Request) -> Response:
         form = await form_of(request)
         call_id = request.path_params["call_id"]
-        call = find_live(call_id)
+        who = f"{WHO}@{actor(request).source}"
+        try:
+            call = find_live(call_id)
+        except HTTPException:
+            call, owner = None, await elsewhere(call_id)
+        # The holder checks again against the call's own dialplan version.
+        allowed = views.transfer_targets(call.plan if call is not None else app.state.dialplans.current())
         target = form.get("target", "")
-        allowed = views.transfer_targets(call.plan)
         if target not in allowed:
             # Transfers go only where the dialplan says (toll fraud): never a number typed in a form.
             raise HTTPException(status_code=422, detail=f"target must be one of the dialplan's: {allowed}")
-        await _audited(request, "console.transfer", call_id, {"target": target})
-        call.request_transfer(target, who=f"{WHO}@{actor(request).source}")
+        if call is None:
+            await _audited(request, "console.transfer", call_id, {"target": target, "instance": owner})
+            await send_to(owner, TransferCall(call_id, target, who))
+        else:
+            await _audited(request, "console.transfer", call_id, {"target": target})
+            call.request_transfer(target, who=who)
         return RedirectResponse(f"/console?note=transfer+requested+for+{safe_name(call_id)}", status_code=303)
 
     async def _audited(request: Request, action: str, call_id: str, detail: dict[str, Any]) -> None:

@@ -199,9 +199,12 @@ async def test_menu_agent_barge_in_transfer_record(bridge: tuple[str, Any, Setti
     assert abs(barge["t_ms"] / 1000 - (clear_at - t0)) < 0.2
     tool = first(record, "tool_call")
     assert tool["data"]["name"] == "transfer"
-    # (every string of event data goes through the PII redactor: the operator's number too)
-    assert tool["data"]["result"] == ["transfer [phone]"]
-    assert first(record, "transfer")["data"] == {"target": "[phone]", "ok": True}
+    # The transfer target is the operator's configuration, not caller data: kept as it is, while every
+    # other string of event data goes through the PII redactor (the caller's number is masked).
+    assert tool["data"]["result"] == ["transfer +15550100"]
+    assert first(record, "transfer")["data"] == {"target": "+15550100", "ok": True}
+    assert CALLER not in str(record["events"])
+    assert CALLER not in str(record["transcript"])
 
     # -- the transcript: the caller's turns (the engine's transcription) and the bot's lines
     lines = record["transcript"]

@@ -107,3 +107,21 @@ def test_log_filter_applies_the_pii_step() -> None:
         logger.removeHandler(handler)
     assert records[0] == "caller [phone] said card [card ****1111] key [redacted]"
     assert records[1] == "caller +15551234567"
+
+
+def test_operator_values_are_kept_while_caller_data_around_them_is_masked() -> None:
+    data = {
+        "target": logsafe.OperatorValue("+15550100"),
+        "result": [logsafe.OperatorValue("transfer +15550100"), "caller said +15551234567"],
+        "args": {"number": "+15551234567"},  # the model's arguments: caller data, masked
+    }
+    assert R.data(data) == {
+        "target": "+15550100",
+        "result": ["transfer +15550100", "caller said [phone]"],
+        "args": {"number": "[phone]"},
+    }
+    # A plain string with the same number is masked: only the marker says "operator configuration".
+    assert R.data("+15550100") == "[phone]"
+    # The marker is a str (JSON-serializable as it is) and stays masked in log text.
+    assert type(R.data(logsafe.OperatorValue("x"))) is str
+    assert R(f"transferred to {logsafe.OperatorValue('+15550100')}") == "transferred to [phone]"

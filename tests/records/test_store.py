@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 
+from bridge.logsafe import OperatorValue
 from bridge.metrics import METRICS
 from bridge.records import Actor, CallNotFound, Records, TurnStages, parse_filters
 from bridge.records.db import create_engine, head_revision, migrate
@@ -111,6 +112,37 @@ async def test_a_call_is_stored_whole(tmp_path: Path, db_url: str) -> None:
     assert call["turns"][0]["vad_to_upstream_stop_ms"] == 100
     assert call["recording"]
     assert [p.name for p in files(records.recordings_dir, "CA100*")] == ["CA100.wav"]
+
+
+async def test_a_transfer_target_is_stored_as_configured_and_caller_numbers_stay_masked(
+    tmp_path: Path, db_url: str
+) -> None:
+    """The transfer target is the operator's configuration (ops need it); the caller's number, said or
+    passed in a tool's arguments, is PII."""
+    records = Records(records_settings(tmp_path, db_url))
+    await records.start()
+    try:
+        rec = records.start_call(
+            leg="sip", call_id="CA150", from_number="+15551230150", to_number="+15557650000", flow="main"
+        )
+        target = OperatorValue("+15550100")
+        rec.event("tool_call", 100, name="transfer", args={"callback": "+15551230150"},
+                  result=[OperatorValue(f"transfer {target}")])  # fmt: skip
+        rec.event("transfer", 200, target=target, ok=True)
+        rec.event("note", 250, text="caller asked for +15551230150")
+        rec.transcript("caller", 300, "call me back on 555-123-0150")
+        rec.end("transferred to +15550100", 400)
+        await records.flush()
+        call = await records.get_call("CA150", ACTOR)
+    finally:
+        await records.stop()
+    events = {e["kind"]: e["data"] for e in call["events"]}
+    assert events["transfer"] == {"target": "+15550100", "ok": True}
+    assert events["tool_call"]["result"] == ["transfer +15550100"]
+    assert events["tool_call"]["args"] == {"callback": "[phone]"}
+    assert events["note"] == {"text": "caller asked for [phone]"}
+    assert call["transcript"][0]["text"] == "call me back on [phone]"
+    assert call["end_reason"] == "transferred to +15550100"
 
 
 async def test_transcripts_are_encrypted_at_rest(tmp_path: Path, db_url: str) -> None:

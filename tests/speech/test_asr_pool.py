@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from bridge.metrics import METRICS
 from bridge.speech.asr import Recognizer, RecognizerError, Transcript
 from bridge.speech.asr_pool import AsrPool, AsrWorkerError, RemoteRecognizer
 from tests.helpers.speech import chunks, phone_speech, silence
@@ -130,6 +131,7 @@ def test_killed_worker_is_reported_and_replaced(pool: AsrPool) -> None:
     assert victim.worker_pid != bystander.worker_pid
     old_pid = victim.worker_pid
     restarts = pool.restarts
+    died, failed = METRICS.speech_worker_restarts.value(reason="died"), METRICS.speech_turns_failed.value()
     victim.set_expected(MENU)
     bystander.set_expected(MENU)
     victim.begin()
@@ -140,6 +142,8 @@ def test_killed_worker_is_reported_and_replaced(pool: AsrPool) -> None:
         victim.end()
     wait_ready(pool, gone_pid=old_pid)
     assert pool.restarts == restarts + 1
+    assert METRICS.speech_worker_restarts.value(reason="died") == died + 1
+    assert METRICS.speech_turns_failed.value() == failed + 1
     assert old_pid not in [w.pid for w in pool.workers()]
     # the other worker's session never noticed; the victim's next turn runs on a live worker
     assert "operator" in bystander.recognize(say("Operator.")).text
@@ -155,6 +159,7 @@ def test_wedged_worker_times_out_and_is_replaced() -> None:
         rec.set_expected(MENU)
         assert "billing" in rec.recognize(say("Billing.")).text
         pid = rec.worker_pid
+        wedged = METRICS.speech_worker_restarts.value(reason="wedged")
         os.kill(pid, signal.SIGSTOP)  # alive but never answers
         rec.begin()
         rec.feed(say("Sales."))
@@ -163,6 +168,7 @@ def test_wedged_worker_times_out_and_is_replaced() -> None:
             rec.end()
         assert time.monotonic() - started < 10
         wait_ready(pool, gone_pid=pid)
+        assert METRICS.speech_worker_restarts.value(reason="wedged") == wedged + 1
         assert "sales" in rec.recognize(say("Sales.")).text
     finally:
         pool.close()
@@ -223,8 +229,12 @@ def test_last_user_release_stops_the_workers() -> None:
         pool.release()  # one app shuts down: the other's sessions keep their worker
         assert worker.alive
         assert worker.process.is_alive()
+        restarts = pool.restarts
         pool.release()
         assert not worker.process.is_alive()
+        assert pool.workers() == []
+        worker._reader.join(5)  # its exit has been seen: a stopped pool does not replace it
+        assert pool.restarts == restarts
         assert pool.workers() == []
         rec = RemoteRecognizer(pool)  # later use starts it again
         assert rec.recognize(silence(300)).text == ""

@@ -10,6 +10,7 @@ the same socket and the core's client transactions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -29,6 +30,7 @@ from bridge.telephony.sip.message import SipMessage
 from bridge.telephony.sip.policy import SourcePolicy
 from bridge.telephony.sip.registration import Registrar, Registration
 from bridge.telephony.sip.uas import (
+    TRANSFER_WAIT_S,
     CallAnswered,
     CallEnded,
     CallOffered,
@@ -48,6 +50,7 @@ from bridge.telephony.sip.uas import (
 log = logging.getLogger(__name__)
 
 OnCall = Callable[[SipLeg], Awaitable[None]]
+CLOSE_TRANSFER_WAIT_S = 5.0  # close(): how long accepted transfers get for their final NOTIFY
 
 
 @dataclass(slots=True)
@@ -349,7 +352,19 @@ class SipEndpoint(asyncio.DatagramProtocol):
         except Exception:
             log.exception("SIP: call handler failed for %s", call_id)
         finally:
+            await self._transfer_done(call_id, leg)
             await self.hang_up(call_id)
+
+    async def _transfer_done(self, call_id: str, leg: SipLeg) -> None:
+        """After an accepted REFER the call is the transferee's to end: the core hangs up on the final
+        NOTIFY, or after TRANSFER_WAIT_S. A BYE sent as soon as the call's handler returns (the dialplan
+        is done once the REFER is accepted) would overtake that NOTIFY and may abort the transfer at the
+        far end (found by tests/sip/test_sip_drain.py: SIPp saw the BYE before its NOTIFY was answered)."""
+        call = self.core.calls.get(call_id)
+        if call is None or call.transfer != "accepted" or leg.ended is not None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(leg.done.wait(), TRANSFER_WAIT_S + 1.0)
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -372,6 +387,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         """Hang up every call, deregister (best effort, bounded), close the socket."""
         self.core.closing = True
         await self.registrar.cancel()
+        await self._transfers_done(CLOSE_TRANSFER_WAIT_S)
         active = [c.invite.call_id for c in self.core.active_calls()]
         handlers = [
             m.handler
@@ -393,6 +409,21 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+
+    async def _transfers_done(self, timeout_s: float) -> None:
+        """Calls whose REFER was accepted (a drain's last transfers) get a moment for their final
+        NOTIFY before `close()` hangs up: a BYE first may abort the transfer at the far end."""
+        waits = [
+            asyncio.ensure_future(media.leg.done.wait())
+            for call in self.core.active_calls()
+            if call.transfer == "accepted"
+            and (media := self.media.get(call.invite.call_id)) is not None
+            and media.leg is not None
+        ]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=timeout_s)
+            for waiter in pending:
+                waiter.cancel()
 
     def status(self) -> dict[str, Any]:
         reg = self.registration

@@ -59,6 +59,8 @@ class SipLeg:
         self._queue.put_nowait(started)
         self._inbound_frames = 0
         self.ended: str | None = None
+        self.done = asyncio.Event()  # set with `ended`
+        self.transferred = False  # a REFER of ours was accepted
 
     # -- fed by the SIP/RTP side, on the event loop ----------------------------------------------
 
@@ -80,6 +82,7 @@ class SipLeg:
         """The call is over (either side). Idempotent; later sends are no-ops."""
         if self.ended is None:
             self.ended = reason
+            self.done.set()
             self.sender.clear()
             self._queue.put_nowait(CallEnded(reason))
 
@@ -105,13 +108,17 @@ class SipLeg:
             self.push_marks(self.sender.clear())
 
     async def hang_up(self) -> None:
-        if self.ended is None:
+        """BYE, unless a transfer was accepted: the call is then the transferee's to end (the SIP core
+        hangs up on the final NOTIFY, or after its TRANSFER_WAIT_S); a BYE at once would overtake the
+        NOTIFY and may abort the transfer at the far end (tests/sip/test_sip_drain.py)."""
+        if self.ended is None and not self.transferred:
             await self._control.hang_up()
 
     async def transfer(self, target: str) -> bool:
         if self.ended is not None:
             return False
-        return await self._control.transfer(target)
+        self.transferred = await self._control.transfer(target)
+        return self.transferred
 
     async def send_dtmf(self, digits: str, duration_ms: int = 100) -> None:
         """Send RFC 4733 digits to the caller (for dialplans that talk to IVRs)."""

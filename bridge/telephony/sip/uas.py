@@ -599,11 +599,22 @@ class UasCore:
             return
         if msg.call_id in self._starting:
             return  # a retransmission while the call is being set up: its 180/200 follow
-        if self.closing:
-            # Drain (docs/resilience.md): counted like the Twilio leg's refusals.
+        if self.closing:  # draining (SIGTERM) or stopping: another bridge may take the call now
             self.counters["calls_rejected"] += 1
             METRICS.admission_rejections.inc(leg="sip", reason="draining")
-            out.append(Send(build_response(msg, 503, "Service Unavailable", addr, to_tag=new_tag()), addr))
+            out.append(
+                Send(
+                    build_response(
+                        msg,
+                        503,
+                        "Service Unavailable",
+                        addr,
+                        to_tag=new_tag(),
+                        extra=[("Retry-After", str(RETRY_AFTER_S))],
+                    ),
+                    addr,
+                )
+            )
             out.append(Refused(addr, "INVITE", 503, "shutting down"))
             return
         if self.admission is not None and not self.admission.try_acquire():

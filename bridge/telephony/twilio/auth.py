@@ -324,9 +324,9 @@ def issue_stream_token(
 class UsedTokens:
     """Nonces of stream tokens already spent, each kept until its token expires.
 
-    Per instance (in memory): with several instances a token could in principle be spent once on
-    each within its TTL; the CallSid binding and the call registry's one-stream-per-call rule
-    (shared when the registry is) close that gap. Memory is bounded by issued tokens x TTL,
+    Per instance (in memory). With several instances (BRIDGE_REDIS_URL) the Twilio routes also spend
+    each nonce in Redis (`SET NX`, bridge/cluster), so a token is good once across the cluster; this
+    set still decides alone while Redis is unreachable. Memory is bounded by issued tokens x TTL,
     and only the bridge can issue tokens.
     """
 
@@ -384,6 +384,20 @@ def check_stream_token(
         raise StreamTokenError("expired", f"stream token expired {now_s - expires_s:.0f} s ago")
     if used is not None and not used.consume(nonce, expires_s, now_s):
         raise StreamTokenError("replayed", "stream token was already used")
+
+
+def token_nonce(token: str | None) -> tuple[str, int] | None:
+    """The nonce and expiry (unix s) of a well-formed token, for spending it in shared state; None
+    when it is not one (call `check_stream_token` first: this checks the shape, not the MAC)."""
+    parts = (token or "").split(".")
+    if (
+        len(parts) != 5
+        or parts[0] != _TOKEN_VERSION
+        or not parts[2].isdigit()
+        or not _NONCE_RE.match(parts[3])
+    ):
+        return None
+    return parts[3], int(parts[2])
 
 
 def resolve_stream_secret(settings: Settings) -> bytes:

@@ -91,8 +91,9 @@ class CallRecord:
 class CallRegistry(Protocol):
     """Call records by CallSid. Every method is safe to call for an unknown CallSid."""
 
-    # True when every instance serving the number sees the same records.
-    shared: bool
+    @property
+    def shared(self) -> bool:
+        """True when every instance serving the number sees the same records (right now)."""
 
     async def open_call(
         self, call_sid: str, *, caller: str, called: str, flow: str | None, has_action_url: bool, now_s: float

@@ -10,6 +10,11 @@ outlives its websocket. The voice webhook only looks at `full` to answer busy Tw
 admitted there can still meet a full bridge at stream start (a race between two webhooks), and
 then its stream is closed with 1013 and the call goes on to the `<Connect action>` URL, which
 hangs up. Every webhook and stream upgrade first passes a per-source token bucket (429).
+
+With several instances (`shared`, the cluster's state in Redis: bridge/cluster, docs/cluster.md)
+the same checks also run cluster-wide: the source's bucket, the stream token spent once anywhere,
+and a cluster admission lease (BRIDGE_CLUSTER_MAX_CALLS). Each shared check answers None when Redis
+is not usable, and the local check then decides alone.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 from fastapi import APIRouter, Request, Response, WebSocket
 
@@ -34,6 +40,7 @@ from bridge.telephony.twilio.auth import (
     client_source,
     parse_form,
     request_target,
+    token_nonce,
 )
 from bridge.telephony.twilio.call_registry import (
     CALL_STATUSES,
@@ -57,6 +64,21 @@ CallRunner = Callable[[TwilioLeg], Awaitable[object]]
 # The dialplan flow for a called number, None when the bridge does not serve it.
 FlowFor = Callable[[str], str | None]
 
+
+class SharedAdmission(Protocol):
+    """Cluster-wide checks (bridge/cluster/shell.Cluster). None: not known now, decide locally."""
+
+    async def allow(self, source: str, rate_per_s: float, burst: int) -> bool | None: ...
+
+    async def spend_token(self, nonce: str, expires_s: int) -> bool | None: ...
+
+    async def cluster_full(self, limit: int) -> bool | None: ...
+
+    async def acquire_lease(self, call_id: str, limit: int) -> bool | None: ...
+
+    async def release_lease(self, call_id: str) -> None: ...
+
+
 UNKNOWN_NUMBER_TEXT = "Sorry, this number is not in service. Goodbye."
 _BODY_STATUS = {"too_large": 413, "not_form": 415, "bad_encoding": 400}
 
@@ -79,6 +101,7 @@ class TwilioRoutes:
         call_slots: Slots | None = None,
         rate_limiter: RateLimiter | None = None,
         registry: CallRegistry | None = None,
+        shared: SharedAdmission | None = None,
         metrics: BridgeMetrics | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -89,6 +112,8 @@ class TwilioRoutes:
         self.slots = call_slots if call_slots is not None else Slots(settings.max_calls)
         self.limiter = rate_limiter or RateLimiter(settings.rate_per_source_per_s, settings.rate_burst)
         self.calls: CallRegistry = registry if registry is not None else InProcessCallRegistry()
+        self.shared = shared
+        self.cluster_max_calls = settings.cluster_max_calls if shared is not None else None
         self.stats = metrics if metrics is not None else METRICS
         self.clock = clock
         self.monotonic = monotonic
@@ -159,7 +184,7 @@ class TwilioRoutes:
     async def media(self, ws: WebSocket) -> None:
         """One Media Streams websocket: checked, admitted at `start`, run as a call, released."""
         self.stats.webhook_requests.inc(route="/twilio/media")
-        if not self._within_rate(ws.client.host if ws.client else None, ws.headers, "/twilio/media"):
+        if not await self._within_rate(ws.client.host if ws.client else None, ws.headers, "/twilio/media"):
             await _deny_upgrade(ws, 429)
             return
         refusal = self.security.check_upgrade(request_target(ws.scope), ws.headers)
@@ -197,6 +222,12 @@ class TwilioRoutes:
                 "call %s refused busy: %d calls in progress (BRIDGE_MAX_CALLS)", call_sid, self.slots.in_use
             )
             return _xml(twiml.reject_busy())
+        limit = self.cluster_max_calls
+        if self.shared is not None and limit is not None and await self.shared.cluster_full(limit):
+            # (None, Redis down: the local admission above decides alone)
+            self.stats.admission_rejections.inc(leg="twilio", reason="cluster_max_calls")
+            log.warning("call %s refused busy: BRIDGE_CLUSTER_MAX_CALLS reached", call_sid)
+            return _xml(twiml.reject_busy())
         flow = self.flow_for(called) if self.flow_for is not None else None
         if self.flow_for is not None and flow is None:
             self.stats.webhook_rejections.inc(route="/twilio/voice", reason="unknown_number")
@@ -227,9 +258,13 @@ class TwilioRoutes:
         target = request_target(request.scope)
         return self.security.public_url(target, request.headers, path, websocket=websocket)
 
-    def _within_rate(self, peer: str | None, headers: Mapping[str, str], route: str) -> bool:
+    async def _within_rate(self, peer: str | None, headers: Mapping[str, str], route: str) -> bool:
         source = client_source(peer, headers, self.settings.trust_proxy)
-        if self.limiter.allow(source, self.monotonic()):
+        allowed = self.limiter.allow(source, self.monotonic())
+        if allowed and self.shared is not None:  # the same bucket across instances (None: local only)
+            limiter = self.limiter
+            allowed = await self.shared.allow(source, limiter.rate_per_s, limiter.burst) is not False
+        if allowed:
             return True
         self.stats.admission_rejections.inc(leg="twilio", reason="rate")
         self.stats.webhook_rejections.inc(route=route, reason="rate")
@@ -239,7 +274,9 @@ class TwilioRoutes:
     async def _admit(self, request: Request, route: str) -> list[tuple[str, str]] | Response:
         """The signed form of a webhook, or the refusal to send back."""
         self.stats.webhook_requests.inc(route=route)
-        if not self._within_rate(request.client.host if request.client else None, request.headers, route):
+        if not await self._within_rate(
+            request.client.host if request.client else None, request.headers, route
+        ):
             return Response(status_code=429, headers={"Retry-After": "1"})
         try:
             body = await _read_body(request, self.security.max_body_bytes)
@@ -270,20 +307,38 @@ class _StreamAdmission:
         self.calls = routes.calls
         self.stats = routes.stats
         self.clock = routes.clock
+        self.shared = routes.shared
+        self.cluster_max_calls = routes.cluster_max_calls
         self.leg: TwilioLeg | None = None
         self._holds_slot = False
+        self._lease: str | None = None
         self._attached: CallStarted | None = None
 
     async def admit(self, event: CallStarted) -> str | StreamRefusal | None:
+        token = event.params.get(STREAM_TOKEN_PARAMETER)
         try:
-            self.security.check_token(event.params.get(STREAM_TOKEN_PARAMETER), event.call_id, self.clock())
+            self.security.check_token(token, event.call_id, self.clock())
         except StreamTokenError as exc:
             self.stats.webhook_rejections.inc(route="/twilio/media", reason=f"token_{exc.reason}")
             return str(exc)
+        spent = token_nonce(token) if self.shared is not None else None
+        if self.shared is not None and spent is not None and await self.shared.spend_token(*spent) is False:
+            self.stats.webhook_rejections.inc(route="/twilio/media", reason="token_replayed")
+            return "stream token was already used (on another instance)"
         if not self.slots.try_acquire():
             self.stats.admission_rejections.inc(leg="twilio", reason="max_calls")
             return StreamRefusal(CLOSE_TRY_AGAIN_LATER, f"bridge is at BRIDGE_MAX_CALLS ({self.slots.limit})")
         self._holds_slot = True
+        if self.shared is not None and self.cluster_max_calls is not None:
+            leased = await self.shared.acquire_lease(event.call_id, self.cluster_max_calls)
+            if leased is False:
+                self.stats.admission_rejections.inc(leg="twilio", reason="cluster_max_calls")
+                limit = self.cluster_max_calls
+                return StreamRefusal(
+                    CLOSE_TRY_AGAIN_LATER, f"cluster is at BRIDGE_CLUSTER_MAX_CALLS ({limit})"
+                )
+            if leased:
+                self._lease = event.call_id
         if not await self.calls.attach_stream(event.call_id, event.stream_id, self._close_leg, self.clock()):
             self.stats.webhook_rejections.inc(route="/twilio/media", reason="stream_not_allowed")
             return "call has ended or already has an open stream"
@@ -300,6 +355,9 @@ class _StreamAdmission:
         if self._holds_slot:  # first: nothing below may keep the slot from being given back
             self._holds_slot = False
             self.slots.release()
+        if self._lease is not None and self.shared is not None:
+            lease, self._lease = self._lease, None
+            await self.shared.release_lease(lease)
         if self.leg is not None:
             await self.leg.finish()
         if self._attached is not None:

@@ -1,7 +1,8 @@
 // ivr-bridge softphone: one WebRTC call to the bridge (POST /phone/offer), a keypad and the live
 // transcript (data channel "phone"). Vanilla JS, no build step, nothing loaded from elsewhere.
-// `window.softphone` exposes the call's state, transcript, events, audio levels and a recording of
-// what the page heard, for tests and benchmarks (bench/softphone.py, tests/web/test_phone_browser.py).
+// `window.softphone` exposes the call's state, transcript, events, audio levels, a recording of what
+// the page heard and its inbound RTP counters, for tests and benchmarks (bench/softphone.py,
+// tests/web/test_phone_browser.py, tests/web/test_phone_firefox.py).
 "use strict";
 
 (function () {
@@ -134,6 +135,23 @@
         done();
       }
     });
+  }
+
+  async function audioStats() {
+    // The call's audio RTP counters, both ways ({packetsReceived, bytesReceived, packetsLost, jitter,
+    // packetsSent, bytesSent}), or null outside a call.
+    if (!pc) return null;
+    const out = {};
+    for (const s of (await pc.getStats()).values()) {
+      if ((s.kind || s.mediaType) !== "audio") continue;
+      if (s.type === "inbound-rtp") {
+        Object.assign(out, { packetsReceived: s.packetsReceived, bytesReceived: s.bytesReceived });
+        Object.assign(out, { packetsLost: s.packetsLost, jitter: s.jitter });
+      } else if (s.type === "outbound-rtp") {
+        Object.assign(out, { packetsSent: s.packetsSent, bytesSent: s.bytesSent });
+      }
+    }
+    return out;
   }
 
   function waitForCandidates(peer, timeoutMs) {
@@ -280,6 +298,6 @@
   });
   $("call").addEventListener("click", call);
   $("hangup").addEventListener("click", () => finish("You hung up."));
-  window.softphone = { state, recording, call, hangUp: () => finish("You hung up."), press };
+  window.softphone = { state, recording, audioStats, call, hangUp: () => finish("You hung up."), press };
   loadConfig();
 })();
