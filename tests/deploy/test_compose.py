@@ -16,9 +16,6 @@ from bridge.settings import ENV_FIELDS, SECRET_FIELDS
 from tests.deploy.bridges import DEPLOY, REPO
 
 COMPOSE = REPO / "docker/compose.yaml"
-# Added by the scale-out branch `cluster` (bridge/settings.py there; docs/cluster.md). Once merged they
-# are in ENV_FIELDS and this allowance is moot.
-CLUSTER_ENV = {"BRIDGE_REDIS_URL", "BRIDGE_INSTANCE_ID", "BRIDGE_CLUSTER_MAX_CALLS"}
 SECRET_ENV = {env for env, field in ENV_FIELDS.items() if field in SECRET_FIELDS} | {"BRIDGE_DATABASE_URL"}
 LOOKS_SECRET = re.compile(r"TOKEN|PASSWORD|SECRET|_KEY$|DATABASE_URL")
 BRIDGES = ("bridge-a", "bridge-b")
@@ -84,7 +81,7 @@ def test_bridges_probe_readyz_wait_for_their_dependencies_and_drain_before_being
 def test_bridge_environment_names_are_settings_and_no_secret_is_inlined() -> None:
     for name in BRIDGES:
         env: dict[str, str] = services()[name]["environment"]
-        unknown = [k for k in env if k not in ENV_FIELDS and k not in CLUSTER_ENV]
+        unknown = [k for k in env if k not in ENV_FIELDS]
         assert not unknown, f"{name}: {unknown} are not read by bridge/settings.py"
         for key, value in env.items():
             if key in SECRET_ENV or LOOKS_SECRET.search(key):

@@ -16,7 +16,7 @@ import yaml
 from bridge.metrics import METRICS
 from bridge.settings import ENV_FIELDS, SECRET_FIELDS
 from tests.deploy.bridges import DEPLOY, REPO
-from tests.deploy.test_compose import CLUSTER_ENV, ops_routes
+from tests.deploy.test_compose import ops_routes
 
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSION = "1.30"  # the oldest version still in upstream support when this was written
@@ -110,14 +110,14 @@ def test_deployments_probes_grace_period_and_prestop_follow_the_drain() -> None:
 def test_environment_names_are_settings_and_secrets_come_from_the_secret() -> None:
     for deployment in bridge_deployments():
         for name, entry in env_of(deployment).items():
-            assert name in ENV_FIELDS or name in CLUSTER_ENV, f"{name} is not read by bridge/settings.py"
+            assert name in ENV_FIELDS, f"{name} is not read by bridge/settings.py"
             if name in SECRET_ENV:
                 assert "secretKeyRef" in entry.get("valueFrom", {}), f"{name} must come from a Secret"
         assert container(deployment)["envFrom"] == [{"secretRef": {"name": "ivr-bridge"}}]
     [secret] = of_kind("Secret")
     assert secret["metadata"]["name"] == "ivr-bridge"
     assert all(v == "" for v in secret["stringData"].values()), "the example Secret must hold no values"
-    assert set(secret["stringData"]) <= set(ENV_FIELDS) | CLUSTER_ENV
+    assert set(secret["stringData"]) <= set(ENV_FIELDS)
     wanted = {"TWILIO_AUTH_TOKEN", "OPENAI_API_KEY", "BRIDGE_STREAM_SECRET", "BRIDGE_METRICS_TOKEN"}
     wanted |= {"BRIDGE_ADMIN_TOKEN", "BRIDGE_DATA_KEY", "BRIDGE_DATABASE_URL", "BRIDGE_REDIS_URL"}
     assert wanted <= set(secret["stringData"]), wanted - set(secret["stringData"])
