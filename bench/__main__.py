@@ -16,12 +16,8 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     here = Path(__file__).parent
-    named = [a for a in argv if not a.startswith("-")]
-    if named and argv.index(named[-1]) < len(argv) - 1:  # flags after the last name: for that module
-        flags = argv[argv.index(named[-1]) + 1 :]
-        named = [a for a in argv[: argv.index(named[-1]) + 1]]
-    else:
-        flags = []
+    first_flag = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    named, flags = argv[:first_flag], argv[first_flag:]  # flags go to the last module named
     explicit = bool(named)
     names = named or sorted(m.name for m in pkgutil.iter_modules([str(here)]) if not m.name.startswith("_"))
     for name in names:

@@ -182,7 +182,11 @@ class Server:
         return total / 2**20
 
     def stop(self) -> None:
-        stop_bridge(self.proc)
+        try:
+            stop_bridge(self.proc)
+        except subprocess.TimeoutExpired:  # a drain that outlasts the bench's patience
+            self.proc.kill()
+            self.proc.wait(10)
         self.log.close()
         os.unlink(self.log.name)
 
@@ -424,7 +428,7 @@ async def sweep(args: argparse.Namespace) -> list[Row]:
             row = await run_one(target, n, args)
             print(row_md(row), flush=True)
             rows.append(row)
-            if row.broke:
+            if row.broke and not args.keep_going:
                 print(f"bench.load: {target} breaks at {n} calls", flush=True)
                 break
     if args.peer:
@@ -455,6 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reply-speed", type=float, default=2.0, help="stand-in audio speed x real time")
     parser.add_argument("--ramp", type=float, default=25.0, help="calls placed per second")
     parser.add_argument("--settle-s", type=float, default=3.0)
+    parser.add_argument("--keep-going", action="store_true", help="do not stop a sweep at its first break")
     parser.add_argument("--no-pin", dest="pin", action="store_false")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
