@@ -12,7 +12,7 @@ Per configuration (echo canceller on/off, detector settings, backchannel rule on
   upstream (cleaned or raw per the setting; held audio replaced by silence on Resume, flushed on Cut);
 - CPU: thread time of the front's canceller (`far` + `near`) per call-second.
 
-Run: .venv/bin/python -m bench bargein_call   (writes bench/results/bargein.md's phase-2 section)
+Run: .venv/bin/python -m bench bargein_call   (writes bench/results/bargein.md's phase-3 section)
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from bench import bargein as b
 from bridge.media.g711 import FRAME_BYTES_PCM8K, RATE_8K
 
 RESULTS = Path(__file__).parent / "results" / "bargein.md"
-MARK = "<!-- phase 2 -->"
+MARK = "<!-- phase 3 -->"
+PHASE2 = "<!-- phase 2 -->"
 
 
 @dataclass(frozen=True)
@@ -39,15 +40,15 @@ class Config:
     min_speech_ms: int
     backchannel_ms: int  # 0: off
     clean_upstream: bool = True
+    early: bool = True  # energy onsets pause early (CallerFront early_onsets)
+    gate_cold: bool = True  # the upstream gets the gated audio before the echo path is found
 
 
 CONFIGS = [
-    Config("before: no AEC, 0.5/64, no backchannel", False, 0.5, 64, 0, False),
-    Config("AEC, 0.5/64, backchannel 400", True, 0.5, 64, 400),
-    Config("AEC, 0.5/32, backchannel 400", True, 0.5, 32, 400),
-    Config("AEC, 0.3/32, backchannel 400", True, 0.3, 32, 400),
-    Config("AEC, 0.5/32, no backchannel", True, 0.5, 32, 0),
-    Config("AEC, 0.5/32, backchannel 400, raw upstream", True, 0.5, 32, 400, False),
+    Config("before: no AEC, 0.5/64, no backchannel", False, 0.5, 64, 0, False, False, False),
+    Config("phase 2: AEC, 0.3/32, backchannel 400", True, 0.3, 32, 400, True, False, False),
+    Config("+ upstream gated before alignment (default)", True, 0.3, 32, 400, True, False, True),
+    Config("+ early energy onsets (off by default)", True, 0.3, 32, 400),
 ]
 
 
@@ -66,10 +67,15 @@ def simulate(cfg: Config, near: bytes, far: bytes | None, bot_end_ms: int) -> Si
     from bridge.call.bargein import BargeInCore, Cut, Pause, Resume
     from bridge.call.caller_audio import CallerFront
     from bridge.media.echo import EchoCanceller
-    from bridge.media.vad import SpeechDetector, SpeechStart, SpeechStop
+    from bridge.media.vad import EarlyOnset, SpeechDetector, SpeechStart, SpeechStop
 
     det = SpeechDetector(threshold=cfg.threshold, min_speech_ms=cfg.min_speech_ms, min_silence_ms=300)
-    front = CallerFront(det, EchoCanceller() if cfg.echo else None)
+    front = CallerFront(
+        det,
+        EchoCanceller() if cfg.echo else None,
+        early_onsets=cfg.early,
+        gate_upstream_unaligned=cfg.gate_cold,
+    )
     up = SpeechDetector(threshold=0.5, min_speech_ms=200, min_silence_ms=500)
     core = BargeInCore()
     core.agent_started("pcm24k", barge_in=True, backchannel_max_ms=cfg.backchannel_ms)
@@ -93,6 +99,8 @@ def simulate(cfg: Config, near: bytes, far: bytes | None, bot_end_ms: int) -> Si
         for ch in changes:
             if isinstance(ch, SpeechStart):
                 decisions.append(core.speech_started(now, audible=audible))
+            elif isinstance(ch, EarlyOnset):
+                decisions.append(core.early_onset(now, audible=audible))
             elif isinstance(ch, SpeechStop):
                 decisions.append(core.speech_stopped(now))
         if core.paused:
@@ -246,7 +254,7 @@ def main() -> None:
     load_after = os.getloadavg()
     out = [
         MARK,
-        "# Barge-in, phase 2: the call's composition (canceller + detector + backchannel rule)\n",
+        "# Barge-in, phase 3: noise level, early energy onsets, upstream gated before alignment\n",
         f"Command: `.venv/bin/python -m bench bargein_call` ({elapsed:.0f} s wall). Machine: "
         f"{os.cpu_count()} cores, load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
         "(other helpers running).\n",
@@ -284,11 +292,10 @@ def main() -> None:
         out.append(f"| {label} | " + " | ".join(res2.values()) + " |")
     text = RESULTS.read_text() if RESULTS.exists() else ""
     if MARK in text:
-        text = (
-            text[text.index("# Barge-in: echo cancellation") :]
-            if "# Barge-in: echo cancellation" in text
-            else ""
-        )
+        text = text[text.index(PHASE2) :] if PHASE2 in text else ""
+    notes = Path(__file__).parent / "results" / "bargein_phase3_notes.md"
+    if notes.exists():  # the hand-written reading of the tables
+        out.append("\n" + notes.read_text())
     RESULTS.write_text("\n".join(out) + "\n\n" + text)
     print("\n".join(out))
 

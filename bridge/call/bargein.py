@@ -39,6 +39,13 @@ audio back from the model). Then, fed `caller_speech(now_ms, voiced_ms)` on ever
 began); speech that ended sooner was an acknowledgement (`Resume`: play on, the held caller audio
 goes to the model as silence). The bot stops as fast as with an immediate cut; only the commit
 waits. A new onset within `CONTINUE_WINDOW_MS` of a resume cuts at once (the caller goes on).
+
+Early onsets (`early_onset(now_ms, audible=...)`): the caller's audio rose well above the noise floor
+and the residual echo the canceller expects (bridge/media/vad.py `EnergyOnset`), tens of ms before
+Silero can score an unvoiced onset ("Stop", "Sorry") as speech. It pauses the bot at once, as a
+tentative `Pause`: Silero's onset (or the detector already in speech) within `EARLY_CONFIRM_MS`
+confirms it (then the backchannel rule above decides; with the rule off, the confirmation cuts);
+otherwise `caller_speech` returns `Resume` (a door, a cough: the bot plays on from where it paused).
 """
 
 from __future__ import annotations
@@ -53,6 +60,9 @@ PAUSE_LIMIT_MS = 1000  # a pause still undecided this long after backchannel_max
 # An onset this soon after a resumed acknowledgement is the caller going on talking ("Hello ... I
 # need"): it cuts at once, so words with gaps between them are never taken for backchannels.
 CONTINUE_WINDOW_MS = 1500
+# A pause from an energy onset that Silero does not confirm within this resumes. An unvoiced onset
+# ("s", "st", "f") is scored as speech once voicing starts, 120-170 ms after it.
+EARLY_CONFIRM_MS = 200
 
 
 @dataclass(slots=True)
@@ -109,6 +119,7 @@ class BargeInCore:
         self.backchannel_max_ms = 0  # 0: every onset cuts at once
         self._paused_at: float | None = None  # a Pause is waiting for its decision since then
         self._resumed_at: float | None = None  # the last acknowledgement ended then
+        self._early = False  # the pause came from an energy onset Silero has not confirmed yet
 
     # -- playout facts -------------------------------------------------------------------------
 
@@ -177,6 +188,7 @@ class BargeInCore:
         self.backchannel_max_ms = 0
         self._paused_at = None
         self._resumed_at = None
+        self._early = False
         self._items.clear()
         self._playing_item = None
         self.response_id = None
@@ -225,10 +237,12 @@ class BargeInCore:
         menu listens for the caller's answer. None: nothing to cut (or a pause is already
         waiting for its decision)."""
         if self._agent_barge_in:
-            if self._paused_at is not None:
-                return self._commit(now_ms) if server else None
             resumed = self._resumed_at
             going_on = resumed is not None and now_ms - resumed < CONTINUE_WINDOW_MS
+            if self._paused_at is not None:
+                if server:
+                    return self._commit(now_ms)
+                return self._confirm(now_ms, going_on) if self._early else None
             if (
                 not server
                 and not going_on
@@ -242,6 +256,28 @@ class BargeInCore:
             return self._agent_cut(now_ms, audible)
         if listening and not server:  # a prompt that allows it stops when the caller answers over it
             return self.cut_prompts(only_barge_in=True)
+        return None
+
+    def early_onset(self, now_ms: float, *, audible: bool) -> Pause | None:
+        """An energy onset on the caller's (echo-cancelled) audio, before the detector's: pause the
+        bot tentatively (see the module docstring). None: nothing plays, barge-in is off, or a pause
+        is already waiting for its decision."""
+        if not self._agent_barge_in or self._paused_at is not None:
+            return None
+        if not (audible or self.response_id is not None):
+            return None
+        self._note_heard(now_ms)
+        self._in_flight.clear()  # re-queued by the call: their late marks are not "heard"
+        self._paused_at = now_ms
+        self._early = True
+        return Pause()
+
+    def _confirm(self, now_ms: float, going_on: bool) -> Cut | None:
+        """The detector confirmed an early pause: the backchannel rule decides from here (with the
+        rule off, or the caller going on after an acknowledgement, the barge-in is committed)."""
+        self._early = False
+        if self.backchannel_max_ms <= 0 or going_on:
+            return self._commit(now_ms)
         return None
 
     def moderation_cut(self, now_ms: float) -> Cut | None:
@@ -262,12 +298,25 @@ class BargeInCore:
         self._in_flight.clear()
         return Cut(prompts=tuple(prompts.pop(item)[0] for item in cut))
 
-    def caller_speech(self, now_ms: float, voiced_ms: int) -> Cut | None:
+    def caller_speech(self, now_ms: float, voiced_ms: int) -> Cut | Resume | None:
         """Every caller frame while paused: `voiced_ms` of the current utterance so far (the
-        detector's). A Cut once it is longer than an acknowledgement (or the pause lasts too long)."""
+        detector's, 0 while it hears no speech). A Cut once it is longer than an acknowledgement (or
+        the pause lasts too long); a Resume when an early pause was not confirmed in time."""
         paused_at = self._paused_at
         if paused_at is None:
             return None
+        if self._early:
+            if voiced_ms > 0:  # the detector is in speech (its onset may have come before the pause)
+                resumed = self._resumed_at
+                cut = self._confirm(now_ms, resumed is not None and now_ms - resumed < CONTINUE_WINDOW_MS)
+                if cut is not None:
+                    return cut
+            elif now_ms - paused_at > EARLY_CONFIRM_MS:
+                self._paused_at = None
+                self._early = False
+                return Resume()
+            else:
+                return None
         limit = self.backchannel_max_ms
         if voiced_ms > limit or now_ms - paused_at > limit + PAUSE_LIMIT_MS:
             return self._commit(now_ms)
@@ -278,11 +327,13 @@ class BargeInCore:
         if self._paused_at is None:
             return None
         self._paused_at = None
+        self._early = False
         self._resumed_at = now_ms
         return Resume()
 
     def _commit(self, now_ms: float) -> Cut | None:
         self._paused_at = None
+        self._early = False
         return self._agent_cut(now_ms, True)
 
     def _note_heard(self, now_ms: float) -> None:

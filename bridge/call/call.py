@@ -50,7 +50,7 @@ from bridge.logsafe import OperatorValue
 from bridge.media import g711
 from bridge.media.echo import EchoCanceller
 from bridge.media.playout import Frame, Playout
-from bridge.media.vad import SpeechDetector, SpeechStart, SpeechStop
+from bridge.media.vad import EarlyOnset, SpeechDetector, SpeechStart, SpeechStop
 from bridge.settings import Settings
 from bridge.telephony.leg import AudioIn, CallEnded, CallStarted, Dtmf, Leg, MarkPlayed
 
@@ -337,6 +337,9 @@ class Call:
             for change in changes:
                 if isinstance(change, SpeechStart):
                     await self._on_speech_onset()
+                elif isinstance(change, EarlyOnset):
+                    if isinstance(barge.early_onset(now, audible=self._bot_audible(now)), Pause):
+                        await self._pause()
                 elif isinstance(change, SpeechStop):
                     if observer is not None:  # when the caller's speech ended, on the call clock
                         observer.caller_stopped(now - (front.detector.position_ms - change.audio_ms))
@@ -344,7 +347,9 @@ class Call:
                         await self._on_speech_end(now)
             if barge.paused:
                 cut = barge.caller_speech(now, front.detector.voiced_ms)
-                if cut is not None:
+                if isinstance(cut, Resume):  # an early onset the detector did not confirm
+                    await self._resume()
+                elif cut is not None:
                     await self._execute_cut(cut, "local_vad")
         if self._listener is not None:
             self._listener.feed(heard)

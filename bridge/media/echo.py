@@ -69,6 +69,7 @@ _LIN_MARGIN_DB = 3.0
 _NOISE_RISE = 10 ** (3.0 / 10 / 50)  # the noise floor (a minimum tracker) rises at most 3 dB/s
 _OPEN_RATIO = 4.0  # residual this far (6 dB) above the echo expected: the caller talks, open at once
 _OPEN_HOLD_FRAMES = 3  # ... and stay open this many frames after the last such frame (60 ms)
+_ONSET_OVER_FLOOR = 8.0  # `caller_energy`: the residual this far (9 dB) above the noise level too
 
 
 def _db(ratio: float) -> float:
@@ -89,6 +90,7 @@ class EchoStats:
     frames: int = 0
     frames_suppressed: int = 0  # frames whose gain ended below 0.1
     double_talk_frames: int = 0
+    caller_energy_frames: int = 0  # frames with `caller_energy` set
 
 
 class EchoCanceller:
@@ -145,6 +147,9 @@ class EchoCanceller:
         self._err_s = 0.0
         self._noise = 1.0  # falls to the first frame's power at once (a minimum tracker)
         self._gain = 1.0
+        # This frame's residual stands well above the echo expected and the noise level: the caller
+        # (or another sound of theirs) adds energy; set by `near` on frames that echo could reach.
+        self.caller_energy = False
         # delay estimator state
         self._acc = np.zeros(self.max_delay_samples + 1, dtype=np.float64)
         self._acc_n = 0
@@ -235,6 +240,7 @@ class EchoCanceller:
                 f"got {len(pcm16)}"
             )
         pos = self._pos
+        self.caller_energy = False
         if self._far_end < pos + FRAME_SAMPLES_8K:
             # Nothing was played up to here: the ring must read as silence, not as audio of 4 s ago.
             start = max(self._far_end, pos - self.max_delay_samples - _EST_WINDOW - _FFT)
@@ -320,10 +326,11 @@ class EchoCanceller:
             self._err_s = self._near_s
         self._track_noise(e_pow)
         active = far_span_pow > _ACTIVE_POW
-        excess = max(e_pow - self._noise, 0.0)
+        floor = self._noise
+        excess = max(e_pow - floor, 0.0)
         if active:
             # Double talk: the caller's audio is well above what the echo path gives back.
-            near_db = _db(max(near_pow - self._noise, 1e-12) / far_span_pow)
+            near_db = _db(max(near_pow - floor, 1e-12) / far_span_pow)
             if near_db > self._erl_db + 6.0:
                 self._dt_hold = 5
                 self.stats.double_talk_frames += 1
@@ -336,8 +343,8 @@ class EchoCanceller:
                 # Noise above its floor is not echo: a frame's noise power varies by a few dB.
                 # Only where the echo the path gives back stands above the noise floor: elsewhere
                 # the residual is noise, and counting it as echo closes the gate on the caller.
-                if far_span_pow * 10.0 ** (self._erl_db / 10.0) > self._noise:
-                    res_db = _db(max(e_pow - _NOISE_MARGIN * self._noise, 1e-12) / far_span_pow)
+                if far_span_pow * 10.0 ** (self._erl_db / 10.0) > floor:
+                    res_db = _db(max(e_pow - _NOISE_MARGIN * floor, 1e-12) / far_span_pow)
                     self._kappa_db += 1.0 * (_KAPPA_QUANTILE - (res_db < self._kappa_db))
                 self.stats.kappa_db = self._kappa_db
                 if far_pow > _ACTIVE_POW:
@@ -375,6 +382,9 @@ class EchoCanceller:
             # Well above any echo this frame can hold: the caller. Open within this frame (no ramp
             # from a closed gate, which would cost the onset half a frame) and hold it open.
             self._open_hold = _OPEN_HOLD_FRAMES
+            if excess > _ONSET_OVER_FLOOR * floor:
+                self.caller_energy = True
+                self.stats.caller_energy_frames += 1
             return self._apply_gain(e, 1.0, ramp=False)
         if self._open_hold:
             self._open_hold -= 1

@@ -156,6 +156,41 @@ class SpeechStart:
 
 
 @dataclass(frozen=True, slots=True)
+class EarlyOnset:
+    """The caller's audio rose well above the residual echo and the noise for `EnergyOnset.frames`
+    frames: a likely onset, tens of ms before the VAD can tell (unvoiced sounds score low until voicing).
+    Not speech yet: the barge-in pauses on it and resumes unless the detector confirms."""
+
+    audio_ms: int  # end of the frame that completed it, in ms from the start of the stream
+
+
+class EnergyOnset:
+    """Energy onsets from per-frame flags (the echo canceller's `caller_energy`): `frames` flagged
+    frames in a row fire once; it re-arms after `rearm_frames` unflagged frames in a row. No I/O."""
+
+    def __init__(self, frames: int = 2, rearm_frames: int = 15) -> None:
+        self.frames = frames
+        self.rearm_frames = rearm_frames
+        self._run = 0
+        self._quiet = rearm_frames
+        self._armed = True
+
+    def feed(self, flagged: bool) -> bool:
+        if flagged:
+            self._run += 1
+            self._quiet = 0
+            if self._armed and self._run >= self.frames:
+                self._armed = False
+                return True
+            return False
+        self._run = 0
+        self._quiet += 1
+        if self._quiet >= self.rearm_frames:
+            self._armed = True
+        return False
+
+
+@dataclass(frozen=True, slots=True)
 class SpeechStop:
     audio_ms: int  # where speech ended, in ms from the start of the stream
 

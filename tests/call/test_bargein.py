@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from bridge.call.bargein import (
     CONTINUE_WINDOW_MS,
+    EARLY_CONFIRM_MS,
     PAUSE_LIMIT_MS,
     PROMPT_PREFIX,
     BargeInCore,
@@ -418,3 +419,57 @@ def test_a_new_session_forgets_a_pause() -> None:
     leg.core.agent_started("pcm24k", barge_in=True, backchannel_max_ms=400)
     assert not leg.core.paused
     assert leg.core.speech_stopped(500.0) is None
+
+
+# -- early (energy) onsets: pause at once, resume unless the detector confirms ----------------------
+
+
+def test_an_early_onset_the_detector_does_not_confirm_resumes() -> None:
+    leg = backchannel_agent()
+    core = leg.core
+    assert core.early_onset(405.0, audible=True) == Pause()
+    assert core.paused
+    assert not core.in_flight
+    assert core.early_onset(410.0, audible=True) is None  # one pause at a time
+    assert core.caller_speech(405.0 + EARLY_CONFIRM_MS, voiced_ms=0) is None
+    assert core.caller_speech(406.0 + EARLY_CONFIRM_MS, voiced_ms=0) == Resume()
+    assert not core.paused
+    # Not an acknowledgement: the next onset pauses again (no "caller goes on" cut).
+    assert core.speech_started(700.0, audible=True) == Pause()
+
+
+def test_an_early_onset_confirmed_follows_the_backchannel_rule_and_truncates_at_the_pause() -> None:
+    leg = backchannel_agent()
+    core = leg.core
+    assert core.early_onset(405.0, audible=True) == Pause()
+    assert core.speech_started(520.0, audible=True) is None  # confirmed: still paused
+    assert core.caller_speech(650.0, voiced_ms=130) is None  # past EARLY_CONFIRM_MS: no resume
+    assert core.paused
+    cut = core.caller_speech(950.0, voiced_ms=420)
+    assert cut == Cut(agent=True, cancel_response_id="resp_1", truncate_item_id="item_1", audio_end_ms=405)
+
+
+def test_an_early_onset_confirmed_acknowledgement_resumes() -> None:
+    leg = backchannel_agent()
+    core = leg.core
+    assert core.early_onset(405.0, audible=True) == Pause()
+    assert core.caller_speech(540.0, voiced_ms=40) is None  # the detector is in speech: confirmed
+    assert core.speech_stopped(800.0) == Resume()
+
+
+def test_an_early_onset_confirmed_with_the_backchannel_rule_off_cuts() -> None:
+    leg = backchannel_agent(max_ms=0)
+    core = leg.core
+    assert core.early_onset(405.0, audible=True) == Pause()
+    cut = core.speech_started(520.0, audible=True)
+    assert cut == Cut(agent=True, cancel_response_id="resp_1", truncate_item_id="item_1", audio_end_ms=405)
+
+
+def test_an_early_onset_with_nothing_playing_or_barge_in_off_does_nothing() -> None:
+    leg = Leg()
+    leg.core.agent_started("pcm24k", barge_in=False, backchannel_max_ms=400)
+    leg.core.response_started("resp_1")
+    assert leg.core.early_onset(10.0, audible=True) is None
+    leg = Leg()
+    leg.core.agent_started("pcm24k", barge_in=True, backchannel_max_ms=400)
+    assert leg.core.early_onset(10.0, audible=False) is None

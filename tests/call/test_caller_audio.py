@@ -11,7 +11,7 @@ import numpy as np
 from bridge.call.caller_audio import CallerFront
 from bridge.media.echo import EchoCanceller
 from bridge.media.g711 import FRAME_BYTES_PCM8K
-from bridge.media.vad import SpeechDetector, SpeechStart
+from bridge.media.vad import EarlyOnset, EnergyOnset, SpeechDetector, SpeechStart
 from tests.helpers.speech import phone_speech, silence
 from tests.media.test_echo import echo_path, to_pcm
 
@@ -82,3 +82,63 @@ def test_no_bot_audio_passes_the_very_same_bytes() -> None:
     f.use_echo = False  # the agent step turned it off: not even fed
     f.played(frame, 20.0)
     assert f.hear(frame, 20.0)[0] is frame
+
+
+def upstream_onsets(audio: bytes) -> list[int]:
+    """Onsets of the engine's server-VAD defaults (0.5, 200 ms) on what goes to the model."""
+    up = SpeechDetector(threshold=0.5, min_speech_ms=200, min_silence_ms=500)
+    return [e.audio_ms for e in up.feed(audio) if isinstance(e, SpeechStart)]
+
+
+def test_before_the_echo_path_is_found_the_model_gets_the_gated_audio() -> None:
+    """The first second of the bot's speech, before alignment: the model's VAD must not hear the echo
+    (loud: 10 dB echo return loss), which it does with the audio as is."""
+    far = silence(100) + bot_audio()[: 16000 * 3]  # the pacer's lead: every frame that echoes is fed
+    x = np.frombuffer(far, dtype="<i2").astype(np.float64)
+    near = to_pcm(echo_path(x, 50, 10))
+    f = CallerFront(
+        SpeechDetector(threshold=0.3, min_speech_ms=32, min_silence_ms=300),
+        EchoCanceller(),
+        gate_upstream_unaligned=False,
+    )
+    assert upstream_onsets(run(f, near, far)[0]), "the raw echo must reach the model's VAD (else no proof)"
+    f = CallerFront(SpeechDetector(threshold=0.3, min_speech_ms=32, min_silence_ms=300), EchoCanceller())
+    assert upstream_onsets(run(f, near, far)[0]) == []
+
+
+def test_a_caller_over_the_bot_on_a_line_without_echo_reaches_the_model_whole() -> None:
+    """No echo at all (the path is never found): once the detector hears the caller, the model and the
+    menu get the caller's audio as is."""
+    far = bot_audio()[: 16000 * 3]
+    caller = phone_speech("Operator.", voice="espeak")
+    near = silence(500) + caller + silence(500)
+    f = CallerFront(SpeechDetector(threshold=0.3, min_speech_ms=32, min_silence_ms=300), EchoCanceller())
+    out, onsets = run(f, near, far)
+    assert onsets
+    start = onsets[0] * 16 + 3 * FRAME_BYTES_PCM8K  # a few frames after the detector's onset ...
+    end = 500 * 16 + len(caller) - 2 * FRAME_BYTES_PCM8K
+    assert out[start:end] == near[start:end]  # ... to the end of the word: untouched
+
+
+def test_an_unvoiced_onset_over_the_echo_gives_an_early_onset_before_the_detector() -> None:
+    far = bot_audio()
+    x = np.frombuffer(far, dtype="<i2").astype(np.float64)
+    caller = np.frombuffer(phone_speech("Stop, I want to cancel my order.", voice="espeak"), "<i2")
+    near_x = echo_path(x, 150, 15)
+    at = 6 * 8000
+    near_x[at : at + len(caller)] += caller
+    f = CallerFront(SpeechDetector(threshold=0.5, min_speech_ms=64, min_silence_ms=300), EchoCanceller())
+    f.onsets = EnergyOnset()  # off by default (see bench/results/bargein.md, phase 3)
+    step = FRAME_BYTES_PCM8K
+    near = to_pcm(near_x)
+    early: list[int] = []
+    speech: list[int] = []
+    for i in range(0, len(near) - step + 1, step):
+        now = CLOCK_OFFSET_MS + i / 16
+        if i + 5 * step + step <= len(far):
+            f.played(far[i + 5 * step : i + 6 * step], now + 100)
+        for c in f.hear(near[i : i + step], now + 20)[1]:
+            (early if isinstance(c, EarlyOnset) else speech).append(i // 16)
+    assert early
+    assert speech
+    assert 6000 <= early[0] < speech[0] <= 6400

@@ -140,3 +140,19 @@ def test_bad_settings_rejected() -> None:
         create_vad("nope")
     with pytest.raises(ConfigError):
         SpeechDetector(threshold=0.5, neg_threshold=0.7, vad=WebRtcVad())
+
+
+def test_energy_onset_fires_once_per_burst_and_rearms_after_quiet() -> None:
+    from bridge.media.vad import EnergyOnset
+
+    e = EnergyOnset(frames=2, rearm_frames=3)
+    assert [e.feed(f) for f in (True, False, True, True, True, True)] == [
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+    ]
+    assert [e.feed(f) for f in (False, False, True, True)] == [False, False, False, False]  # not re-armed
+    assert [e.feed(f) for f in (False, False, False, True, True)] == [False, False, False, False, True]
