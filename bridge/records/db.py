@@ -132,9 +132,11 @@ def _static_head() -> str | None:
     parents: set[str] = set()
     for path in (MIGRATIONS / "versions").glob("*.py"):
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+            if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+                continue
+            target = node.targets[0]
             if isinstance(target, ast.Name):
-                name, value = target.id, node.value  # type: ignore[union-attr]
+                name, value = target.id, node.value
                 if name == "revision" and isinstance(value, ast.Constant) and isinstance(value.value, str):
                     revisions.add(value.value)
                 elif name == "down_revision":
