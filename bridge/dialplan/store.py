@@ -4,12 +4,17 @@
 snapshot it started with (its `Runner` holds it), so edits never change a call in progress. A file
 that fails to load is rejected with its errors logged, and the previous dialplan keeps serving.
 A broken dialplan never starts serving: the constructor raises `DialplanInvalid`.
+
+`prepare` (set by the app: bridge/call/warmup.py) runs on a reloaded plan before it is swapped in,
+so what the new plan needs (speech models, recognizer workers, rendered prompts) is ready before
+its first call; meanwhile new calls keep getting the previous plan.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from bridge.dialplan.loader import DialplanInvalid, dialplan_files, load_dialplan
@@ -31,6 +36,9 @@ class DialplanStore:
         plan._version = 1
         self._plan = plan
         self.last_errors: list[str] = []
+        # Runs on a reloaded plan before the swap (blocking, on the watcher's thread); its errors are
+        # logged and the plan is swapped in anyway (what failed to start retries on first use).
+        self.prepare: Callable[[Dialplan], object] | None = None
         log.info("dialplan v1 loaded from %s (%d flows)", _names(plan), len(plan.flows))
 
     def current(self) -> Dialplan:
@@ -57,8 +65,15 @@ class DialplanStore:
             for problem in exc.problems:
                 log.error("  %s", problem)
             return list(exc.problems)
+        plan._version = self._version + 1
+        if self.prepare is not None:
+            try:
+                self.prepare(plan)
+            except Exception:
+                log.exception(
+                    "dialplan v%d: preparing its speech failed; swapping it in anyway", plan.version
+                )
         self._version += 1
-        plan._version = self._version
         self._signature = signature
         self.last_errors = []
         self._plan = plan  # one reference assignment: atomic for every reader
