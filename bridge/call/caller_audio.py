@@ -13,11 +13,17 @@ by the mapping, and whatever constant offset remains (network, Twilio's buffer, 
 echo path's delay, which the canceller estimates (up to `max_delay_ms`). Far audio far ahead of the
 caller audio (no caller frames arriving) is dropped: there is nothing to cancel it from.
 
+The canceller's state (~0.8 MB of history rings and filters) is made when the bot first plays
+(`echo_factory`): until then there is nothing to cancel, and the canceller would pass every frame
+through as is, so a call whose bot never speaks never pays for it.
+
 This is the one composition of canceller and detector: `bridge.call.call` uses it for every caller
 frame and `bench/bargein.py` drives it to measure what the call does.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from bridge.media.echo import EchoCanceller, EchoCancellerError
 from bridge.media.vad import SpeechDetector, SpeechStart, SpeechStop
@@ -29,18 +35,34 @@ _CONTIGUOUS_MS = 1.0  # schedule slack within which a frame follows the previous
 class CallerFront:
     """Echo canceller (optional) + barge-in detector for one call's caller audio (8 kHz PCM16)."""
 
-    def __init__(self, detector: SpeechDetector, echo: EchoCanceller | None = None) -> None:
+    def __init__(
+        self,
+        detector: SpeechDetector,
+        echo: EchoCanceller | None = None,
+        *,
+        echo_factory: Callable[[], EchoCanceller] | None = None,
+    ) -> None:
         self.detector = detector
         self.echo = echo
-        self.use_echo = echo is not None  # the agent step's setting (off: the canceller is not fed)
+        self._echo_factory = echo_factory  # makes `echo` at the first frame played (when it is None)
+        self.use_echo = self.can_cancel  # the agent step's setting (off: the canceller is not fed)
         self._near_wall_ms: float | None = None  # when the last caller frame was heard
         self._next_start_ms: float | None = None  # where the next contiguous far frame would start
 
+    @property
+    def can_cancel(self) -> bool:
+        """Is there a canceller, or one to make when the bot first plays?"""
+        return self.echo is not None or self._echo_factory is not None
+
     def played(self, pcm8k: bytes, start_ms: float) -> None:
         """A frame the bridge plays, starting at `start_ms` on the call's clock (the pacer's schedule)."""
-        echo = self.echo
-        if echo is None or not self.use_echo or self._near_wall_ms is None:
+        if not self.use_echo or self._near_wall_ms is None:
             return
+        echo = self.echo
+        if echo is None:
+            if self._echo_factory is None:
+                return
+            echo = self.echo = self._echo_factory()  # its clock starts at the last caller frame
         next_start = self._next_start_ms
         self._next_start_ms = start_ms + len(pcm8k) * 1000.0 / 16000.0
         at_ms: float | None
@@ -63,6 +85,7 @@ class CallerFront:
         returns the very same bytes object while nothing was played recently."""
         echo = self.echo
         if echo is None or not self.use_echo:
+            self._near_wall_ms = now_ms  # a canceller made later maps its clock from here
             return pcm8k, self.detector.feed(pcm8k)
         gated = echo.near(pcm8k)
         self._near_wall_ms = now_ms  # the canceller's position (the end of this frame) is now
