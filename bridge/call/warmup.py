@@ -67,11 +67,11 @@ class SpeechWarmup:
                 self._start_vad()
             if needs.engine and "engine" not in self.started:
                 self.report.update(self._engine_preload())  # Silero, Piper, the recognizer workers
-                self.started |= {"engine", "vad", "recognizer", "synthesizer"}
+                self.started |= {"engine", "vad", "recognizer"}
             if needs.recognizer and "recognizer" not in self.started:
                 self._start_recognizer()
             if needs.synthesizer and "synthesizer" not in self.started:
-                prompt_voice().load()
+                prompt_voice().load()  # after the engine's preload: the same Piper voice, shared
                 self.started.add("synthesizer")
             rendered = self._prerender(needs)
             new = sorted(self.started - before)
