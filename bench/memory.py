@@ -45,6 +45,17 @@ flows:
 """
 
 
+HISTORY = """## Before lazy start (for comparison; measured by hand, not by this script)
+
+At abcdfb5 (models, workers and aiortc/PyAV/Alembic loaded at start whatever the plan) the same
+cloud-only plan idled at ~327-348 MB in the bridge process plus two recognizer workers (~129 MB
+each); the import of `bridge.app` alone was 137 MB (now ~90 MB). Per held call it was ~1 MB, most
+of it the echo canceller's history rings, now made when the bot first plays. A call whose bot
+speaks still makes its canceller (~0.8 MB once its rings fill), so an answered call costs more
+than the idle-ish calls above.
+"""
+
+
 def free_port() -> int:
     sock = bind_ephemeral()
     port = int(sock.getsockname()[1])
@@ -186,7 +197,7 @@ async def run(counts: list[int], settle_s: float) -> str:
     for n, mb, load in rows:
         per = f"{(mb - base) / n:.2f}" if n else "-"
         lines.append(f"| {n} | {mb:.1f} | {per} | {load:.2f} |")
-    lines.append("")
+    lines += ["", HISTORY]
     return "\n".join(lines)
 
 
