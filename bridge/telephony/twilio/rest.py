@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
@@ -35,11 +36,13 @@ class TwilioRestError(UpstreamError):
     """The Twilio REST API refused or failed a request."""
 
 
-def rebased_http_client(base_url: str, **kwargs: Any) -> TwilioHttpClient:
-    """The library's HTTP client, with `https://api.twilio.com` replaced by `base_url`."""
+@functools.cache
+def _rebased_class() -> type[TwilioHttpClient]:
     from twilio.http.http_client import TwilioHttpClient
 
     class RebasedHttpClient(TwilioHttpClient):
+        """The library's HTTP client, with `https://api.twilio.com` replaced by another origin."""
+
         def __init__(self, base_url: str, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.base_url = base_url.rstrip("/")
@@ -49,7 +52,19 @@ def rebased_http_client(base_url: str, **kwargs: Any) -> TwilioHttpClient:
                 url = self.base_url + url[len(TWILIO_API_ORIGIN) :]
             return super().request(method, url, *args, **kwargs)
 
-    return RebasedHttpClient(base_url, **kwargs)
+    return RebasedHttpClient
+
+
+def rebased_http_client(base_url: str, **kwargs: Any) -> TwilioHttpClient:
+    """The library's HTTP client, with `https://api.twilio.com` replaced by `base_url`."""
+    return _rebased_class()(base_url, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    """`RebasedHttpClient`, made (with the twilio HTTP stack imported) on first access."""
+    if name == "RebasedHttpClient":
+        return _rebased_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def has_rest_credentials(settings: Settings) -> bool:
