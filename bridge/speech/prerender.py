@@ -13,6 +13,7 @@ bytes of PCM16 little-endian 8 kHz mono. Input (stdin): a JSON list of texts.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -65,8 +66,12 @@ def _main() -> int:
     from bridge.speech.tts import Synthesizer
 
     texts = json.loads(sys.stdin.buffer.read())
+    # The answer goes out on a copy of stdout; stdout itself points at stderr from here on, so nothing
+    # a library prints (espeak-ng, a warning) can corrupt the framing.
+    out = os.fdopen(os.dup(1), "wb")
+    sys.stdout.flush()
+    os.dup2(2, 1)
     synth = Synthesizer(out_rate=RATE_8K)
-    out = sys.stdout.buffer
     for text in texts:
         pcm = np.asarray(synth.cached(str(text)), dtype="<i2").tobytes()
         out.write(_LEN.pack(len(pcm)))
