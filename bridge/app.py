@@ -2,7 +2,8 @@
 the dialplan store (with hot reload) and the health and metrics endpoints (`bridge.ops_routes`).
 
 Start-up order in the lifespan: load the dialplans (a broken dialplan never starts serving),
-load the speech models once (timed, logged), start the SIP leg when configured (registration
+start the local speech the dialplan needs and only that (bridge/call/warmup.py: timed, logged; a
+reloaded plan's needs start before it is swapped in), start the SIP leg when configured (registration
 runs in the background; its state is in /healthz and /metrics), then serve.
 
 Security (docs/security.md has the route inventory and the threat model): one process-wide
@@ -38,6 +39,7 @@ from bridge import logsafe, metrics
 from bridge.call import Call
 from bridge.call.agent import dialplan_chat_backends
 from bridge.call.prompts import prewarm_prompts
+from bridge.call.warmup import SpeechWarmup
 from bridge.call.watch import CallWatcher
 from bridge.cluster import (
     Cluster,
@@ -185,10 +187,14 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
         logsafe.set_pii_redactor(records.redactor if records.redactor.enabled else None)
         background = [asyncio.create_task(store.run_watcher())]
         if preload_models:
-            t0 = time.perf_counter()
-            runtime.models = await loop.run_in_executor(None, engine.preload)
-            log.info("speech models loaded in %.2f s: %s", time.perf_counter() - t0, runtime.models)
+            # Only what the plan needs (a cloud-only plan: the VAD); a reload starts what its plan needs.
             own_lines = (settings.hold_line, settings.drain_line)
+            warmup = SpeechWarmup(engine.preload, own_lines)
+            t0 = time.perf_counter()
+            await loop.run_in_executor(None, warmup.prepare, store.current())
+            runtime.models = warmup.report
+            log.info("speech models loaded in %.2f s: %s", time.perf_counter() - t0, runtime.models)
+            store.prepare = warmup.prepare
             background.append(asyncio.create_task(prewarm_prompts(store, own_lines)))
         if settings.sip_enabled:
             from bridge.telephony.sip.service import start_sip
@@ -204,6 +210,7 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
         try:
             yield
         finally:
+            store.prepare = None
             for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -606,7 +606,9 @@ class Call:
             min_speech_ms=settings.barge_in_min_speech_ms,
             min_silence_ms=300,
         )
-        self._front = CallerFront(detector, EchoCanceller() if settings.echo_cancel else None)
+        # The canceller's state is made when the bot first plays (a call that is never answered, or
+        # only listens, does not hold its ~0.8 MB).
+        self._front = CallerFront(detector, echo_factory=EchoCanceller if settings.echo_cancel else None)
         return self.runner.start(now)
 
     async def _execute(self, action: dp.Action) -> None:
@@ -717,7 +719,7 @@ class Call:
                 min_speech_ms=config.barge_in_min_speech_ms,
                 min_silence_ms=300,
             )
-            front.use_echo = front.echo is not None and config.echo_cancel
+            front.use_echo = front.can_cancel and config.echo_cancel
         self._clean_upstream = config.send_cleaned_upstream
         assert self._tg is not None
         try:

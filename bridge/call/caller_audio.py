@@ -24,11 +24,17 @@ reference, so that the model's VAD does not hear the bot's echo in the first sec
 except while the detector hears the caller (double talk: the caller is passed whole, the model and the
 menu must get every word, and on a line with no echo the path is never found), and for a second after.
 
+The canceller's state (~0.8 MB of history rings and filters) is made when the bot first plays
+(`echo_factory`): until then there is nothing to cancel, and the canceller would pass every frame
+through as is, so a call whose bot never speaks never pays for it.
+
 This is the one composition of canceller and detector: `bridge.call.call` uses it for every caller
 frame and `bench/bargein.py` drives it to measure what the call does.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from bridge.media.echo import EchoCanceller, EchoCancellerError
 from bridge.media.vad import EarlyOnset, EnergyOnset, SpeechDetector, SpeechStart, SpeechStop
@@ -51,21 +57,32 @@ class CallerFront:
         *,
         early_onsets: bool = False,
         gate_upstream_unaligned: bool = True,
+        echo_factory: Callable[[], EchoCanceller] | None = None,
     ) -> None:
         self.detector = detector
         self.echo = echo
+        self._echo_factory = echo_factory  # makes `echo` at the first frame played (when it is None)
         self.onsets = EnergyOnset() if early_onsets else None
         self.gate_upstream_unaligned = gate_upstream_unaligned
         self._ungated = 0  # frames the model still gets as is (the caller talked before alignment)
-        self.use_echo = echo is not None  # the agent step's setting (off: the canceller is not fed)
+        self.use_echo = self.can_cancel  # the agent step's setting (off: the canceller is not fed)
         self._near_wall_ms: float | None = None  # when the last caller frame was heard
         self._next_start_ms: float | None = None  # where the next contiguous far frame would start
 
+    @property
+    def can_cancel(self) -> bool:
+        """Is there a canceller, or one to make when the bot first plays?"""
+        return self.echo is not None or self._echo_factory is not None
+
     def played(self, pcm8k: bytes, start_ms: float) -> None:
         """A frame the bridge plays, starting at `start_ms` on the call's clock (the pacer's schedule)."""
-        echo = self.echo
-        if echo is None or not self.use_echo or self._near_wall_ms is None:
+        if not self.use_echo or self._near_wall_ms is None:
             return
+        echo = self.echo
+        if echo is None:
+            if self._echo_factory is None:
+                return
+            echo = self.echo = self._echo_factory()  # its clock starts at the last caller frame
         next_start = self._next_start_ms
         self._next_start_ms = start_ms + len(pcm8k) * 1000.0 / 16000.0
         at_ms: float | None
@@ -90,6 +107,7 @@ class CallerFront:
         detector = self.detector
         changes: list[SpeechStart | SpeechStop | EarlyOnset] = []
         if echo is None or not self.use_echo:
+            self._near_wall_ms = now_ms  # a canceller made later maps its clock from here
             changes += detector.feed(pcm8k)
             return pcm8k, changes
         gated = echo.near(pcm8k)

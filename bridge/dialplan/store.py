@@ -9,6 +9,10 @@ A broken dialplan never starts serving: the constructor raises `DialplanInvalid`
 instances (bridge/cluster/dialplans.py) the cluster numbers each content once and every instance
 `adopt_version`s that number, so one version means the same plan everywhere. `on_reload` callbacks
 run after each successful reload.
+
+`prepare` (set by the app: bridge/call/warmup.py) runs on a reloaded plan before it is swapped in,
+so what the new plan needs (speech models, recognizer workers, rendered prompts) is ready before
+its first call; meanwhile new calls keep getting the previous plan.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ class DialplanStore:
         self._plan = plan
         self.last_errors: list[str] = []
         self.on_reload: list[Callable[[], None]] = []
+        # Runs on a reloaded plan before the swap (blocking, on the watcher's thread); its errors are
+        # logged and the plan is swapped in anyway (what failed to start retries on first use).
+        self.prepare: Callable[[Dialplan], object] | None = None
         log.info("dialplan v1 loaded from %s (%d flows)", _names(plan), len(plan.flows))
 
     def current(self) -> Dialplan:
@@ -67,8 +74,15 @@ class DialplanStore:
             for problem in exc.problems:
                 log.error("  %s", problem)
             return list(exc.problems)
+        plan._version = self._version + 1
+        if self.prepare is not None:
+            try:
+                self.prepare(plan)
+            except Exception:
+                log.exception(
+                    "dialplan v%d: preparing its speech failed; swapping it in anyway", plan.version
+                )
         self._version += 1
-        plan._version = self._version
         self._signature = signature
         self.last_errors = []
         self.content_hash = content_hash

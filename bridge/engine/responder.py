@@ -12,12 +12,13 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import httpx
+from typing import TYPE_CHECKING, Any, Literal
 
 from bridge.engine.redact import error_text
 from bridge.realtime.local_engine import ChatBackend, EngineExtension
+
+if TYPE_CHECKING:
+    import httpx  # ~3 MB RSS: imported by the first chat-completions request (most plans make none)
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +283,8 @@ class Responder:
                 }
                 for t in functions
             ]
+        import httpx
+
         headers = {}
         key = self._api_key_lookup(conf.key_env) if conf.key_env else None
         if key:

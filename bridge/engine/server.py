@@ -35,9 +35,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from fastapi import APIRouter, FastAPI, WebSocket
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
@@ -69,6 +68,9 @@ from bridge.metrics import METRICS
 from bridge.realtime.local_engine import ChatBackend
 from bridge.settings import Settings
 from bridge.speech.whisper_pool import WhisperLanes, get_whisper_lanes
+
+if TYPE_CHECKING:
+    import httpx  # imported with the first responder (an engine session), not at start-up
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,8 @@ class EngineServices:
     def get_responder(self) -> Responder:
         if self.responder is None:
             settings = self.settings
+            import httpx
+
             self._http = httpx.AsyncClient()
             self.responder = Responder(
                 self._http, lambda name: chat_key(settings, name), secrets=self.secret_values

@@ -29,12 +29,14 @@ import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING, BinaryIO
 
 from bridge.errors import BridgeError
+
+# cryptography's Rust bindings cost ~7 MB RSS on import: loaded when a key is first used (records
+# without BRIDGE_DATA_KEY never load them).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 FIELD_PREFIX = "enc1:"
 MAGIC = b"IVRENC"
@@ -62,6 +64,18 @@ class Tampered(RecordsCryptoError):
     """The data is damaged, cut short or altered (authentication failed)."""
 
 
+def _aead(key: bytes) -> AESGCM:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
+
+
+def _invalid_tag() -> type[Exception]:
+    from cryptography.exceptions import InvalidTag
+
+    return InvalidTag
+
+
 def key_check(key: bytes) -> bytes:
     return hmac.new(key, b"ivr-bridge records key check v1", hashlib.sha256).digest()[:8]
 
@@ -71,7 +85,7 @@ def key_check(key: bytes) -> bytes:
 
 def encrypt_field(key: bytes, text: str, context: str) -> str:
     nonce = os.urandom(12)
-    sealed = AESGCM(key).encrypt(nonce, text.encode("utf-8"), context.encode("utf-8"))
+    sealed = _aead(key).encrypt(nonce, text.encode("utf-8"), context.encode("utf-8"))
     return FIELD_PREFIX + base64.b64encode(nonce + sealed).decode("ascii")
 
 
@@ -92,8 +106,8 @@ def decrypt_field(key: bytes | None, value: str, context: str) -> str:
     if len(raw) < 12 + TAG_BYTES:
         raise Tampered("encrypted text is too short")
     try:
-        return AESGCM(key).decrypt(raw[:12], raw[12:], context.encode("utf-8")).decode("utf-8")
-    except InvalidTag as exc:
+        return _aead(key).decrypt(raw[:12], raw[12:], context.encode("utf-8")).decode("utf-8")
+    except _invalid_tag() as exc:
         raise WrongKey("encrypted text does not open with BRIDGE_DATA_KEY (another key, or altered)") from exc
 
 
@@ -111,7 +125,7 @@ class EncryptedWriter:
         self, fileobj: BinaryIO, key: bytes, *, channels: int, rate_hz: int, sample_bytes: int
     ) -> None:
         self._file = fileobj
-        self._aead = AESGCM(key)
+        self._aead = _aead(key)
         self._prefix = os.urandom(7)
         self.header = HEADER.pack(
             MAGIC, VERSION, 0, key_check(key), self._prefix, channels, rate_hz, sample_bytes, bytes(7)
@@ -155,7 +169,7 @@ class EncryptedFile:
                 raise WrongKey(f"{path.name} was encrypted with another key than BRIDGE_DATA_KEY")
             self.header, self.prefix = header, prefix
             self.channels, self.rate_hz, self.sample_bytes = channels, rate_hz, sample_bytes
-            self._aead = AESGCM(key)
+            self._aead = _aead(key)
             self.chunks: list[tuple[int, int]] = []  # (offset of ciphertext, length)
             size = path.stat().st_size
             offset = HEADER_BYTES
@@ -190,11 +204,11 @@ class EncryptedFile:
         final = index == len(self.chunks) - 1
         try:
             return self._aead.decrypt(_nonce(self.prefix, index, final), sealed, self.header)
-        except InvalidTag as exc:
+        except _invalid_tag() as exc:
             if final:
                 try:
                     self._aead.decrypt(_nonce(self.prefix, index, False), sealed, self.header)
-                except InvalidTag:
+                except _invalid_tag():
                     pass
                 else:
                     raise Tampered(

@@ -8,20 +8,22 @@ wait and then find the schema at head. SQLite is for one process (plus the CLI n
 
 from __future__ import annotations
 
+import ast
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command as alembic_command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bridge.errors import BridgeError
+
+# Alembic costs ~10 MB RSS for the life of the process once imported: it is imported only when the
+# schema is not at head already (a fresh database, a new migration), see `migrate`.
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,8 @@ def _looks_like_connection(exc: DBAPIError) -> bool:
 
 
 def _alembic_config(connection: Connection) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -112,11 +116,51 @@ def _alembic_config(connection: Connection) -> Config:
 
 
 def _upgrade(connection: Connection) -> str | None:
+    if _at_head(connection):
+        return _static_head()
+    from alembic import command as alembic_command
+    from alembic.runtime.migration import MigrationContext
+
     alembic_command.upgrade(_alembic_config(connection), "head")
     return MigrationContext.configure(connection).get_current_revision()
 
 
+def _static_head() -> str | None:
+    """The head revision read from the migration files' `revision` / `down_revision` assignments
+    (no Alembic import); None when that is not one plain chain (Alembic then decides)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+                continue
+            target = node.targets[0]
+            if isinstance(target, ast.Name):
+                name, value = target.id, node.value
+                if name == "revision" and isinstance(value, ast.Constant) and isinstance(value.value, str):
+                    revisions.add(value.value)
+                elif name == "down_revision":
+                    if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                        parents.add(value.value)
+                    elif not (isinstance(value, ast.Constant) and value.value is None):
+                        return None  # a merge or something computed: leave it to Alembic
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _at_head(connection: Connection) -> bool:
+    """Is the schema at head already? (Checked without Alembic, which then stays unimported.)"""
+    head = _static_head()
+    if head is None or not connection.dialect.has_table(connection, "alembic_version"):
+        return False
+    rows = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return list(rows) == [head]
+
+
 def head_revision() -> str | None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return ScriptDirectory.from_config(config).get_current_head()

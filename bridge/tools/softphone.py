@@ -23,15 +23,18 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import numpy as np
 from twilio.request_validator import RequestValidator
 
 from bridge.errors import BridgeError
 from bridge.media import g711
 from bridge.tools.twilio_media import FRAME_BYTES, FRAME_S, ULAW_SILENCE, MediaStreamClient
+
+if TYPE_CHECKING:
+    import httpx  # imported by the first webhook post: `ivr-bridge serve` builds this CLI's parser too
 
 SPEECH_RMS = 150.0  # a 20 ms frame louder than this (PCM16 RMS) is bot speech, not silence or dither
 FRAME_SAMPLES = FRAME_BYTES  # 8 kHz, 20 ms: 160 samples (1 byte each in G.711)
@@ -129,6 +132,8 @@ class Softphone:
 
     async def _post(self, path: str, form: dict[str, str]) -> httpx.Response:
         url = self.base_url.rstrip("/") + path
+        import httpx
+
         async with httpx.AsyncClient(timeout=10.0) as http:
             return await http.post(url, data=form, headers=self._headers(url, form))
 

@@ -23,12 +23,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from bridge.cluster import Cluster, HangUpCall, TransferCall
 from bridge.dialplan.loader import DialplanInvalid, load_dialplan
@@ -57,12 +56,8 @@ CSP = (
 MAX_FORM_BYTES = 4096
 WHO = "console"
 
-_templates = Environment(
-    loader=FileSystemLoader(HERE / "templates"),
-    autoescape=select_autoescape(["html", "svg"]),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 
 def _fmt_duration(seconds: float | None) -> str:
@@ -72,7 +67,25 @@ def _fmt_duration(seconds: float | None) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-_templates.filters["duration"] = _fmt_duration
+_environment: Environment | None = None
+
+
+def _templates() -> Environment:
+    """The console's templates. Jinja2 is imported with the first page (/console is off without
+    BRIDGE_ADMIN_TOKEN, and a bridge that never serves it does not pay for it)."""
+    global _environment
+    if _environment is None:
+        from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+        env = Environment(
+            loader=FileSystemLoader(HERE / "templates"),
+            autoescape=select_autoescape(["html", "svg"]),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        env.filters["duration"] = _fmt_duration
+        _environment = env
+    return _environment
 
 
 def _headers() -> dict[str, str]:
@@ -131,8 +144,10 @@ def mount_console(app: FastAPI, settings: Settings, records: Records) -> bool:
         return Actor(WHO, source)
 
     def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        body = _templates.get_template(template).render(
-            csrf=csrf_token(request), csrf_field=CSRF_FIELD, request_path=request.url.path, **context
+        body = (
+            _templates()
+            .get_template(template)
+            .render(csrf=csrf_token(request), csrf_field=CSRF_FIELD, request_path=request.url.path, **context)
         )
         return HTMLResponse(body, status_code=status, headers=_headers())
 

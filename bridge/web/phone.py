@@ -23,7 +23,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
@@ -44,9 +44,11 @@ from bridge.errors import BridgeError
 from bridge.limits import Slots
 from bridge.settings import Settings
 from bridge.telephony.leg import CallStarted, Leg
-from bridge.telephony.webrtc.leg import WebRtcLeg
-from bridge.telephony.webrtc.peer import IcePolicy, WebRtcError, answer_offer
+from bridge.telephony.webrtc.peer import IcePolicy, WebRtcError, answer_offer  # aiortc loads at the 1st offer
 from bridge.web.auth import require_admin, require_same_origin, token_login
+
+if TYPE_CHECKING:
+    from bridge.telephony.webrtc.leg import WebRtcLeg  # imports aiortc and PyAV (~35 MB): types only here
 
 log = logging.getLogger(__name__)
 

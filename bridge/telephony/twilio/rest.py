@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
-from twilio.http.http_client import TwilioHttpClient
-
 from bridge.errors import ConfigError, UpstreamError
 from bridge.settings import Settings
 
+# The library's HTTP client pulls in requests and urllib3 (~4 MB RSS): imported when a REST client is
+# made (a transfer, a continuation, the `ivr-bridge twilio` commands), not when the app starts.
 if TYPE_CHECKING:
+    from twilio.http.http_client import TwilioHttpClient
     from twilio.rest import Client
 
 TWILIO_API_ORIGIN = "https://api.twilio.com"
@@ -34,17 +36,35 @@ class TwilioRestError(UpstreamError):
     """The Twilio REST API refused or failed a request."""
 
 
-class RebasedHttpClient(TwilioHttpClient):
-    """The library's HTTP client, with `https://api.twilio.com` replaced by another origin."""
+@functools.cache
+def _rebased_class() -> type[TwilioHttpClient]:
+    from twilio.http.http_client import TwilioHttpClient
 
-    def __init__(self, base_url: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.base_url = base_url.rstrip("/")
+    class RebasedHttpClient(TwilioHttpClient):
+        """The library's HTTP client, with `https://api.twilio.com` replaced by another origin."""
 
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        if url.startswith(TWILIO_API_ORIGIN):
-            url = self.base_url + url[len(TWILIO_API_ORIGIN) :]
-        return super().request(method, url, *args, **kwargs)
+        def __init__(self, base_url: str, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.base_url = base_url.rstrip("/")
+
+        def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            if url.startswith(TWILIO_API_ORIGIN):
+                url = self.base_url + url[len(TWILIO_API_ORIGIN) :]
+            return super().request(method, url, *args, **kwargs)
+
+    return RebasedHttpClient
+
+
+def rebased_http_client(base_url: str, **kwargs: Any) -> TwilioHttpClient:
+    """The library's HTTP client, with `https://api.twilio.com` replaced by `base_url`."""
+    return _rebased_class()(base_url, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    """`RebasedHttpClient`, made (with the twilio HTTP stack imported) on first access."""
+    if name == "RebasedHttpClient":
+        return _rebased_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def has_rest_credentials(settings: Settings) -> bool:
@@ -53,13 +73,14 @@ def has_rest_credentials(settings: Settings) -> bool:
 
 def make_client(settings: Settings, http_client: TwilioHttpClient | None = None) -> Client:
     """A REST client from settings; `ConfigError` without credentials."""
+    from twilio.http.http_client import TwilioHttpClient
     from twilio.rest import Client
 
     if not has_rest_credentials(settings):
         raise ConfigError("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set to use the Twilio REST API")
     if http_client is None:
         http_client = (
-            RebasedHttpClient(settings.twilio_api_base_url, timeout=10)
+            rebased_http_client(settings.twilio_api_base_url, timeout=10)
             if settings.twilio_api_base_url
             else TwilioHttpClient(timeout=10)
         )

@@ -18,14 +18,19 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-
-from aioice.candidate import Candidate, candidate_foundation, candidate_priority
-from aioice.ice import Connection, StunProtocol, get_host_addresses
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from typing import TYPE_CHECKING
 
 from bridge.errors import BridgeError
 from bridge.telephony.leg import CallStarted
-from bridge.telephony.webrtc.leg import WebRtcLeg
+
+# aiortc and PyAV cost ~35 MB RSS on import: they load with the first softphone offer, not at start-up
+# (bridge/web/phone.py mounts the routes with only this module's policy part imported).
+if TYPE_CHECKING:
+    from aioice.candidate import Candidate
+    from aioice.ice import Connection, StunProtocol
+    from aiortc import RTCPeerConnection
+
+    from bridge.telephony.webrtc.leg import WebRtcLeg
 
 WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 
@@ -51,6 +56,8 @@ class IcePolicy:
         elif bind_host not in WILDCARDS:
             chosen = (bind_host,)
         else:
+            from aioice.ice import get_host_addresses  # aioice alone is light (~3 MB)
+
             chosen = (*get_host_addresses(use_ipv4=True, use_ipv6=False), "127.0.0.1")
         low, high = parse_port_range(ports)
         return cls(chosen, low, high)
@@ -70,6 +77,8 @@ def parse_port_range(text: str) -> tuple[int, int]:
 async def _bind_in_range(
     connection: Connection, address: str, port_min: int, port_max: int
 ) -> tuple[asyncio.DatagramTransport, StunProtocol]:
+    from aioice.ice import StunProtocol
+
     loop = asyncio.get_running_loop()
     ports = list(range(port_min, port_max + 1))
     start = random.randrange(len(ports))
@@ -88,6 +97,8 @@ async def _bind_host_candidates(
     policy: IcePolicy, connection: Connection, component: int, addresses: Sequence[str]
 ) -> list[Candidate]:
     """aioice's host-candidate step, on the policy's addresses and ports (`addresses` is ignored)."""
+    from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+
     candidates: list[Candidate] = []
     for address in policy.hosts:
         _transport, protocol = await _bind_in_range(connection, address, policy.port_min, policy.port_max)
@@ -120,6 +131,10 @@ async def answer_offer(offer_sdp: str, started: CallStarted, policy: IcePolicy) 
     """A connection for the browser's offer: (its leg, the SDP answer with every candidate)."""
     if "\nm=audio " not in "\n" + offer_sdp.replace("\r\n", "\n"):
         raise WebRtcError("the SDP offer has no audio")
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription  # lazy: see the imports
+
+    from bridge.telephony.webrtc.leg import WebRtcLeg
+
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     leg = WebRtcLeg(pc, started)
     try:
