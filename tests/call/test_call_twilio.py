@@ -18,6 +18,7 @@ import pytest
 
 from bridge.app import create_app
 from bridge.media import g711
+from bridge.media.model_files import silero_session
 from bridge.settings import Settings
 from tests.helpers.realtime_schema import validate_client_event
 from tests.helpers.realtime_standin import AGENT_ONLY, StandinRealtime, StandinSession
@@ -42,6 +43,9 @@ def bridge_url(standin: StandinRealtime, tmp_path: Path) -> Iterator[str]:
         )
         return create_app(settings, preload_models=False)
 
+    # The VAD every call runs, loaded now as `ivr-bridge serve` does at start (bridge/call/warmup.py):
+    # loaded by the first call instead, it would stall the event loop (the other calls) for ~0.1 s.
+    silero_session()
     with serve(make) as (url, _app):
         yield url
 
