@@ -42,7 +42,12 @@ def record(out: Path) -> None:
     # CLOCK_REALTIME - CLOCK_MONOTONIC, to put the kernel stamps on the monotonic clock
     offset_ns = time.time_ns() - time.monotonic_ns()
     print(f"port {sock.getsockname()[1]}", flush=True)
-    recvmsg, now, unpack_head, unpack_ts = sock.recvmsg, time.monotonic_ns, _HEAD.unpack_from, _TIMESPEC.unpack
+    recvmsg, now, unpack_head, unpack_ts = (
+        sock.recvmsg,
+        time.monotonic_ns,
+        _HEAD.unpack_from,
+        _TIMESPEC.unpack,
+    )
     cmsg_space = socket.CMSG_SPACE(_TIMESPEC.size)
     while True:
         data, anc, _flags, _addr = recvmsg(2048, cmsg_space)

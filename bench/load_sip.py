@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -40,6 +41,7 @@ import time
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -108,9 +110,9 @@ SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 
     ]]>
   </send>
-  <nop><action><exec rtp_stream="@CALLER_WAV@,-1,0"/></action></nop>
+  <nop><action><exec @STREAM@="@CALLER_WAV@,-1,0"/></action></nop>
   <pause milliseconds="@TALK_MS@"/>
-  <nop><action><exec rtp_stream="pause"/></action></nop>
+  <nop><action><exec @STREAM@="pause"/></action></nop>
   <send retrans="500">
     <![CDATA[
 
@@ -194,35 +196,75 @@ def write_audio(workdir: Path, call_s: float) -> tuple[Path, Path]:
 class Bridge:
     """`python -m bridge serve` with SIP in trunk mode (INVITEs from 127.0.0.1), pinned to a core."""
 
-    def __init__(self, workdir: Path, max_calls: int, cpu: str | None, profile: Path | None) -> None:
+    def __init__(self, workdir: Path, args: argparse.Namespace, profile: Path | None) -> None:
         self.http_port = free_port(socket.SOCK_STREAM)
         self.sip_port = free_port()
+        self.mode = args.mode
+        self.status_file = workdir / "status.json"
         env = dict(os.environ)
         env.update(
             BRIDGE_DIALPLANS=str(workdir / "plans"),
             BRIDGE_DATA_DIR=str(workdir / "data"),
             BRIDGE_LOG_LEVEL="WARNING",
-            BRIDGE_MAX_CALLS=str(max_calls),
+            BRIDGE_MAX_CALLS=str(args.max_calls),
             SIP_SERVER="127.0.0.1",
             SIP_USER="bridge",
             SIP_LOCAL_PORT=str(self.sip_port),
         )
-        argv = [sys.executable, "-m", "bridge", "serve", "--host", "127.0.0.1", "--port", str(self.http_port)]
+        env.update(kv.split("=", 1) for kv in args.env)
+        if self.mode == "app":
+            argv = [
+                sys.executable,
+                "-m",
+                "bridge",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.http_port),
+            ]
+        else:
+            prompt = workdir / "plans" / "prompt.wav"
+            argv = [sys.executable, "-m", "bench._sip_leg_server", str(self.sip_port), str(args.max_calls)]
+            argv += [str(prompt), str(self.status_file)]
         if profile is not None:
             spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-            argv = [spy, "record", "--nonblocking", "-r", "100", "-f", "speedscope", "-o", str(profile), "--", *argv]
+            argv = [
+                spy,
+                "record",
+                "--nonblocking",
+                "-r",
+                "100",
+                "-f",
+                "speedscope",
+                "-o",
+                str(profile),
+                "--",
+                *argv,
+            ]
+        if args.rt:
+            argv = ["chrt", "-f", str(args.rt), *argv]
         self.log = (workdir / "bridge.log").open("wb")
-        self.proc = subprocess.Popen(pinned(cpu, argv), env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            pinned(args.bridge_cpu, argv), env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=str(ROOT)
+        )
         self.profiled = profile is not None
         self.ps: psutil.Process | None = None
+
+    async def sip_status(self, http: httpx.AsyncClient) -> dict[str, Any]:
+        if self.mode == "app":
+            return dict((await http.get(f"{self.url}/healthz")).json()["sip"])
+        try:
+            return dict(json.loads(self.status_file.read_text()))
+        except (OSError, ValueError):
+            return {}
 
     async def wait_ready(self, http: httpx.AsyncClient) -> None:
         for _ in range(600):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"bridge exited with {self.proc.returncode}")
             with contextlib.suppress(httpx.HTTPError):
-                body = (await http.get(f"{self.url}/healthz")).json()
-                if body.get("sip", {}).get("enabled"):
+                if (await self.sip_status(http)).get("enabled"):
                     break
             await asyncio.sleep(0.05)
         else:
@@ -247,6 +289,15 @@ class Bridge:
                 t = p.cpu_times()
                 total += t.user + t.system
         return total
+
+    def runq_wait_s(self) -> float:
+        """Time the bridge's main thread (the event loop) was runnable but waiting for a CPU
+        (/proc/PID/schedstat): other processes on its core, not the bridge's own work."""
+        assert self.ps is not None
+        try:
+            return int(Path(f"/proc/{self.ps.pid}/schedstat").read_text().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            return float("nan")
 
     def rss_mb(self) -> float:
         total = 0
@@ -359,6 +410,7 @@ class Point:
     sipp_rc: int = -1
     cpu_pct: float = float("nan")  # bridge process tree, % of one core, steady window
     cpu_window_s: float = 0.0
+    runq_ms_per_s: float = float("nan")  # the event loop thread waiting for its CPU, ms per second
     rss_mb: float = float("nan")  # at the end of the steady window
     rss_idle_mb: float = float("nan")
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -394,12 +446,16 @@ async def run_point(calls: int, args: argparse.Namespace, profile: Path | None) 
         assert receiver.stdout is not None
         rec_port = int(receiver.stdout.readline().split()[1])
         scen = work / "load.xml"
+        scenario = SCENARIO
+        if args.no_caller_audio:
+            scenario = "\n".join(line for line in scenario.splitlines() if "@STREAM@" not in line)
         scen.write_text(
-            SCENARIO.replace("@LISTEN_PORT@", str(rec_port))
+            scenario.replace("@LISTEN_PORT@", str(rec_port))
             .replace("@CALLER_WAV@", str(caller_wav))
             .replace("@TALK_MS@", str(int(args.seconds * 1000)))
+            .replace("@STREAM@", "rtp_stream")
         )
-        bridge = Bridge(work, args.max_calls, args.bridge_cpu, profile)
+        bridge = Bridge(work, args, profile)
         sipp: subprocess.Popen[bytes] | None = None
         try:
             async with httpx.AsyncClient(timeout=5) as http:
@@ -453,7 +509,7 @@ async def run_point(calls: int, args: argparse.Namespace, profile: Path | None) 
                 want = min(calls, args.max_calls)
                 ramp_end = t0 + calls / args.rate + 3.0
                 while time.monotonic() < ramp_end:
-                    sip = (await http.get(f"{bridge.url}/healthz")).json()["sip"]
+                    sip = await bridge.sip_status(http)
                     point.active_peak = max(point.active_peak, sip["calls_active"])
                     if sip["calls_active"] >= want and time.monotonic() > t0 + calls / args.rate:
                         break
@@ -461,13 +517,14 @@ async def run_point(calls: int, args: argparse.Namespace, profile: Path | None) 
                 # steady window: all calls up, before the first BYE (calls last args.seconds)
                 await asyncio.sleep(0.5)
                 window_end = t0 + args.seconds - 0.5
-                c0, w0 = bridge.cpu_s(), time.monotonic()
+                c0, q0, w0 = bridge.cpu_s(), bridge.runq_wait_s(), time.monotonic()
                 await asyncio.sleep(max(1.0, window_end - w0))
-                c1, w1 = bridge.cpu_s(), time.monotonic()
+                c1, q1, w1 = bridge.cpu_s(), bridge.runq_wait_s(), time.monotonic()
+                point.runq_ms_per_s = (q1 - q0) / (w1 - w0) * 1000
                 point.rss_mb = bridge.rss_mb()
                 point.cpu_window_s = w1 - w0
                 point.cpu_pct = (c1 - c0) / (w1 - w0) * 100
-                sip = (await http.get(f"{bridge.url}/healthz")).json()["sip"]
+                sip = await bridge.sip_status(http)
                 point.active_peak = max(point.active_peak, sip["calls_active"])
                 while sipp.poll() is None and time.monotonic() < t0 + args.seconds + calls / args.rate + 90:
                     await asyncio.sleep(0.25)
@@ -475,12 +532,14 @@ async def run_point(calls: int, args: argparse.Namespace, profile: Path | None) 
                     sipp.kill()
                 point.sipp_rc = sipp.wait()
                 await asyncio.sleep(0.5)
-                sip = (await http.get(f"{bridge.url}/healthz")).json()["sip"]
+                sip = await bridge.sip_status(http)
                 point.answered = sip["calls_total"]
                 point.refused = sip["busy"]
                 point.bridge_stats = (
                     f"active after: {sip['calls_active']}, rtp streams after: {sip.get('rtp_streams')}"
+                    + (f", gc (count, max ms) by generation: {sip['gc_ms']}" if "gc_ms" in sip else "")
                 )
+                print(point.bridge_stats, flush=True)
         finally:
             if sipp is not None and sipp.poll() is None:
                 sipp.kill()
@@ -493,6 +552,8 @@ async def run_point(calls: int, args: argparse.Namespace, profile: Path | None) 
         errors = work / "sipp_errors.log"
         if point.sipp_failed and errors.exists():
             print(errors.read_text()[-2000:], file=sys.stderr)
+        if args.keep:
+            shutil.copy(rec_out, args.out.with_suffix(f".{calls}.npz"))
         with np.load(rec_out) as npz:
             data = {k: npz[k] for k in npz.files}
         point.kernel = analyse(data, "kernel_ns")
@@ -512,27 +573,46 @@ def row(p: Point) -> str:
         f"| {p.cpu_pct / max(min(p.active_peak, p.calls), 1):.2f} % | {p.rss_idle_mb:.0f} / {p.rss_mb:.0f} "
         f"| {k.streams} | {k.p50_ms:.3f} | {k.p99_ms:.2f} | {k.max_ms:.1f} | {k.rfc_mean_ms:.2f} / {k.rfc_max_ms:.2f} "
         f"| {k.gaps_40ms} / {k.skips} / {k.lost} | {u.p99_ms:.2f} | {p.lag[0]:.2f} / {p.lag[1]:.2f} / {p.lag[2]:.1f} "
-        f"| {p.load[0]:.2f} |"
+        f"| {p.runq_ms_per_s:.0f} | {p.load[0]:.2f} |"
     )
 
 
 HEADER = [
     "| calls | peak active | answered / 503 / failed | bridge CPU (one core) | per call | RSS idle / loaded (MB) "
     "| streams | jitter p50 (ms) | p99 (ms) | max (ms) | RFC 3550 mean / max (ms) | gaps>40ms / ts skips / lost "
-    "| user-space p99 (ms) | receiver lag p50 / p99 / max (ms) | load avg |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| user-space p99 (ms) | receiver lag p50 / p99 / max (ms) | bridge run-queue wait (ms/s) | load avg |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench load_sip", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--calls", default="50,100,200,250", help="comma-separated sweep (default 50,100,200,250)")
+    ap.add_argument(
+        "--calls", default="50,100,200,250", help="comma-separated sweep (default 50,100,200,250)"
+    )
     ap.add_argument("--seconds", type=float, default=30.0, help="call length after answer (default 30)")
     ap.add_argument("--rate", type=float, default=20.0, help="new calls per second (default 20)")
     ap.add_argument("--max-calls", type=int, default=200, help="BRIDGE_MAX_CALLS (default 200)")
     ap.add_argument("--bridge-cpu", default="0", help="taskset core list for the bridge ('' = unpinned)")
     ap.add_argument("--load-cpu", default="1", help="taskset core list for SIPp + receiver ('' = unpinned)")
+    ap.add_argument(
+        "--rt",
+        type=int,
+        default=0,
+        help="run the bridge under `chrt -f N` (SCHED_FIFO): on a shared box, other tenants' load then does "
+        "not show up as the bridge's jitter (nice does not help across autogroups)",
+    )
+    ap.add_argument(
+        "--mode",
+        choices=("app", "leg"),
+        default="app",
+        help="app: the real bridge (`python -m bridge serve`, dialplan playing a prompt); leg: the SIP "
+        "service alone (bench/_sip_leg_server.py: SIP + RTP + a pacer per call, no VAD / echo canceller)",
+    )
+    ap.add_argument("--no-caller-audio", action="store_true", help="callers send no RTP (cost of receiving)")
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the bridge (repeatable)")
     ap.add_argument("--profile", action="store_true", help="py-spy the bridge of the largest point")
+    ap.add_argument("--keep", action="store_true", help="keep the receiver's raw arrays next to --out")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results file (markdown)")
     ap.add_argument("--label", default="", help="a note for the results line (e.g. the change measured)")
     return ap.parse_args(argv)
@@ -551,7 +631,15 @@ def main(argv: list[str] | None = None) -> None:
         print(row(p), flush=True)
         time.sleep(2.0)
     cmd = "python -m bench load_sip " + " ".join(
-        [f"--calls {args.calls}", f"--seconds {args.seconds:g}", f"--rate {args.rate:g}", f"--max-calls {args.max_calls}"]
+        [
+            f"--calls {args.calls}",
+            f"--seconds {args.seconds:g}",
+            f"--rate {args.rate:g}",
+            f"--max-calls {args.max_calls}",
+        ]
+        + ([f"--rt {args.rt}"] if args.rt else [])
+        + [f"--mode {args.mode}"]
+        + [f"--env {kv}" for kv in args.env]
     )
     block = [
         f"### {time.strftime('%Y-%m-%d %H:%M')} {args.label}".rstrip(),
