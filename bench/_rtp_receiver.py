@@ -56,7 +56,7 @@ def record(out: Path) -> None:
             if data == b"STOP":
                 break
             continue
-        b0, b1, s, t, ss = unpack_head(data)
+        _, b1, s, t, ss = unpack_head(data)
         k = -1
         for level, kind, cdata in anc:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:

@@ -2,7 +2,8 @@
 core, admission, RTP endpoints, the shared RTP ticker, `SipLeg`) on uvloop, with a call handler that
 does what `Call` does with the leg and nothing else: a pacer per call hands the prompt's frames (and
 a mark per frame) to the leg from a `Playout` shaped by the leg, as `Call._pacer` does, and every leg
-event (the caller's audio, marks) is read. No dialplan, VAD or echo canceller: what is left is the cost of SIP + RTP per call.
+event (the caller's audio, marks) is read. No dialplan, VAD or echo canceller: what is left is the
+cost of SIP + RTP per call.
 
     python -m bench._sip_leg_server SIP_PORT MAX_CALLS PROMPT_WAV STATUS_JSON
 """
@@ -10,12 +11,13 @@ event (the caller's audio, marks) is read. No dialplan, VAD or echo canceller: w
 from __future__ import annotations
 
 import asyncio
-import gc
-import time
 import audioop
+import contextlib
+import gc
 import json
 import signal
 import sys
+import time
 import wave
 from pathlib import Path
 
@@ -80,10 +82,8 @@ async def serve(sip_port: int, max_calls: int, prompt: Path, status_path: Path) 
         status["gc_ms"] = {g: [len(v), round(max(v, default=0.0), 1)] for g, v in gc_pauses.items()}
         status_path.with_suffix(".tmp").write_text(json.dumps(status))
         status_path.with_suffix(".tmp").replace(status_path)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.25)
-        except TimeoutError:
-            pass
     await svc.stop()
 
 

@@ -156,6 +156,18 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
         return int(s.getsockname()[1])
 
 
+def spawn(argv: list[str], cwd: Path, stdout: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, stdout=stdout, stderr=subprocess.DEVNULL, cwd=str(cwd))
+
+
+def wait_or_kill(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    try:
+        return proc.wait(max(timeout_s, 1.0))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 def pinned(cpu: str | None, argv: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *argv] if cpu and shutil.which("taskset") else argv
 
@@ -438,10 +450,10 @@ async def run_point(calls: int, args: argparse.Namespace, profile: Path | None) 
         work = Path(tmp)
         caller_wav, _ = write_audio(work, args.seconds)
         rec_out = work / "rtp.npz"
-        receiver = subprocess.Popen(
+        receiver = spawn(
             pinned(args.load_cpu, [sys.executable, "-m", "bench._rtp_receiver", str(rec_out)]),
-            stdout=subprocess.PIPE,
-            cwd=str(ROOT),
+            ROOT,
+            subprocess.PIPE,
         )
         assert receiver.stdout is not None
         rec_port = int(receiver.stdout.readline().split()[1])
@@ -499,12 +511,7 @@ async def run_point(calls: int, args: argparse.Namespace, profile: Path | None) 
                     "1000",
                 ]
                 t0 = time.monotonic()
-                sipp = subprocess.Popen(
-                    pinned(args.load_cpu, sipp_argv),
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    cwd=str(work),
-                )
+                sipp = spawn(pinned(args.load_cpu, sipp_argv), work, subprocess.DEVNULL)
                 # ramp: until every admitted call is up (or the ramp time is over)
                 want = min(calls, args.max_calls)
                 ramp_end = t0 + calls / args.rate + 3.0
@@ -526,11 +533,10 @@ async def run_point(calls: int, args: argparse.Namespace, profile: Path | None) 
                 point.cpu_pct = (c1 - c0) / (w1 - w0) * 100
                 sip = await bridge.sip_status(http)
                 point.active_peak = max(point.active_peak, sip["calls_active"])
-                while sipp.poll() is None and time.monotonic() < t0 + args.seconds + calls / args.rate + 90:
-                    await asyncio.sleep(0.25)
-                if sipp.poll() is None:
-                    sipp.kill()
-                point.sipp_rc = sipp.wait()
+                left_s = t0 + args.seconds + calls / args.rate + 90 - time.monotonic()
+                point.sipp_rc = await asyncio.get_running_loop().run_in_executor(
+                    None, wait_or_kill, sipp, left_s
+                )
                 await asyncio.sleep(0.5)
                 sip = await bridge.sip_status(http)
                 point.answered = sip["calls_total"]
@@ -571,16 +577,18 @@ def row(p: Point) -> str:
     return (
         f"| {p.calls} | {p.active_peak} | {p.answered} / {p.refused} / {p.sipp_failed} | {p.cpu_pct:.0f} % "
         f"| {p.cpu_pct / max(min(p.active_peak, p.calls), 1):.2f} % | {p.rss_idle_mb:.0f} / {p.rss_mb:.0f} "
-        f"| {k.streams} | {k.p50_ms:.3f} | {k.p99_ms:.2f} | {k.max_ms:.1f} | {k.rfc_mean_ms:.2f} / {k.rfc_max_ms:.2f} "
-        f"| {k.gaps_40ms} / {k.skips} / {k.lost} | {u.p99_ms:.2f} | {p.lag[0]:.2f} / {p.lag[1]:.2f} / {p.lag[2]:.1f} "
+        f"| {k.streams} | {k.p50_ms:.3f} | {k.p99_ms:.2f} | {k.max_ms:.1f} "
+        f"| {k.rfc_mean_ms:.2f} / {k.rfc_max_ms:.2f} | {k.gaps_40ms} / {k.skips} / {k.lost} "
+        f"| {u.p99_ms:.2f} | {p.lag[0]:.2f} / {p.lag[1]:.2f} / {p.lag[2]:.1f} "
         f"| {p.runq_ms_per_s:.0f} | {p.load[0]:.2f} |"
     )
 
 
 HEADER = [
-    "| calls | peak active | answered / 503 / failed | bridge CPU (one core) | per call | RSS idle / loaded (MB) "
-    "| streams | jitter p50 (ms) | p99 (ms) | max (ms) | RFC 3550 mean / max (ms) | gaps>40ms / ts skips / lost "
-    "| user-space p99 (ms) | receiver lag p50 / p99 / max (ms) | bridge run-queue wait (ms/s) | load avg |",
+    "| calls | peak active | answered / 503 / failed | bridge CPU (one core) | per call "
+    "| RSS idle / loaded (MB) | streams | jitter p50 (ms) | p99 (ms) | max (ms) | RFC 3550 mean / max (ms) "
+    "| gaps>40ms / ts skips / lost | user-space p99 (ms) | receiver lag p50 / p99 / max (ms) "
+    "| bridge run-queue wait (ms/s) | load avg |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 

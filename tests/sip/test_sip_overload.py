@@ -63,7 +63,7 @@ async def test_invites_beyond_max_calls_get_503_and_admitted_calls_play_every_fr
     (tmp_path / "in").mkdir()
     (tmp_path / "busy").mkdir()
     (tmp_path / "after").mkdir()
-    with serve(lambda port: create_app(settings.model_copy(update={"port": port}))) as (url, app):
+    with serve(lambda port: create_app(settings.model_copy(update={"port": port}))) as (url, _app):
         async with RtpPeer() as peer, httpx.AsyncClient(base_url=url) as http:
             before = METRICS.admission_rejections.value(leg="sip", reason="max_calls")
             scen = sipp_caller(tmp_path / "in", peer.port, "", wait_bye_ms=int(PROMPT_S * 1000) + 10_000)
