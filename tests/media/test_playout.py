@@ -230,7 +230,7 @@ def test_refill_wakes_the_pacer_once_per_refill_and_keeps_the_lead() -> None:
     assert Playout(lead_ms=140).next_due_ms() is None
 
 
-@pytest.mark.parametrize("lead_ms, refill_ms", [(40, 40), (100, 90), (100, -1)])
+@pytest.mark.parametrize(("lead_ms", "refill_ms"), [(40, 40), (100, 90), (100, -1)])
 def test_refill_that_would_let_the_far_end_run_dry_is_refused(lead_ms: int, refill_ms: int) -> None:
     with pytest.raises(ValueError, match="refill_ms"):
         Playout(lead_ms=lead_ms, refill_ms=refill_ms)
