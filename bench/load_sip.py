@@ -627,6 +627,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if argv is None and __name__ != "__main__":
+        print("bench.load_sip: skipped by `python -m bench` (minutes of load); run: python -m bench load_sip")
+        return
     args = parse_args(sys.argv[1:] if argv is None else argv)
     sweep = [int(c) for c in str(args.calls).split(",") if c.strip()]
     if not shutil.which("sipp"):
