@@ -206,7 +206,7 @@ class Call:
         self.agent: AgentLink | None = None
         self._voice = voice
         self._loop = asyncio.get_running_loop()
-        self._playout = Playout(lead_ms=leg.lead_ms, silence_byte=g711.silence_byte(leg.encoding))
+        self._playout = _playout_for(leg, g711.silence_byte(leg.encoding))
         self.bargein = BargeInCore()
         self._mark_seq = 0
         self._wake = asyncio.Event()
@@ -312,7 +312,7 @@ class Call:
                 self.started_wall_s = time.time()
                 self.encoding = self.leg.encoding
                 silence = g711.silence_byte(self.encoding)
-                self._playout = Playout(lead_ms=self.leg.lead_ms, silence_byte=silence)
+                self._playout = _playout_for(self.leg, silence)
                 assert self._tg is not None
                 self._tg.create_task(self._pacer())
                 self._tg.create_task(self._timers())
@@ -925,3 +925,9 @@ def _describe(action: dp.Action) -> str:
     if isinstance(action, dp.StartAgent):
         return "agent"
     return type(action).__name__
+
+
+def _playout_for(leg: Leg, silence_byte: int) -> Playout:
+    """The call's playout for `leg`: `lead_ms` ahead, refilled every `refill_ms` when the leg says
+    its queue is flushable (SIP: one pacer wake-up per 100 ms instead of per 20 ms frame)."""
+    return Playout(lead_ms=leg.lead_ms, refill_ms=getattr(leg, "refill_ms", 0), silence_byte=silence_byte)

@@ -207,3 +207,59 @@ def test_pause_requeues_unplayed_frames_first_and_resume_plays_on() -> None:
     p.pause([])
     p.clear()  # a committed barge-in ends the pause too
     assert not p.paused
+
+
+def test_refill_wakes_the_pacer_once_per_refill_and_keeps_the_lead() -> None:
+    """lead 140 / refill 100 (the SIP leg): the shell is sent back to sleep until the far end is down
+    to 40 ms, then hands over 100 ms at once; the far end never holds 140 ms or more, nor runs dry."""
+    p = Playout(lead_ms=140, refill_ms=100)
+    p.push("a", _audio(160 * 100))  # two seconds
+    p.finish_item("a")
+    now = 0.0
+    wakeups = 0
+    sent: list[tuple[float, float]] = []  # (sent at, starts playing at)
+    while (due := p.next_due_ms()) is not None:
+        now = max(now, due) + 0.25
+        wakeups += 1
+        sent.extend((now, f.start_ms) for f in p.pop_due(now))
+    assert len(sent) == 100
+    assert wakeups <= 2000 // 100 + 2  # not one wake-up per frame
+    for at, start in sent:
+        assert start - 140 < at <= start  # within the lead, never late
+    assert [start for _, start in sent] == [0.25 + 20 * k for k in range(100)]  # no gap: never ran dry
+    assert Playout(lead_ms=140).next_due_ms() is None
+
+
+@pytest.mark.parametrize(("lead_ms", "refill_ms"), [(40, 40), (100, 90), (100, -1)])
+def test_refill_that_would_let_the_far_end_run_dry_is_refused(lead_ms: int, refill_ms: int) -> None:
+    with pytest.raises(ValueError, match="refill_ms"):
+        Playout(lead_ms=lead_ms, refill_ms=refill_ms)
+
+
+def test_a_long_prompt_is_not_queued_as_one_object_per_frame() -> None:
+    """A minute of queued audio must not be thousands of objects for the garbage collector to walk
+    (150 SIP calls with a long prompt each stalled the loop ~100 ms per full collection); frames are
+    cut as they go out, and still carry their item positions exactly."""
+    import gc
+
+    audio = bytes(range(256)) * (160 * 3000 // 256)  # 60 s, every frame different
+    p = Playout(lead_ms=1000)
+    gc.collect()
+    before = len(gc.get_objects())
+    p.push("a", audio)
+    p.finish_item("a")
+    assert len(gc.get_objects()) - before < 50
+    frames = p.pop_due(0.0)
+    assert len(frames) == 50
+    p.pause(frames[30:])  # the far end dropped the last 20: they go back to the front
+    p.resume()
+    frames = frames[:30]
+    while (due := p.next_due_ms()) is not None:
+        frames.extend(p.pop_due(due + 1))
+    whole = len(audio) // 160
+    assert [f.payload for f in frames] == [audio[i * 160 : (i + 1) * 160] for i in range(whole)] + (
+        [audio[whole * 160 :] + b"\xff" * (160 - len(audio) % 160)] if len(audio) % 160 else []
+    )
+    assert [f.end_ms for f in frames[:whole]] == [20 * (i + 1) for i in range(whole)]
+    if len(audio) % 160:
+        assert frames[-1].end_ms == len(audio) * 20 // 160

@@ -7,6 +7,7 @@ import audioop
 import math
 import socket
 import struct
+from collections.abc import Callable
 
 import pytest
 
@@ -222,3 +223,51 @@ def test_only_the_sdp_address_is_heard_any_port_and_any_spelling_of_it() -> None
     assert feed(v4, [1], frames, src=("192.0.2.7", 4000)) == []
     assert feed(v4, [1], frames, src=("198.51.100.3", 5000)) == [frames[1]]
     assert v4.stats.wrong_source == 2
+
+
+async def test_ticker_sends_every_calls_packet_before_waking_any_call_with_marks() -> None:
+    """Marks are handed to the calls only once this tick's packets are all out: a call woken by its
+    mark cannot delay the packets of the calls after it. And the ticker keeps 50 packets a second
+    on absolute deadlines for all of them."""
+    loop = asyncio.get_running_loop()
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.setblocking(False)
+    ticker = ticker_for_loop()
+    endpoints: list[RtpEndpoint] = []
+    seen: list[tuple[int, list[int]]] = []  # (whose mark, packets sent by each endpoint at that moment)
+
+    def on_marks(i: int) -> Callable[[list[str]], None]:
+        return lambda marks: seen.append((i, [e.sender.stats.sent for e in endpoints]))
+
+    for i in range(3):
+        tx = RtpSender("pcmu", 0, ssrc=10 + i)
+        ep = RtpEndpoint(
+            RtpReceiver("pcmu", 0, None, peer.getsockname()),
+            tx,
+            lambda f: None,
+            lambda d: None,
+            on_marks(i),
+            loop.time,
+        )
+        await open_rtp("127.0.0.1", None, ep)
+        for k, f in enumerate(tone_frames(25)):
+            tx.queue_frame(f)
+            tx.queue_mark(str(k))
+        endpoints.append(ep)
+    for ep in endpoints:
+        ticker.add(ep)
+    t0 = loop.time()
+    received = 0
+    while received < 3 * 25:
+        await loop.sock_recv(peer, 2048)
+        received += 1
+    elapsed = loop.time() - t0
+    for ep in endpoints:
+        ticker.remove(ep)
+        ep.close()
+    peer.close()
+    assert len(seen) >= 3 * 24
+    for _, sent in seen:
+        assert len(set(sent)) == 1, sent  # every endpoint had sent this tick's packet already
+    assert 0.44 < elapsed < 1.5, elapsed  # 25 packets each at 20 ms (no burst), together

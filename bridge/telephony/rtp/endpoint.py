@@ -49,13 +49,17 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         # ICMP port unreachable from a peer that has gone: the call's SIP side ends the call.
         pass
 
-    def tick(self) -> None:
+    def tick(self) -> list[str] | None:
+        """Send this call's packet for the current 20 ms; returns the marks now played, for the
+        ticker to deliver (`deliver_marks`) once every call's packet of this tick is out."""
         packet, marks = self.sender.tick()
         transport = self.transport
         if transport is not None and self.sending and self.remote is not None:
             transport.sendto(packet, self.remote)
-        if marks:
-            self.on_marks(marks)
+        return marks
+
+    def deliver_marks(self, marks: list[str]) -> None:
+        self.on_marks(marks)
 
     def close(self) -> None:
         if self.transport is not None:

@@ -36,16 +36,21 @@ class DialogControl(Protocol):
 class SipLeg:
     """One SIP call as a `Leg` (see `bridge.telephony.leg`).
 
-    `lead_ms` is 40: the call's pacer hands frames over up to two frames early and the RTP ticker
-    transmits them on absolute 20 ms deadlines from that small queue, which `clear()` empties at
-    once (barge-in still silences the very next packet). The pacer and the ticker are two 20 ms
-    grids with unrelated phases; with no lead, any pacer wake-up later than the tick starved the
-    sender for one tick, so comfort silence was inserted into the bot's speech every ~0.5 s
-    (found by tests/sip/test_sip_e2e.py, which now compares the prompt on the wire frame by frame).
+    `lead_ms` is 140 with `refill_ms` 100: the call's pacer wakes once per 100 ms and hands over
+    five frames, so the RTP sender holds 40 to 140 ms; the shared RTP ticker transmits them on absolute
+    20 ms deadlines. That queue is the bridge's own: `clear()` empties it at once (barge-in still
+    silences the very next packet) and marks fire when their frame is transmitted, so what the caller
+    heard stays exact to the frame. One wake-up per 20 ms frame per call was what the SIP leg spent
+    most of its CPU on (bench/results/load_sip.md: 150 calls took a whole core of this VM; with the
+    refill, 15 %). The floor of 40 ms remains because the call's pacer and the ticker are two 20 ms
+    grids with unrelated phases: with no lead, any pacer wake-up later than the tick starved the
+    sender for one tick, so comfort silence was inserted into the bot's speech every ~0.5 s (found
+    by tests/sip/test_sip_e2e.py, which compares the prompt on the wire frame by frame).
     """
 
     kind: LegKind = "sip"
-    lead_ms = 40
+    lead_ms = 140
+    refill_ms = 100
 
     def __init__(
         self, started: CallStarted, sender: RtpSender, control: DialogControl, stats: RtpStats | None = None
