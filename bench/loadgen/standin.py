@@ -72,6 +72,7 @@ class StandinConn(WsServerConn):
         self.fmt = "audio/pcm"
         self.opened = time.monotonic()
         self.n = 0
+        self.audio_s = 0.0  # caller audio received so far
         self.base: float | None = None
         self.speech_ms = 0
         self.silence_ms = 0
@@ -123,10 +124,12 @@ class StandinConn(WsServerConn):
             lin = audioop.ulaw2lin(raw, 2) if self.fmt == "audio/pcmu" else audioop.alaw2lin(raw, 2)
             rms = audioop.rms(lin, 2)
             ms = len(raw) // 8
-        # Delay variation caller -> upstream: append k should arrive 20 ms after append k-1.
+        # Delay variation caller -> upstream: each append should arrive its audio's length after the
+        # one before (the bridge appends 40 ms at a time; the plain peer 20 ms).
         self.n += 1
+        self.audio_s += ms / 1000.0
         if now - self.opened > 1.0:
-            t = now - self.n * 0.02
+            t = now - self.audio_s
             if self.base is None or t < self.base:
                 self.base = t
             if self.server.measuring:

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from bridge.call.bargein import BargeInCore, Cut
 from bridge.call.record import CallObserver
 from bridge.call.resume import Backoff, RolloverPlan
-from bridge.call.upstream import SessionPlan, Timeline, Upstream
+from bridge.call.upstream import APPEND_MS, SessionPlan, Timeline, Upstream
 from bridge.call.watch import BotSaid, CallerSaid, CallNote
 from bridge.dialplan.schema import AgentStep, BargeIn, Dialplan, Moderation
 from bridge.errors import BridgeError, ConfigError
@@ -302,6 +302,8 @@ class AgentLink:
         self._pending_tools: dict[str, list[tuple[str, dict[str, object]]]] = {}
         self._up = Upsampler()
         self._down = Downsampler()
+        self._batch: list[bytes] = []  # caller audio not yet appended (less than APPEND_MS)
+        self._batch_ms = 0
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -326,14 +328,23 @@ class AgentLink:
 
     async def send_caller_audio(self, pcm8k: bytes, payload: bytes | None) -> None:
         """One caller frame: PCM16 8 kHz, and the leg's payload it came from (None: it was changed,
-        by the echo canceller, so G.711 upstream encodes `pcm8k`)."""
+        by the echo canceller, so G.711 upstream encodes `pcm8k`). Sent in appends of `APPEND_MS`."""
         fmt = self.config.upstream_format
+        batch = self._batch
         if fmt == "pcm24k":
-            audio = self._up.process(pcm8k)
+            batch.append(pcm8k)  # resampled per append, not per frame
         elif fmt == self._audio.encoding and payload is not None:
-            audio = payload
+            batch.append(payload)
         else:
-            audio = g711.encode(pcm8k, fmt)
+            batch.append(g711.encode(pcm8k, fmt))
+        self._batch_ms += len(pcm8k) // 16  # 16 bytes of PCM16 8 kHz per ms
+        if self._batch_ms < APPEND_MS:
+            return
+        audio = batch[0] if len(batch) == 1 else b"".join(batch)
+        batch.clear()
+        self._batch_ms = 0
+        if fmt == "pcm24k":
+            audio = self._up.process(audio)
         # Never waits on the network: the upstream's outbox (bounded) or its gap buffer.
         self.upstream.send_audio(rt.append_audio_json(base64.b64encode(audio).decode("ascii")))
 

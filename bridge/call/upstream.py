@@ -32,7 +32,6 @@ from typing import Any
 from bridge import metrics
 from bridge.call.resume import Backoff, ConversationLog, GapBuffer, RolloverPlan
 from bridge.errors import BridgeError, UpstreamError
-from bridge.media import g711
 from bridge.realtime import events as rt
 from bridge.realtime.client import RealtimeClient
 from bridge.realtime.providers import Endpoint
@@ -41,6 +40,10 @@ log = logging.getLogger(__name__)
 
 AUDIO_OUTBOX_MS = 1000  # unsent caller audio beyond this (a server not reading) is dropped, oldest first
 PREROLL_MS = 300  # at a rollover, the last caller audio sent to the old session is sent to the new too
+# Caller audio goes upstream in appends of this much (two 20 ms phone frames): half the messages,
+# JSON strings, base64 calls and resampler calls of one append per frame, for at most 20 ms more
+# before the server's VAD hears a frame (bench/results/load.md, "Optimisations").
+APPEND_MS = 40
 HOLD_AFTER_S = 1.0  # a gap longer than this gets the hold line
 CLOSE_TIMEOUT_S = 0.06  # a polite close; then the TCP connection is aborted
 RECONNECT_OPEN_TIMEOUT_S = 3.0
@@ -116,9 +119,9 @@ class Upstream:
         self._greeted = False
         self._control: deque[str] = deque()
         self._audio: deque[str] = deque()
-        self._audio_max = AUDIO_OUTBOX_MS // g711.FRAME_MS
-        self._recent: deque[str] = deque(maxlen=PREROLL_MS // g711.FRAME_MS)
-        self._gap = GapBuffer(max_ms=4000, max_age_ms=3000)
+        self._audio_max = AUDIO_OUTBOX_MS // APPEND_MS
+        self._recent: deque[str] = deque(maxlen=PREROLL_MS // APPEND_MS)
+        self._gap = GapBuffer(max_ms=4000, max_age_ms=3000, frame_ms=APPEND_MS)
         self._wake = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -196,7 +199,7 @@ class Upstream:
     # -- sending (never blocks the caller) ------------------------------------------------------------
 
     def send_audio(self, message: str) -> None:
-        """One pre-encoded `input_audio_buffer.append`."""
+        """One pre-encoded `input_audio_buffer.append` of `APPEND_MS` of caller audio."""
         if self._closed:
             return
         if not self._ready:
@@ -277,7 +280,7 @@ class Upstream:
                 log.info(
                     "call %s: %d ms of caller audio from the gap dropped (too old or too much)",
                     self._call_id,
-                    self._gap.dropped * g711.FRAME_MS,
+                    self._gap.dropped * APPEND_MS,
                 )
                 self._gap.dropped = 0
             for message in held:

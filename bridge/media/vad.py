@@ -29,6 +29,10 @@ WEBRTC_FRAME_SAMPLES = FRAME_SAMPLES_8K  # webrtcvad takes 10, 20 or 30 ms: one 
 _INT16_SCALE = np.float32(1.0 / 32768.0)
 _TAIL_ENERGY_RATIO = 10.0 ** (-30.0 / 10.0)  # offset = last window within 30 dB of the utterance's peak
 _DIGITAL_SILENCE_ENERGY = (2.0 / 32768.0) ** 2  # a window no louder than 2 LSB RMS
+# Outside speech, windows quieter than this are not given to Silero (prob 0): a quiet caller is
+# ~-28 dBFS active and soft unvoiced onsets ~25 dB below that, well above it. The recurrent state is
+# kept across gated windows: resetting it made onsets 8-15 ms later (bench/results/load.md, "Optimisations").
+GATE_DBFS = -62.0
 
 
 class Vad(Protocol):
@@ -57,6 +61,11 @@ class SileroVad:
         self._feeds = {"input": self._input, "state": self._state, "sr": self._sr}
         self._odd = b""
         self.energies: list[float] = []  # mean square of each window returned by the last process()
+        # Set by SpeechDetector before each process(): windows below `gate_energy` (mean square) score
+        # 0 without running the model, until one scores >= `gate_release` (the caller may be starting).
+        self.gate_energy = 0.0
+        self.gate_release = 2.0
+        self.gated = 0  # windows gated so far (for benches and tests)
 
     def reset(self) -> None:
         self._buf[:] = 0.0
@@ -94,11 +103,17 @@ class SileroVad:
                     out.append(0.0)
                     self._state = np.zeros((2, 1, 128), dtype=np.float32)
                     self._feeds["state"] = self._state
+                elif energy < self.gate_energy:
+                    out.append(0.0)  # too quiet to be the start of speech: no model run
+                    self.gated += 1
                 else:
                     prob, state = self._session.run(None, self._feeds)
                     self._state = state
                     self._feeds["state"] = state
-                    out.append(float(prob[0, 0]))
+                    p = float(prob[0, 0])
+                    if p >= self.gate_release:
+                        self.gate_energy = 0.0
+                    out.append(p)
                 energies.append(energy)
                 buf[:SILERO_CONTEXT_SAMPLES] = buf[total - SILERO_CONTEXT_SAMPLES :]
                 self._fill = SILERO_CONTEXT_SAMPLES
@@ -202,6 +217,8 @@ class SpeechDetector:
     continues while `prob >= neg_threshold` (default `threshold - 0.15`). Onset is reported once speech
     has lasted `min_speech_ms` (SpeechStart.audio_ms = where it began); offset after `min_silence_ms`
     below `neg_threshold` (SpeechStop.audio_ms = end of the last window at or above `threshold`).
+    With Silero, windows below `gate_dbfs` score 0 without a model run while neither speech nor a
+    candidate onset is running (None: every window is scored).
     """
 
     def __init__(
@@ -213,6 +230,7 @@ class SpeechDetector:
         neg_threshold: float | None = None,
         fast_threshold: float | None = None,
         vad: Vad | None = None,
+        gate_dbfs: float | None = GATE_DBFS,
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ConfigError(f"VAD threshold must be between 0 and 1, got {threshold}")
@@ -226,6 +244,9 @@ class SpeechDetector:
         self.fast_threshold = 2.0 if fast_threshold is None else fast_threshold
         self.vad: Vad = vad if vad is not None else create_vad()
         self._window = self.vad.window_samples
+        # Silero is skipped on windows below `gate_dbfs` while no speech (nor candidate onset) runs.
+        self._gated_vad = self.vad if isinstance(self.vad, SileroVad) and gate_dbfs is not None else None
+        self._gate_energy = 0.0 if gate_dbfs is None else 10.0 ** (gate_dbfs / 10.0)
         self._min_speech_samples = min_speech_ms * RATE_8K // 1000
         self._min_silence_samples = min_silence_ms * RATE_8K // 1000
         self._pos = 0  # samples of completed VAD windows
@@ -268,6 +289,10 @@ class SpeechDetector:
 
     def feed(self, pcm16_8k: bytes) -> list[SpeechStart | SpeechStop]:
         self._fed += len(pcm16_8k)
+        gated = self._gated_vad
+        if gated is not None:
+            gated.gate_energy = 0.0 if self._speaking or self._start is not None else self._gate_energy
+            gated.gate_release = self.threshold
         probs = self.vad.process(pcm16_8k)
         if not probs:
             return []
