@@ -23,6 +23,7 @@ import pytest
 from bridge.app import create_app
 from bridge.call.call import EndedCall
 from bridge.settings import Settings
+from bridge.web.console import live_row
 from tests.helpers.e2e import live_call, place_call, wait_until
 from tests.helpers.realtime_standin import AGENT_ONLY, StandinRealtime
 from tests.helpers.servers import serve
@@ -99,3 +100,5 @@ async def test_an_ended_call_keeps_no_per_call_memory(
     assert recent[0].call_id == caller.call_sid
     assert recent[0].ended_reason
     assert recent[0].ended_wall_s is not None
+    row = live_row(recent[0], time.time())
+    assert (row["call_id"], row["leg"], row["step"]) == (caller.call_sid, "twilio", "main[0] agent")
