@@ -148,7 +148,9 @@ class Soak:
                 await asyncio.sleep(every_s)
 
 
-async def start_bridge(tmp: Path, standin: StandinRealtime) -> tuple[asyncio.subprocess.Process, str]:
+async def start_bridge(
+    tmp: Path, standin: StandinRealtime, trace: Path | None = None
+) -> tuple[asyncio.subprocess.Process, str]:
     (tmp / "plans").mkdir()
     (tmp / "plans" / "main.yaml").write_text(AGENT_ONLY)
     sock = bind_ephemeral()
@@ -168,9 +170,8 @@ async def start_bridge(tmp: Path, standin: StandinRealtime) -> tuple[asyncio.sub
         "BRIDGE_DRAIN_S": "5",
     }
     log = (tmp / "bridge.log").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", "serve", env=env, stdout=log, stderr=log
-    )
+    command = ["-m", "bridge", "serve"] if trace is None else ["-m", "bench._traced_bridge", str(trace)]
+    proc = await asyncio.create_subprocess_exec(sys.executable, *command, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient() as http:
         for _ in range(600):
@@ -280,12 +281,39 @@ Growth from the middle third of the run to the last third (medians; the first th
     print(f"soak: RSS slope {rss_slope:+.2f} MB/min (last 2/3); {verdict}; report in {RESULTS / 'soak.md'}")
 
 
+async def snapshot(proc: asyncio.subprocess.Process, trace: Path, n: int) -> None:
+    """Ask the traced bridge for its n-th snapshot (bench/_traced_bridge.py) and wait for it."""
+    proc.send_signal(signal.SIGUSR1)
+    for _ in range(1200):
+        if (trace / f"types-{n}.json").exists():
+            return
+        await asyncio.sleep(0.1)
+
+
+def trace_report(trace: Path, top: int = 15) -> None:
+    """What grew in the bridge between the snapshot taken after warm-up and the one with the calls gone."""
+    import json
+    import tracemalloc
+
+    first, last = (tracemalloc.Snapshot.load(str(trace / f"snap-{n}.tracemalloc")) for n in (1, 2))
+    total = [sum(st.size for st in s.statistics("filename")) / 1e6 for s in (first, last)]
+    print(f"traced memory in the bridge: {total[0]:.1f} MB after warm-up, {total[1]:.1f} MB at the end")
+    for stat in last.compare_to(first, "traceback")[:top]:
+        print(f"{stat.size_diff / 1024:+9.1f} KB {stat.count_diff:+7d} blocks")
+        for line in stat.traceback.format()[-8:]:
+            print("    " + line)
+    a, b = (json.loads((trace / f"types-{n}.json").read_text()) for n in (1, 2))
+    grown = sorted(((k, v - a.get(k, 0)) for k, v in b.items()), key=lambda kv: -kv[1])[:top]
+    print("live objects grown:", ", ".join(f"{k} {d:+d}" for k, d in grown))
+
+
 async def run(args: argparse.Namespace) -> None:
     standin = StandinRealtime()
     await standin.start()
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        proc, url = await start_bridge(tmp, standin)
+        trace = tmp / "trace" if args.trace else None
+        proc, url = await start_bridge(tmp, standin, trace)
         t0 = time.monotonic()
         soak = Soak(url, standin, args.calls, t0 + args.minutes * 60, tmp / "data" / "ivr-bridge.db")
         background = [
@@ -293,8 +321,15 @@ async def run(args: argparse.Namespace) -> None:
             asyncio.create_task(soak.sampler(psutil.Process(proc.pid), t0, args.sample_s)),
         ]
         try:
-            await asyncio.gather(*(soak.line(i) for i in range(args.calls)))
+            lines = asyncio.gather(*(soak.line(i) for i in range(args.calls)))
+            if trace is not None:  # after warm-up (a third of the run), then with the calls gone
+                await asyncio.sleep(args.minutes * 20)
+                await snapshot(proc, trace, 1)
+            await lines
             await asyncio.sleep(args.sample_s)  # one sample with the calls gone
+            if trace is not None:
+                await snapshot(proc, trace, 2)
+                trace_report(trace)
         finally:
             for task in background:
                 task.cancel()
@@ -304,7 +339,8 @@ async def run(args: argparse.Namespace) -> None:
             if proc.returncode is None:
                 proc.kill()
             await standin.stop()
-        write_report(soak, args, time.monotonic() - t0)
+        if trace is None:  # a traced run is slower: its vitals are not the soak's figures
+            write_report(soak, args, time.monotonic() - t0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -315,6 +351,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--sample-s", type=float, default=10.0)
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="run the bridge with tracemalloc and report what grew in it (no results written)",
+    )
     args = parser.parse_args(argv)
     asyncio.run(run(args))
 

@@ -39,6 +39,7 @@ from fastapi import FastAPI
 from bridge import logsafe, metrics
 from bridge.call import Call
 from bridge.call.agent import dialplan_chat_backends
+from bridge.call.call import EndedCall
 from bridge.call.prompts import prewarm_prompts
 from bridge.call.warmup import SpeechWarmup
 from bridge.call.watch import CallWatcher
@@ -142,7 +143,9 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
         settings = settings.model_copy(update={"engine_token": secrets.token_urlsafe(32)})
     store = DialplanStore(settings.dialplans)  # raises DialplanInvalid: never serve a broken plan
     calls: set[Call] = set()
-    recent_calls: deque[Call] = deque(maxlen=50)  # ended calls, newest first (console, dialplan tests)
+    # Ended calls, newest first (console, dialplan tests): light summaries, never the Call itself (its
+    # buffers: playout, echo canceller rings, agent link) so that a call's memory goes when it ends.
+    recent_calls: deque[EndedCall] = deque(maxlen=50)
     runtime = RuntimeState()
     # Admission: one pool of call slots for every leg of this process (Twilio takes a slot at
     # stream start, the SIP leg at INVITE); the Twilio webhooks' per-source token buckets.
@@ -167,7 +170,7 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = True)
             result = await call.run()
         finally:
             calls.discard(call)
-            recent_calls.appendleft(call)
+            recent_calls.appendleft(call.summary())
             stats.active_calls.dec(leg=kind)
             app.state.drainer.call_ended()
         outcome = result.ended_reason.split(":", 1)[0].split(" ", 1)[0] or "unknown"

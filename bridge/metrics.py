@@ -375,6 +375,10 @@ class BridgeMetrics(MetricsRegistry):
             p + "speech_turns_failed_total",
             "Caller turns whose recognition failed because their speech worker died or was restarted.",
         )
+        self.speech_turns_rerun = self.counter(
+            p + "speech_turns_rerun_total",
+            "Caller turns whose speech worker died mid-turn, recognised again at once on a live worker.",
+        )
 
 
 METRICS = BridgeMetrics()

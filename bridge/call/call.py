@@ -44,7 +44,7 @@ from bridge.call.watch import (
     StepEntered,
 )
 from bridge.dialplan import runner as dp
-from bridge.dialplan.schema import Dialplan
+from bridge.dialplan.schema import AgentStep, Dialplan
 from bridge.errors import BridgeError
 from bridge.logsafe import OperatorValue
 from bridge.media import g711
@@ -77,6 +77,27 @@ class CallStats:
     # (ms on the loop clock, kind, data); also written to the call's record as events.
     events: list[tuple[float, str, dict[str, object]]] = field(default_factory=list)
     moderation_cuts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EndedCall:
+    """What stays of a call once it has ended (the ops console's recent calls, `ivr-bridge dialplan
+    test`): plain values only. The app keeps the last few of these, never the `Call` itself, whose
+    buffers (playout, echo canceller rings, agent link) must be freed when the call ends."""
+
+    call_id: str
+    leg: str
+    caller: str
+    called: str
+    flow: str
+    step: str
+    state: str
+    provider: str
+    started_wall_s: float | None
+    ended_wall_s: float | None
+    ended_reason: str
+    operator_error: str | None
+    tool_calls: tuple[tuple[str, dict[str, object]], ...]
 
 
 # -- control messages: everything that moves the dialplan, handled in order by `_control_loop` --
@@ -265,6 +286,34 @@ class Call:
     @property
     def call_id(self) -> str:
         return self.started.call_id if self.started else "?"
+
+    def summary(self) -> EndedCall:
+        """The call's position and outcome as plain values (read on the event loop)."""
+        started = self.started
+        runner = self.runner
+        flow, index, step_kind, state, provider = "-", 0, "-", "starting", "-"
+        if runner is not None:
+            flow, index = runner.position
+            step = runner.step
+            step_kind = getattr(step, "kind", "-") if step is not None else "-"
+            state = runner.state.name.lower()
+            if isinstance(step, AgentStep) and self.agent is not None:
+                provider = step.provider or self.plan.defaults.provider
+        return EndedCall(
+            call_id=started.call_id if started else "?",
+            leg=self.leg.kind,
+            caller=started.caller if started else "",
+            called=started.called if started else "",
+            flow=flow,
+            step=f"{flow}[{index}] {step_kind}",
+            state=state,
+            provider=provider,
+            started_wall_s=self.started_wall_s,
+            ended_wall_s=self.ended_wall_s,
+            ended_reason=self.stats.ended_reason,
+            operator_error=self.operator_error,
+            tool_calls=tuple(self.tool_calls),
+        )
 
     def _now_ms(self) -> float:
         return self._loop.time() * 1000.0

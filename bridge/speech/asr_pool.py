@@ -83,6 +83,10 @@ START_TIMEOUT_S = 60.0  # preload(): a worker that is not ready by then is repor
 STOP_TIMEOUT_S = 3.0
 WORKER_NICENESS = 5  # decoding yields the CPU to the bridge's audio path when both want it
 MAX_BATCH = 64  # messages per pipe write
+# A turn whose worker died is recognised again on a live, ready worker from the audio kept for it (up to
+# this much; a longer turn fails as before), waiting at most RERUN_TIMEOUT_S for the transcript.
+RERUN_MAX_BYTES = 30 * 16000  # 30 s of 8 kHz PCM16
+RERUN_TIMEOUT_S = 3.0
 
 
 class AsrWorkerError(RecognizerError):
@@ -437,11 +441,19 @@ class AsrPool:
                 worker.kill()
                 worker.process.join(1.0)
 
-    def _ensure(self, index: int) -> _Worker:
+    def _ensure(self, index: int) -> _Worker:  # under self._lock
         worker = self._slots[index]
         if worker is None or not worker.alive:
+            if worker is not None:  # died: replaced here when a session needs it before its reader did
+                self._count_restart(worker)
             worker = self._slots[index] = _Worker(self, index)
         return worker
+
+    def _count_restart(self, worker: _Worker) -> None:  # under self._lock, once per dead worker replaced
+        if worker.ready.is_set():
+            log.error("%s; starting a new one", worker.describe_failure())
+            self.restarts += 1
+            METRICS.speech_worker_restarts.inc(reason="wedged" if worker.wedged else "died")
 
     def _worker_died(self, worker: _Worker) -> None:
         """Reader thread of a dead worker: forget its sessions and replace it if it was serving."""
@@ -451,14 +463,12 @@ class AsrPool:
                     del self._session_worker[sid]
         with self._lock:
             if self._slots[worker.index] is not worker:
-                return  # closed, or already replaced
+                return  # closed, or already replaced (and counted) by `_ensure`
             if not worker.ready.is_set():
                 self._slots[worker.index] = None  # failed to start: the next session tries again
                 log.error("%s", worker.describe_failure())
                 return
-            log.error("%s; starting a new one", worker.describe_failure())
-            self.restarts += 1
-            METRICS.speech_worker_restarts.inc(reason="wedged" if worker.wedged else "died")
+            self._count_restart(worker)
             self._slots[worker.index] = _Worker(self, worker.index)
 
     def restart_worker(self, worker: _Worker, reason: str) -> None:
@@ -522,6 +532,8 @@ class RemoteRecognizer:
         self._expected: tuple[str, ...] | None = None
         self._cmn = PHONE_CMNINIT
         self._turn_worker: _Worker | None = None  # set between begin() and end()
+        self._turn_audio: list[bytes] | None = None  # the turn's audio, for a re-run if its worker dies
+        self._turn_bytes = 0
         self._closed = False
         self._finalizer = weakref.finalize(self, self._pool.close_session, self._sid)
 
@@ -551,6 +563,7 @@ class RemoteRecognizer:
         worker = self._live_worker()
         worker.send(Begin(self._sid))
         self._turn_worker = worker
+        self._turn_audio, self._turn_bytes = [], 0
 
     def feed(self, pcm16_8k: bytes) -> None:
         """Queue audio for the worker; never waits. Audio for a dead worker is dropped (end() says so)."""
@@ -559,6 +572,12 @@ class RemoteRecognizer:
             raise RecognizerError("feed() outside a turn: call begin() first")
         if worker.alive and pcm16_8k:
             worker.send(Feed(self._sid, pcm16_8k))
+        if self._turn_audio is not None:
+            self._turn_bytes += len(pcm16_8k)
+            if self._turn_bytes <= RERUN_MAX_BYTES:
+                self._turn_audio.append(pcm16_8k)
+            else:
+                self._turn_audio = None  # too long to re-run: a death now fails the turn
 
     def partial(self) -> str:
         """The best hypothesis so far ("" outside a turn, or when the worker is slow or gone)."""
@@ -572,20 +591,49 @@ class RemoteRecognizer:
         return answer.text
 
     def end(self) -> Transcript:
-        """Finish the turn and wait for its transcript. Raises AsrWorkerError when the worker died
-        during the turn or gave no answer within the pool's `end_timeout_s` (it is then restarted)."""
+        """Finish the turn and wait for its transcript. When the worker died during the turn, the turn
+        is recognised again at once on a live, ready worker (the session moves there), from the audio
+        kept for it. Raises AsrWorkerError when that is not possible (no ready worker, a turn longer
+        than RERUN_MAX_BYTES, the re-run failed too) or when the worker gave no answer within the
+        pool's `end_timeout_s` (it is then restarted)."""
         worker = self._turn_worker
         if worker is None:
             raise RecognizerError("end() without begin()")
         self._turn_worker = None
+        audio, self._turn_audio = self._turn_audio, None
         start = time.perf_counter()
         try:
             answer = worker.request(End, self._sid, self._pool.end_timeout_s)
         except AsrWorkerError as exc:
-            METRICS.speech_turns_failed.inc()
-            if isinstance(exc.__cause__, FutureTimeout) and worker.alive:
+            wedged = isinstance(exc.__cause__, FutureTimeout) and worker.alive
+            if wedged:
                 self._pool.restart_worker(worker, str(exc))
+            elif audio is not None and (rerun := self._rerun(b"".join(audio), start)) is not None:
+                METRICS.speech_turns_rerun.inc()
+                return rerun
+            METRICS.speech_turns_failed.inc()
             raise
+        return self._transcript(worker, answer, start)
+
+    def _rerun(self, pcm16_8k: bytes, start: float) -> Transcript | None:
+        """The turn again on a live worker that is ready now (never waits for a spawn); None if none is
+        or it fails too. The session stays on that worker (its cepstral mean restarts from cmninit)."""
+        try:
+            worker = self._live_worker()  # reopens the session on the readiest worker (Expect re-sent)
+            if not worker.ready.is_set() or not worker.alive:
+                return None
+            worker.send(Begin(self._sid))
+            if pcm16_8k:
+                worker.send(Feed(self._sid, pcm16_8k))
+            answer = worker.request(End, self._sid, min(RERUN_TIMEOUT_S, self._pool.end_timeout_s))
+            transcript = self._transcript(worker, answer, start)
+        except RecognizerError as exc:
+            log.warning("re-running a turn after its speech worker died failed: %s", exc)
+            return None
+        log.info("a turn whose speech worker died was recognised again on worker %d", worker.index)
+        return transcript
+
+    def _transcript(self, worker: _Worker, answer: Answer, start: float) -> Transcript:
         if not isinstance(answer, TurnEnded):
             raise RecognizerError(f"speech worker {worker.index} answered end() with {type(answer).__name__}")
         self._cmn = answer.cmn

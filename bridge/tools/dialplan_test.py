@@ -384,8 +384,8 @@ class _Bridge:
                 continue
         else:
             return []
-        for call in calls:
-            if call.started is not None and call.started.call_id == call_sid:
+        for call in calls:  # running Calls and EndedCall summaries: both have call_id and tool_calls
+            if call.call_id == call_sid:
                 return list(call.tool_calls)
         return []
 

@@ -29,9 +29,9 @@ from urllib.parse import parse_qsl, urlencode
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 
+from bridge.call.call import EndedCall
 from bridge.cluster import Cluster, HangUpCall, TransferCall
 from bridge.dialplan.loader import DialplanInvalid, load_dialplan
-from bridge.dialplan.schema import AgentStep
 from bridge.errors import BridgeError
 from bridge.records import store
 from bridge.records.db import RecordsUnavailable
@@ -99,33 +99,23 @@ def _headers() -> dict[str, str]:
 
 
 def live_row(call: Any, now_s: float) -> dict[str, Any]:
-    """What the live table shows of one running `Call` (read on the event loop: plain attributes)."""
-    started = call.started
-    runner = call.runner
-    flow, index, step_kind, state = "-", 0, "-", "starting"
-    provider = "-"
-    if runner is not None:
-        flow, index = runner.position
-        step = runner.step
-        step_kind = getattr(step, "kind", "-") if step is not None else "-"
-        state = runner.state.name.lower()
-        if isinstance(step, AgentStep) and call.agent is not None:
-            provider = step.provider or call.plan.defaults.provider
-    since = call.started_wall_s
+    """What the live table shows of one running `Call` or one `EndedCall` (read on the event loop)."""
+    s: EndedCall = call if isinstance(call, EndedCall) else call.summary()
+    since = s.started_wall_s
     return {
-        "call_id": started.call_id if started else "?",
-        "leg": call.leg.kind,
-        "caller": started.caller if started else "",
-        "called": started.called if started else "",
-        "flow": flow,
-        "step": f"{flow}[{index}] {step_kind}",
-        "state": state,
-        "provider": provider,
+        "call_id": s.call_id,
+        "leg": s.leg,
+        "caller": s.caller,
+        "called": s.called,
+        "flow": s.flow,
+        "step": s.step,
+        "state": s.state,
+        "provider": s.provider,
         "started_s": since,
         "duration_s": (now_s - since) if since else None,
-        "ended_reason": call.stats.ended_reason,
-        "ended_s": call.ended_wall_s,
-        "error": call.operator_error,
+        "ended_reason": s.ended_reason,
+        "ended_s": s.ended_wall_s,
+        "error": s.operator_error,
     }
 
 

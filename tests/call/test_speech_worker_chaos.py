@@ -3,13 +3,15 @@
 The real app under uvicorn with the embedded engine (real pocketsphinx in the process-wide worker pool,
 real Piper speech), a call placed the way Twilio places it. While the caller asks a question, the
 worker hosting the call's recognizer session is killed with `kill -9`. The caller must hear an answer
-(no dead air): the polite fallback line, or the answer itself when the engine's second recognizer
-(whisper) recovered the turn from its audio. The pool must replace the worker and count it, and the
-call must go on: the same question asked again is answered from the dialplan.
+at once (no dead air): the turn is recognised again from its audio on the pool's other, live worker, so
+the caller hears the answer itself (or, when that is impossible, the polite fallback line). The pool
+must replace the worker and count it, and the call must go on: the same question asked again is
+answered from the dialplan.
 
-Measured under load (load average ~16 on 2 cores): the fallback came 4.65 s after the caller stopped,
-against 0.93 s for a normal turn: after pocketsphinx fails, the engine asks whisper for the turn and
-waits up to WHISPER_LIVE_TIMEOUT_S (4 s) before the fallback.
+Before the re-run (load average ~16 on 2 cores), the fallback came 4.65 s after the caller stopped,
+against 0.93 s for a normal turn: after pocketsphinx failed, the engine asked whisper for the turn and
+waited up to WHISPER_LIVE_TIMEOUT_S (4 s). With the re-run (load ~3): the answer 0.69 s after the caller
+stopped, against 0.50 s for the next, normal turn.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ async def test_killed_speech_worker_mid_turn_gives_the_fallback_line_and_the_cal
         victim = await wait_until(worker_of_the_call, 10, "a worker hosts the call's session")
         died = METRICS.speech_worker_restarts.value(reason="died")
         failed = METRICS.speech_turns_failed.value()
+        rerun = METRICS.speech_turns_rerun.value()
 
         # The caller asks; half-way through the question the worker is killed.
         asking = asyncio.create_task(caller.say(question, tail_s=0.1))
@@ -115,10 +118,10 @@ async def test_killed_speech_worker_mid_turn_gives_the_fallback_line_and_the_cal
         gap_s = first - said_at
         heard, scores = await asyncio.to_thread(best_match, caller.heard(first - 0.1, last + 0.1))
         print(f"killed worker: {heard!r} heard {gap_s:.2f} s after the caller stopped; {scores}")
-        # The engine's second recognizer (whisper, when installed) may still understand the turn from its
-        # audio: then the answer itself; else the polite fallback. Never the greeting, never silence.
+        # The turn re-run on the live worker: the answer itself; if that failed too, the polite fallback.
+        # Never the greeting, never silence, never a wait for whisper's bounded second opinion.
         assert heard in (FALLBACK, HOURS), scores
-        assert gap_s < 8.0, f"{gap_s:.2f} s of dead air after the question"
+        assert gap_s < 3.0, f"{gap_s:.2f} s of dead air after the question"
 
         # The pool replaced the worker and counted it; the failed turn is counted too.
         pool = get_asr_pool()
@@ -132,7 +135,11 @@ async def test_killed_speech_worker_mid_turn_gives_the_fallback_line_and_the_cal
             "the killed worker replaced",
         )
         assert METRICS.speech_worker_restarts.value(reason="died") == died + 1
-        assert METRICS.speech_turns_failed.value() == failed + 1
+        # The turn was recognised again on the live worker (or, if that failed too, counted as failed).
+        outcome = (METRICS.speech_turns_rerun.value() - rerun, METRICS.speech_turns_failed.value() - failed)
+        assert outcome in ((1, 0), (0, 1)), outcome
+        if outcome == (1, 0):
+            assert heard == HOURS, scores
         assert live_call(app, caller.call_sid) is not None, "the call ended after the worker died"
         assert caller.twilio.closed_at is None
 
@@ -143,8 +150,10 @@ async def test_killed_speech_worker_mid_turn_gives_the_fallback_line_and_the_cal
         heard, scores = await asyncio.to_thread(best_match, caller.heard(first - 0.1, last + 0.1))
         assert heard == HOURS, scores
         print(f"the next turn, on a live worker: answered {normal_gap_s:.2f} s after the caller stopped")
-        # The failed turn costs at most whisper's bounded second opinion more than a normal one.
-        assert gap_s < normal_gap_s + WHISPER_LIVE_TIMEOUT_S + 1.0, (gap_s, normal_gap_s)
+        # The killed worker's turn costs about a normal turn (the re-run decodes the whole turn at once),
+        # with slack for load: not whisper's 4 s second opinion.
+        assert gap_s < normal_gap_s + 1.5, (gap_s, normal_gap_s)
+        assert gap_s < normal_gap_s + WHISPER_LIVE_TIMEOUT_S - 1.0, (gap_s, normal_gap_s)
         assert time.monotonic() - killed_at < 60
         assert worker_of_the_call() != victim
     finally:

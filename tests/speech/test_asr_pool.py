@@ -125,30 +125,64 @@ def test_two_sessions_in_parallel_on_both_workers(pool: AsrPool) -> None:
         rec.close()
 
 
-def test_killed_worker_is_reported_and_replaced(pool: AsrPool) -> None:
+def test_killed_worker_is_replaced_and_its_turn_rerun_at_once_on_a_live_worker(pool: AsrPool) -> None:
     wait_ready(pool)
     victim, bystander = RemoteRecognizer(pool), RemoteRecognizer(pool)
     assert victim.worker_pid != bystander.worker_pid
     old_pid = victim.worker_pid
     restarts = pool.restarts
     died, failed = METRICS.speech_worker_restarts.value(reason="died"), METRICS.speech_turns_failed.value()
+    rerun = METRICS.speech_turns_rerun.value()
     victim.set_expected(MENU)
     bystander.set_expected(MENU)
     victim.begin()
     for chunk in chunks(say("Billing."), 20):
         victim.feed(chunk)
     os.kill(old_pid, signal.SIGKILL)
-    with pytest.raises(AsrWorkerError, match=f"pid {old_pid}"):
-        victim.end()
+    started = time.monotonic()
+    # The turn is not lost: recognised again from its audio on the live worker, without waiting for
+    # the replacement to load its models (with the same expected phrases).
+    text = victim.end().text
+    took = time.monotonic() - started
+    assert "billing" in text, text
+    assert took < 3.0, f"the re-run took {took:.2f} s"
+    assert victim.worker_pid == bystander.worker_pid
+    assert METRICS.speech_turns_rerun.value() == rerun + 1
+    assert METRICS.speech_turns_failed.value() == failed
     wait_ready(pool, gone_pid=old_pid)
     assert pool.restarts == restarts + 1
     assert METRICS.speech_worker_restarts.value(reason="died") == died + 1
-    assert METRICS.speech_turns_failed.value() == failed + 1
     assert old_pid not in [w.pid for w in pool.workers()]
-    # the other worker's session never noticed; the victim's next turn runs on a live worker
+    # the other session never noticed; the victim's next turn runs on a live worker
     assert "operator" in bystander.recognize(say("Operator.")).text
     assert "sales" in victim.recognize(say("Sales.")).text
     assert victim.worker_pid != old_pid
+
+
+def test_killed_worker_with_no_other_ready_worker_fails_the_turn_at_once() -> None:
+    pool = AsrPool(1)
+    try:
+        pool.start()
+        rec = RemoteRecognizer(pool)
+        rec.set_expected(MENU)
+        old_pid = rec.worker_pid
+        failed, rerun = METRICS.speech_turns_failed.value(), METRICS.speech_turns_rerun.value()
+        rec.begin()
+        for chunk in chunks(say("Billing."), 20):
+            rec.feed(chunk)
+        os.kill(old_pid, signal.SIGKILL)
+        started = time.monotonic()
+        # Nothing ready to re-run it on (the replacement is still loading): the turn fails now, so the
+        # engine answers with its fallback instead of waiting for a worker.
+        with pytest.raises(AsrWorkerError, match=f"pid {old_pid}"):
+            rec.end()
+        assert time.monotonic() - started < 1.0
+        assert METRICS.speech_turns_failed.value() == failed + 1
+        assert METRICS.speech_turns_rerun.value() == rerun
+        wait_ready(pool, gone_pid=old_pid)
+        assert "sales" in rec.recognize(say("Sales.")).text
+    finally:
+        pool.close()
 
 
 def test_wedged_worker_times_out_and_is_replaced() -> None:

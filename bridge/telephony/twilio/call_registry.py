@@ -123,8 +123,8 @@ class CallRegistry(Protocol):
 class InProcessCallRegistry:
     """`CallRegistry` in this process's memory (one instance, or REST continuations; see module doc).
 
-    Records of ended calls are kept `ended_keep_s` for late callbacks, any record at most
-    `max_age_s`; pruning happens as calls open.
+    Records of ended calls (or of calls whose stream stopped) are kept `ended_keep_s` for late
+    callbacks and continuations, any record at most `max_age_s`; pruning happens as calls open.
     """
 
     shared = False
@@ -227,12 +227,19 @@ class InProcessCallRegistry:
             if sid not in self._closers
             and (
                 now_s - record.created_s > self._max_age_s
-                or (record.ended and now_s - record.updated_s > self._ended_keep_s)
+                or (_finished(record) and now_s - record.updated_s > self._ended_keep_s)
             )
         ]
         for sid in doomed:
             del self._records[sid]
         return len(doomed)
+
+
+def _finished(record: CallRecord) -> bool:
+    """Ended, or its media stream stopped: a call whose status callbacks never come (none configured,
+    or lost) is forgotten `ended_keep_s` after its stream stopped, not after `max_age_s` (6 h of every
+    call's record kept in memory). A late callback or a new stream for it starts a fresh record."""
+    return record.ended or record.stream_status in ("stopped", "error")
 
 
 def choose_continuation_path(

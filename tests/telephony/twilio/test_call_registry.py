@@ -154,6 +154,24 @@ async def test_prune_keeps_live_and_recent_records() -> None:
     assert await registry.get("CAstreaming") is not None
 
 
+async def test_prune_forgets_a_stopped_stream_without_status_callbacks() -> None:
+    registry = InProcessCallRegistry(ended_keep_s=60.0, max_age_s=3600.0)
+
+    async def closer(reason: str) -> None:
+        return None
+
+    for sid in ("CAquiet", "CAtransferred"):
+        await registry.open_call(sid, caller="", called="", flow=None, has_action_url=True, now_s=0.0)
+        await registry.attach_stream(sid, "MZ" + sid, closer, now_s=1.0)
+        await registry.detach_stream(sid, "MZ" + sid, now_s=10.0)  # no status callback ever comes
+    await registry.set_continuation("CAtransferred", Transfer("+15550199"), now_s=30.0)
+    assert await registry.prune(60.0) == 0  # kept for the <Connect action> request and late callbacks
+    assert await registry.prune(80.0) == 1  # CAquiet, 70 s after its stream stopped (not 3600 s)
+    assert await registry.get("CAquiet") is None
+    assert await registry.prune(100.0) == 1
+    assert len(registry) == 0
+
+
 @pytest.mark.parametrize(
     ("mode", "has_action_url", "shared", "creds", "expected"),
     [
