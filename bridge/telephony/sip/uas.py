@@ -600,43 +600,12 @@ class UasCore:
         if msg.call_id in self._starting:
             return  # a retransmission while the call is being set up: its 180/200 follow
         if self.closing:  # draining (SIGTERM) or stopping: another bridge may take the call now
-            self.counters["calls_rejected"] += 1
-            METRICS.admission_rejections.inc(leg="sip", reason="draining")
-            out.append(
-                Send(
-                    build_response(
-                        msg,
-                        503,
-                        "Service Unavailable",
-                        addr,
-                        to_tag=new_tag(),
-                        extra=[("Retry-After", str(RETRY_AFTER_S))],
-                    ),
-                    addr,
-                )
-            )
-            out.append(Refused(addr, "INVITE", 503, "shutting down"))
+            self._refuse_unavailable(out, msg, addr, metric_reason="draining", why="shutting down")
             return
         if self.admission is not None and not self.admission.try_acquire():
-            # At capacity: 503 + Retry-After (RFC 3261 21.5.4): a proxy or PBX may try another bridge
-            # now and avoids this one for that long. Calls in progress are not touched.
-            self.counters["calls_rejected"] += 1
+            # At capacity: calls in progress are not touched.
             self.counters["busy"] += 1
-            METRICS.admission_rejections.inc(leg="sip", reason="max_calls")
-            out.append(
-                Send(
-                    build_response(
-                        msg,
-                        503,
-                        "Service Unavailable",
-                        addr,
-                        to_tag=new_tag(),
-                        extra=[("Retry-After", str(RETRY_AFTER_S))],
-                    ),
-                    addr,
-                )
-            )
-            out.append(Refused(addr, "INVITE", 503, "max_calls"))
+            self._refuse_unavailable(out, msg, addr, metric_reason="max_calls", why="max_calls")
             return
         out.append(Send(build_response(msg, 100, "Trying", addr), addr))
         try:
@@ -665,6 +634,18 @@ class UasCore:
             return
         self._starting[msg.call_id] = _Starting(msg, addr, new_tag(), offer, choice)
         out.append(CallOffered(msg.call_id, offer, choice))
+
+    def _refuse_unavailable(
+        self, out: list[Output], msg: SipMessage, addr: Addr, *, metric_reason: str, why: str
+    ) -> None:
+        """503 + Retry-After (RFC 3261 21.5.4) to an INVITE: a proxy or PBX may try another bridge now
+        and avoids this one for that long (draining, or at BRIDGE_MAX_CALLS)."""
+        self.counters["calls_rejected"] += 1
+        METRICS.admission_rejections.inc(leg="sip", reason=metric_reason)
+        extra = [("Retry-After", str(RETRY_AFTER_S))]
+        response = build_response(msg, 503, "Service Unavailable", addr, to_tag=new_tag(), extra=extra)
+        out.append(Send(response, addr))
+        out.append(Refused(addr, "INVITE", 503, why))
 
     def media_ready(self, call_id: str, rtp_port: int, now_s: float) -> list[Output]:
         """The shell bound the offered call's RTP socket: ring, then answer (now or after the delay)."""
