@@ -56,7 +56,11 @@ class MenuListener:
         self._on_text = on_text
         self._loop = loop or asyncio.get_running_loop()
         self._factory = recognizer_factory  # called in the worker thread, on first use
-        self._detector = detector or SpeechDetector(min_speech_ms=120, min_silence_ms=min_silence_ms)
+        self._detector = detector or SpeechDetector(
+            min_speech_ms=120,
+            min_silence_ms=min_silence_ms,
+            gate_dbfs=None,  # what it hears is recognised
+        )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="menu-asr")
         self._recognizer: RecognizerLike | None = None
         self._preroll: deque[bytes] = deque(maxlen=max(1, preroll_ms // 20))

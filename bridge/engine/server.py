@@ -235,6 +235,10 @@ def _silero_detector(threshold: float, min_speech_ms: int, min_silence_ms: int) 
         min_speech_ms=min_speech_ms,
         min_silence_ms=min_silence_ms,
         vad=create_vad("silero"),
+        # Every window scored: the turn's audio (and its transcript) starts where Silero finds the
+        # onset, and skipping quiet windows moved it enough to lose a soft first consonant
+        # ("support" heard as "report": tests/engine/test_sdk.py). The gate is for barge-in.
+        gate_dbfs=None,
     )
 
 

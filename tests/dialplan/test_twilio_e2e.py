@@ -113,6 +113,9 @@ async def test_spoken_menu_word_reaches_its_step(bridge: tuple[str, Any, Path]) 
     url, app, _ = bridge
     words = await asyncio.to_thread(speech.phone_speech, "sales")
     twilio, call = await dial(url, app)
+    # The caller answers over the menu prompt once they hear it (this app starts its recognizer workers
+    # with the first menu, as a test app without preloading does: words sent before could be lost).
+    await twilio.wait_for(lambda: len(twilio.played) >= 10, timeout=15)
     audio = speech.silence(400) + words + speech.silence(1500)
     await twilio.stream_audio(g711.encode(audio, "pcmu"))
     await wait_until(lambda: call.runner.position == ("sales", 0), "in sales by voice", timeout=30)
