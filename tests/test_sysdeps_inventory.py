@@ -60,6 +60,7 @@ NOT_PACKAGED = {
 NOT_NEEDED_COMMANDS = {
     "espeak": "a voice name in the tests; as a command, tts.py's fallback only without espeak-ng",
     "apt-get": "tests/helpers/sysdeps.py only asks whether it exists (can packages be installed here?)",
+    "py-spy": "a Python package (the `bench` extra, pyproject.toml), run from the venv by bench/load_sip.py",
 }
 # Peers and tools the suite drives or may drive: a literal naming one must be covered by the list.
 KNOWN_TOOLS = frozenset(
