@@ -22,7 +22,7 @@ import pytest
 
 from tests.deploy.bridges import DEPLOY, BridgeProcess, start_bridge, wait_ready
 from tests.helpers.sysdeps import require_binary, require_file
-from tests.sip.conftest import free_udp_port
+from tests.sip.conftest import free_media_ports, free_udp_port
 
 pytestmark = [pytest.mark.sip, pytest.mark.slow]
 
@@ -130,7 +130,16 @@ async def sipp(
     run = workdir / name
     run.mkdir()
     args = [binary, f"127.0.0.1:{port}", "-sf", str(PEERS / "uac_hold.xml"), "-s", "bridge"]
-    args += ["-i", "127.0.0.1", "-p", str(free_udp_port()), "-mi", "127.0.0.1", "-mp", str(free_udp_port())]
+    args += [
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(free_udp_port()),
+        "-mi",
+        "127.0.0.1",
+        "-mp",
+        str(free_media_ports()),
+    ]
     args += ["-m", str(calls), "-l", str(calls), "-r", "10", "-d", str(hold_ms), "-nostdin"]
     args += ["-timeout", f"{int(timeout_s)}s", "-timeout_error", "-trace_err"]
     args += ["-error_file", str(run / "errors.log"), "-max_recv_loops", "1000"]

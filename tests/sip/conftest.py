@@ -10,6 +10,7 @@ files when it parses the scenario, so the WAV path must be literal in the XML).
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import socket
 import subprocess
@@ -68,6 +69,29 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+MEDIA_PORTS = range(20000, 32000, 4)  # below Linux's ephemeral range (32768-60999): no bind(0) lands here
+
+
+def free_media_ports(host: str = "127.0.0.1") -> int:
+    """A base port for SIPp's `-mp`: SIPp binds the base and the next three (audio RTP/RTCP, video
+    RTP/RTCP), so all four must be free. A base from the ephemeral range could see the +2 taken by
+    another socket's bind(0) (the bridge's own RTP port) between our check and SIPp's bind."""
+    for base in random.sample(MEDIA_PORTS, 50):
+        socks: list[socket.socket] = []
+        try:
+            for offset in range(4):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((host, base + offset))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return base
+    raise RuntimeError(f"no four free UDP ports in {MEDIA_PORTS} on {host}")
+
+
 async def run_sipp(
     scenario: Path,
     target_port: int,
@@ -83,7 +107,7 @@ async def run_sipp(
     127/8 address on Linux loopback: a second host for trust tests)."""
     sipp = require_binary("sipp")
     port = free_udp_port(local_ip)
-    media = free_udp_port(local_ip)
+    media = free_media_ports(local_ip)
     args = [
         sipp,
         f"127.0.0.1:{target_port}",
