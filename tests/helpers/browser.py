@@ -6,12 +6,16 @@ from __future__ import annotations
 import base64
 import io
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bridge.app import create_app
 from bridge.media.g711 import RATE_8K
+from bridge.settings import Settings
+from tests.helpers.servers import serve
 from tests.helpers.sysdeps import require_binary
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -70,3 +74,23 @@ def decode_recording(b64: str) -> bytes:
             for res in resampler.resample(frame):
                 out += bytes(res.planes[0])[: res.samples * 2]
     return bytes(out)
+
+
+def softphone_bridge(tmp_path: Path, token: str, webrtc_ports: str) -> Iterator[str]:
+    """The bridge the browser softphone tests call (as a fixture body): the shipped dialplans,
+    records under `tmp_path`, the admin token (which enables /phone and /console) and WebRTC on
+    loopback in a port range of the test's own."""
+
+    def make(port: int) -> Any:
+        settings = Settings(
+            dialplans=Path(__file__).resolve().parents[2] / "dialplans",
+            data_dir=tmp_path / "data",
+            port=port,
+            admin_token=token,
+            webrtc_hosts="127.0.0.1",
+            webrtc_ports=webrtc_ports,
+        )
+        return create_app(settings)
+
+    with serve(make) as (url, _app):
+        yield url

@@ -16,17 +16,13 @@ from typing import Any
 
 import pytest
 
-from bridge.app import create_app
-from bridge.settings import Settings
 from bridge.web.auth import COOKIE
-from tests.helpers.browser import ARTIFACTS, chromium, decode_recording, write_mic_wav
+from tests.helpers.browser import ARTIFACTS, chromium, decode_recording, softphone_bridge, write_mic_wav
 from tests.helpers.e2e import overlap, recognise, trim_silence
-from tests.helpers.servers import serve
 from tests.helpers.speech import phone_speech, silence
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 TOKEN = "browser-test-admin-token"
 HOURS_ANSWER = "We're open Monday to Friday, nine to five, and Saturday from ten to two."
 QUESTION_AT_MS = 16000  # after the call connects, the menu, the key press and the assistant's greeting
@@ -49,19 +45,7 @@ def wait(driver: Any, predicate: Callable[[], object], timeout: float, what: str
 
 @pytest.fixture
 def bridge(tmp_path: Path) -> Iterator[str]:
-    def make(port: int) -> Any:
-        settings = Settings(
-            dialplans=REPO / "dialplans",
-            data_dir=tmp_path / "data",
-            port=port,
-            admin_token=TOKEN,
-            webrtc_hosts="127.0.0.1",
-            webrtc_ports="41100-41199",
-        )
-        return create_app(settings)
-
-    with serve(make) as (url, _app):
-        yield url
+    yield from softphone_bridge(tmp_path, TOKEN, "41100-41199")
 
 
 def test_browser_calls_the_default_dialplan_presses_1_and_hears_the_opening_hours(

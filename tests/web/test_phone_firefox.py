@@ -20,17 +20,13 @@ from typing import Any
 
 import pytest
 
-from bridge.app import create_app
-from bridge.settings import Settings
 from bridge.web.auth import COOKIE
-from tests.helpers.browser import ARTIFACTS, decode_recording
+from tests.helpers.browser import ARTIFACTS, decode_recording, softphone_bridge
 from tests.helpers.e2e import overlap, recognise, trim_silence
 from tests.helpers.firefox import firefox, run, run_async, save_screenshot
-from tests.helpers.servers import serve
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 TOKEN = "firefox-test-admin-token"
 GREETING = "Thanks for calling Acme."
 ASSISTANT_GREETING = "I'm the Acme assistant."
@@ -59,19 +55,7 @@ def wait(client: Any, predicate: Callable[[], object], timeout: float, what: str
 
 @pytest.fixture
 def bridge(tmp_path: Path) -> Iterator[str]:
-    def make(port: int) -> Any:
-        settings = Settings(
-            dialplans=REPO / "dialplans",
-            data_dir=tmp_path / "data",
-            port=port,
-            admin_token=TOKEN,
-            webrtc_hosts="127.0.0.1",
-            webrtc_ports="41200-41299",
-        )
-        return create_app(settings)
-
-    with serve(make) as (url, _app):
-        yield url
+    yield from softphone_bridge(tmp_path, TOKEN, "41200-41299")
 
 
 def test_firefox_calls_the_default_dialplan_hears_the_greeting_presses_1_and_the_console_lists_it(
