@@ -137,6 +137,12 @@ class EchoCanceller:
         self._constrain_next = 0
         self._delay: int | None = None
         self._cold_frames = 0  # frames gated while the delay is unknown and the bot was playing
+        # Before the delay is known: an upper bound of the echo coupling for each delay (in frames,
+        # oldest first, as `_gate_unaligned` reads the reference), learnt from frames where the
+        # caller's side was quiet while the bot played (see `_gate_unaligned`).
+        self._coupling = np.full(
+            (self.max_delay_samples + 2 * FRAME_SAMPLES_8K) // FRAME_SAMPLES_8K, _MIN_ERL, dtype=np.float64
+        )
         self._x_valid = False  # _X holds the spectra for the current delay
         self._dt_hold = 0
         self._open_hold = 0
@@ -274,20 +280,34 @@ class EchoCanceller:
         return self._cancel(pos)
 
     def _gate_unaligned(self, pcm16: bytes, pos: int) -> bytes:
-        """Delay unknown: suppress frames no louder than the loudest reference frame in the delay range
-        could echo back at the weakest echo return loss allowed."""
+        """Delay unknown: suppress the frame as far as echo could explain it.
+
+        Echo at delay d is the reference frame played d ago times the path's coupling, at most
+        `_MIN_ERL` to begin with. Every frame also bounds the coupling at each delay from above:
+        whatever this frame holds, caller or noise included, is at least the echo, so coupling(d) <=
+        near power / reference power at d (the smallest of three neighbouring reference frames, for
+        an echo that straddles frames or rings in the room). On a clean line the first quiet frames
+        under a playing bot bring the bounds down to the noise, and a caller who answers a prompt
+        early is heard before any delay could be found; on a line with echo the bounds stay at or
+        above the true coupling, so the echo stays gated."""
         x = self._far
         lo = (pos - self.max_delay_samples - FRAME_SAMPLES_8K) % _RING
         hi = (pos + FRAME_SAMPLES_8K) % _RING
         seg = x[lo:hi] if lo < hi else np.concatenate((x[lo:], x[:hi]))
-        m = seg.size // FRAME_SAMPLES_8K
-        far_pow = float(
-            np.max(np.mean(np.square(seg[: m * FRAME_SAMPLES_8K]).reshape(m, FRAME_SAMPLES_8K), axis=1))
-        )
+        m = self._coupling.size
+        far = np.mean(np.square(seg[: m * FRAME_SAMPLES_8K]).reshape(m, FRAME_SAMPLES_8K), axis=1)
         d = self._d
         near_pow = float(np.dot(d, d)) / FRAME_SAMPLES_8K
         self._track_noise(near_pow)
-        echo = 2.0 * _MIN_ERL * far_pow
+        floor = far.copy()  # the smallest of each frame and its neighbours
+        np.minimum(floor[1:], far[:-1], out=floor[1:])
+        np.minimum(floor[:-1], far[1:], out=floor[:-1])
+        bounded = floor > _ACTIVE_POW
+        if bounded.any():
+            np.minimum(
+                self._coupling, near_pow / np.maximum(floor, _ACTIVE_POW), out=self._coupling, where=bounded
+            )
+        echo = 2.0 * float(np.max(self._coupling * far))
         gain = 1.0 - echo / max(near_pow - self._noise, 1e-12)
         return self._apply_gain(d, min(1.0, max(0.0, gain)))
 

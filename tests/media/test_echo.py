@@ -160,3 +160,40 @@ def test_bad_frames_are_rejected_clearly() -> None:
         ec.far(bytes(320), at_ms=60_000)
     with pytest.raises(EchoCancellerError, match="max_delay_ms"):
         EchoCanceller(max_delay_ms=5000)
+
+
+def test_a_caller_who_answers_early_on_a_clean_line_is_heard_at_once(
+    bot: np.ndarray, caller: np.ndarray
+) -> None:
+    """A menu prompt plays loudly on a line without echo; the caller keeps quiet for 0.6 s, then
+    answers 6 dB below the bot, long before COLD_GATE_MS: the quiet frames under the playing bot
+    already bound the echo coupling at every delay to the noise, so the answer passes whole."""
+    loud_bot = bot[:16000] * 2.0
+    talk = np.zeros(16000)
+    answer = caller[: 16000 - 4800] * 0.5
+    talk[4800 : 4800 + answer.size] = answer
+    ec = EchoCanceller()
+    out = run(ec, to_pcm(talk), to_pcm(loud_bot))
+    assert not ec.aligned  # no delay was (or could be) found: the bounds alone let the caller through
+    early = slice(4800, COLD_GATE_MS * 8)
+    assert np.sum(out[early] ** 2) > 0.95 * np.sum(talk[early] ** 2)
+
+
+@pytest.mark.parametrize(("erl_db", "delay_ms"), [(6.0, 300.0), (10.0, 300.0), (10.0, 100.0)])
+def test_echo_stays_gated_before_its_delay_is_found(bot: np.ndarray, erl_db: float, delay_ms: float) -> None:
+    """The coupling bounds never fall below the echo actually there: until the delay is found,
+    the echo of a loud bot comes out at least 30 dB down (nothing for a detector to fire on)."""
+    loud_bot = to_pcm(bot[:16000] * 2.0)
+    echo = to_pcm(echo_path(bot[:16000] * 2.0, delay_ms, erl_db))
+    ec = EchoCanceller()
+    given = out = 0.0
+    for i in range(0, len(echo) - FRAME_BYTES_PCM8K + 1, FRAME_BYTES_PCM8K):
+        ec.far(loud_bot[i : i + FRAME_BYTES_PCM8K], at_ms=ec.position_ms)
+        cleaned = np.frombuffer(ec.near(echo[i : i + FRAME_BYTES_PCM8K]), dtype="<i2").astype(np.float64)
+        if not ec.aligned:
+            given += float(
+                np.sum(np.frombuffer(echo[i : i + FRAME_BYTES_PCM8K], dtype="<i2").astype(np.float64) ** 2)
+            )
+            out += float(np.sum(cleaned**2))
+    assert given > 0, "the delay was found before any echo arrived"
+    assert 10 * np.log10(max(out, 1.0) / given) < -30
