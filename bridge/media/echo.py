@@ -48,7 +48,10 @@ from bridge.media.g711 import FRAME_BYTES_PCM8K, FRAME_MS, FRAME_SAMPLES_8K, RAT
 _FFT = 2 * FRAME_SAMPLES_8K
 _BINS = FRAME_SAMPLES_8K + 1
 _RING = 1 << 15  # samples of history per stream (4.1 s): max lead of `far` + max delay + estimator window
-_ZEROS = np.zeros(_RING, dtype=np.float64)  # silence to write into a ring: one read-only copy per process
+# The rings hold float32: 16-bit samples times 2**-15 are exact in it, and the arithmetic on what is
+# read from them is float64 (the filter's spectra, the estimator's sums); half the memory per call.
+_RING_DTYPE = np.float32
+_ZEROS = np.zeros(_RING, dtype=_RING_DTYPE)  # silence to write into a ring: one read-only copy per process
 _ZEROS.flags.writeable = False
 _EST_WINDOW = 4096  # near samples per delay estimate (512 ms)
 _EST_FFT = 8192
@@ -117,8 +120,8 @@ class EchoCanceller:
         self.mu = mu
         self.stats = EchoStats()
         P = self.partitions
-        self._far = np.zeros(_RING, dtype=np.float64)
-        self._near = np.zeros(_RING, dtype=np.float64)
+        self._far = np.zeros(_RING, dtype=_RING_DTYPE)
+        self._near = np.zeros(_RING, dtype=_RING_DTYPE)
         self._zeros = _ZEROS  # shared (read only): 256 KB less per call
         self._far_end = 0  # absolute index one past the last written far sample
         self._far_last_active = -(1 << 40)  # absolute index of the end of the last non-silent far write
