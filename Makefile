@@ -28,7 +28,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 test: install sysdeps lint
-	$(VENV)/bin/pytest -q -rfEs -p no:cacheprovider
+	$(VENV)/bin/pytest -q -rfEs -p no:cacheprovider --durations=20
 
 bench: install sysdeps
 	$(PY) -m bench
