@@ -111,15 +111,21 @@ async def _turn(
 ) -> None:
     twilio, session = await open_call(bridge, standin, n)
     # Upstream latency: time each caller frame is sent vs. its append arriving.
+    # The bridge batches caller audio into appends of APPEND_MS (bridge/call/upstream.py), so a
+    # frame's arrival is that of the first append whose running byte total covers it.
     frame = ulaw(tone(1000, 0.02, 8000))
+    base = len(session.appended)
     sent: list[float] = []
     for _ in range(50):
         sent.append(time.monotonic())
         await twilio.send_media(frame)
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.2)
-    arrivals = [t for t, _total in session.append_times]
-    out["up"] += [a - s for s, a in zip(sent, arrivals[-50:], strict=True)]
+    per_frame = (len(session.appended) - base) / 50
+    for k, s in enumerate(sent):
+        covered = base + (k + 1) * per_frame
+        arrival = next(t for t, total in session.append_times if total >= covered)
+        out["up"].append(arrival - s)
     # Downstream latency, then barge-in and truncate accuracy (odd turns: the model pauses 1 s).
     paused = n % 2 == 1
     media_before = len(twilio.messages("media"))
