@@ -71,6 +71,9 @@ def start_bridge(plans: Path, data: Path, port: int, realtime_url: str) -> subpr
         "BRIDGE_DATA_DIR": str(data),
         "BRIDGE_LOG_LEVEL": "warning",
         "BRIDGE_MAX_CALLS": "200",
+        # every caller comes from 127.0.0.1: the per-source limit (60 burst) would refuse the 50th
+        "BRIDGE_RATE_PER_SOURCE_PER_S": "10000",
+        "BRIDGE_RATE_BURST": "10000",
     }
     cmd = [sys.executable, "-m", "bridge", "serve", "--port", str(port), "--dialplans", str(plans)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
