@@ -392,7 +392,10 @@ class AgentLink:
                 self._on_note(CallerSaid(event.transcript.strip(), "agent"))
         elif isinstance(event, rt.Error):
             error = event.error
-            log.warning("call %s: upstream error %s: %s", self._call_id, error.code, error.message)
+            # A barge-in's cancel that crossed the response's own `response.done` on the wire: the
+            # race every realtime client has (the truncate that follows is what matters), not a fault.
+            level = logging.DEBUG if error.code == "response_cancel_not_active" else logging.WARNING
+            log.log(level, "call %s: upstream error %s: %s", self._call_id, error.code, error.message)
         if self._observer is not None:
             await self._observe(self._observer, event)
 
