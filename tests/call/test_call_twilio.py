@@ -167,8 +167,12 @@ async def test_barge_in_after_model_paused_mid_reply(bridge_url: str, standin: S
     reply = asyncio.create_task(
         session.reply_audio(pcm(tone(440, 3.0, 24000)), realtime=1.0, pause_after_ms=1000, pause_s=1.5)
     )
-    # 1 s of audio, 1.5 s pause, then 0.5 s into the second part the caller talks.
+    # 1 s of audio, 1.5 s pause, then 0.5 s into the second part the caller talks. Until then the line
+    # carries silence, as Twilio streams it: without it the call's echo canceller would meet the
+    # caller's first words knowing nothing of the line and gate them against the bot for up to 1.5 s.
+    line = asyncio.create_task(twilio.send_silence(8.0))
     await twilio.wait_for(lambda: item_frames_played(twilio, time.monotonic()) >= 75, timeout=8)
+    line.cancel()
     await barge_in_with_speech(twilio)
     await twilio.wait_for(lambda: bool(session.truncates), timeout=3)
     await reply
