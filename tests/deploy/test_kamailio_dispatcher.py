@@ -130,16 +130,8 @@ async def sipp(
     run = workdir / name
     run.mkdir()
     args = [binary, f"127.0.0.1:{port}", "-sf", str(PEERS / "uac_hold.xml"), "-s", "bridge"]
-    args += [
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(free_udp_port()),
-        "-mi",
-        "127.0.0.1",
-        "-mp",
-        str(free_media_ports()),
-    ]
+    args += ["-i", "127.0.0.1", "-p", str(free_udp_port())]
+    args += ["-mi", "127.0.0.1", "-mp", str(free_media_ports())]
     args += ["-m", str(calls), "-l", str(calls), "-r", "10", "-d", str(hold_ms), "-nostdin"]
     args += ["-timeout", f"{int(timeout_s)}s", "-timeout_error", "-trace_err"]
     args += ["-error_file", str(run / "errors.log"), "-max_recv_loops", "1000"]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.telephony.sip.service import DEFAULT_RTP_PORTS
 from tests.helpers.sysdeps import asterisk_sound, require_binary, require_file
 
 PEERS = Path(__file__).parent / "peers"
@@ -69,7 +70,9 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-MEDIA_PORTS = range(20000, 32000, 4)  # below Linux's ephemeral range (32768-60999): no bind(0) lands here
+# Above the bridge's own RTP range (a SIP service started with its defaults takes ports there) and
+# below Linux's ephemeral range (32768-60999), where no bind(0) lands.
+MEDIA_PORTS = range(DEFAULT_RTP_PORTS[1] + 4, 32000, 4)
 
 
 def free_media_ports(host: str = "127.0.0.1") -> int:
