@@ -326,9 +326,11 @@ class AgentLink:
 
     # -- caller -> model -----------------------------------------------------------------------
 
-    async def send_caller_audio(self, pcm8k: bytes, payload: bytes | None) -> None:
+    async def send_caller_audio(self, pcm8k: bytes, payload: bytes | None, urgent: bool = False) -> None:
         """One caller frame: PCM16 8 kHz, and the leg's payload it came from (None: it was changed,
-        by the echo canceller, so G.711 upstream encodes `pcm8k`). Sent in appends of `APPEND_MS`."""
+        by the echo canceller, so G.711 upstream encodes `pcm8k`). Sent in appends of `APPEND_MS`,
+        or at once when `urgent` (the caller may be talking: the server's VAD, which can cut the
+        bot too, must not wait 20 ms for the next frame; bench/sip_e2e's barge-in: +20 ms)."""
         fmt = self.config.upstream_format
         batch = self._batch
         if fmt == "pcm24k":
@@ -338,7 +340,7 @@ class AgentLink:
         else:
             batch.append(g711.encode(pcm8k, fmt))
         self._batch_ms += len(pcm8k) // 16  # 16 bytes of PCM16 8 kHz per ms
-        if self._batch_ms < APPEND_MS:
+        if self._batch_ms < APPEND_MS and not urgent:
             return
         audio = batch[0] if len(batch) == 1 else b"".join(batch)
         batch.clear()

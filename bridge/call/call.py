@@ -235,6 +235,7 @@ class Call:
         self._drained = asyncio.Event()
         self._control: asyncio.Queue[ControlMessage] = asyncio.Queue()
         self._front: CallerFront | None = None  # echo canceller + barge-in detector, from the start
+        self._inbound_next_ms = 0  # where the next caller frame would start in the leg's stream
         self._clean_upstream = settings.echo_to_upstream  # the model gets the echo-cancelled audio
         self._unplayed: dict[str, Frame] = {}  # frames sent whose marks have not come back (by mark)
         self._held: list[tuple[bytes, bytes | None]] = []  # caller audio held from the model while paused
@@ -351,6 +352,12 @@ class Call:
         async for event in self.leg.events():
             if isinstance(event, AudioIn):
                 pcm8k = g711.decode(event.payload, self.encoding)  # once per frame, for all below
+                front = self._front
+                if front is not None and front.dtx:  # the stream skipped ahead: the caller sent nothing
+                    gap = event.timestamp_ms - self._inbound_next_ms
+                    self._inbound_next_ms = event.timestamp_ms + len(pcm8k) // g711.PCM8K_BYTES_PER_MS
+                    if gap >= 2 * g711.FRAME_MS:
+                        front.caller_silent(gap, self._now_ms())
                 if self.observer is not None:  # the recording's caller channel, on the stream's own clock
                     self.observer.caller_audio(pcm8k, event.timestamp_ms, self._now_ms())
                 await self._on_caller_audio(event.payload, pcm8k)
@@ -410,7 +417,7 @@ class Call:
             if barge.paused:
                 self._held.append(up)
             else:
-                await agent.send_caller_audio(*up)
+                await agent.send_caller_audio(*up, urgent=front is not None and front.detector.hearing)
 
     async def _on_speech_onset(self) -> None:
         now = self._now_ms()
@@ -657,7 +664,11 @@ class Call:
         )
         # The canceller's state is made when the bot first plays (a call that is never answered, or
         # only listens, does not hold its ~0.8 MB).
-        self._front = CallerFront(detector, echo_factory=EchoCanceller if settings.echo_cancel else None)
+        # A SIP caller's RTP may stop while they are silent (or start only when they talk): gaps in
+        # its stream are silence the canceller learns from (CallerFront.caller_silent).
+        self._front = CallerFront(
+            detector, echo_factory=EchoCanceller if settings.echo_cancel else None, dtx=self.leg.kind == "sip"
+        )
         return self.runner.start(now)
 
     async def _execute(self, action: dp.Action) -> None:

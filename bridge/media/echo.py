@@ -257,11 +257,7 @@ class EchoCanceller:
             )
         pos = self._pos
         self.caller_energy = False
-        if self._far_end < pos + FRAME_SAMPLES_8K:
-            # Nothing was played up to here: the ring must read as silence, not as audio of 4 s ago.
-            start = max(self._far_end, pos - self.max_delay_samples - _EST_WINDOW - _FFT)
-            self._write(self._far, start, self._zeros[: pos + FRAME_SAMPLES_8K - start])
-            self._far_end = pos + FRAME_SAMPLES_8K
+        self._far_silent_to(pos + FRAME_SAMPLES_8K)
         d = self._d
         np.multiply(np.frombuffer(pcm16, dtype="<i2"), _SCALE, out=d)
         self._write(self._near, pos, d)
@@ -298,18 +294,10 @@ class EchoCanceller:
         line the first quiet frames under a playing bot bring the bounds down to the noise, and a
         caller who answers a prompt early is heard before any delay could be found; on a line with
         echo the bounds stay at or above the true coupling, so the echo stays gated."""
-        x = self._far
-        lo = (pos - self.max_delay_samples - FRAME_SAMPLES_8K) % _RING
-        hi = (pos + FRAME_SAMPLES_8K) % _RING
-        seg = x[lo:hi] if lo < hi else np.concatenate((x[lo:], x[:hi]))
-        m = self._coupling.size
-        far = np.mean(np.square(seg[: m * FRAME_SAMPLES_8K]).reshape(m, FRAME_SAMPLES_8K), axis=1)
+        far, floor = self._reference_power(pos)
         d = self._d
         near_pow = float(np.dot(d, d)) / FRAME_SAMPLES_8K
         self._track_noise(near_pow)
-        floor = far.copy()  # the smallest of each frame and its neighbours
-        np.minimum(floor[1:], far[:-1], out=floor[1:])
-        np.minimum(floor[:-1], far[1:], out=floor[:-1])
         bounded = floor > _ACTIVE_POW
         if bounded.any():
             bound = _BOUND_MARGIN * near_pow / np.maximum(floor, _ACTIVE_POW)
@@ -317,6 +305,48 @@ class EchoCanceller:
         echo = 2.0 * float(np.max(self._coupling * far))
         gain = 1.0 - echo / max(near_pow - self._noise, 1e-12)
         return self._apply_gain(d, min(1.0, max(0.0, gain)))
+
+    def silence(self, ms: float) -> None:
+        """The caller's side sent no audio for `ms` (a phone with silence suppression, or whose media
+        starts only when its user talks): the near clock moves on over it as digital silence, with
+        no frame out. Before the delay is known, each of these frames bounds the echo coupling the
+        way a quiet frame in `near` does, here to nothing at every delay where the bot played (the
+        phone sent nothing while that echo would have come back), and counts toward
+        `COLD_GATE_MS`. So a caller whose first words come over a loud bot is heard at once instead
+        of being gated as possible echo. (Per frame of silence: one reference read, ~10 µs.)"""
+        span = self.max_delay_samples + self.partitions * FRAME_SAMPLES_8K
+        for _ in range(int(ms) // FRAME_MS):
+            pos = self._pos
+            self._far_silent_to(pos + FRAME_SAMPLES_8K)
+            self._write(self._near, pos, self._zeros[:FRAME_SAMPLES_8K])
+            self._pos = pos + FRAME_SAMPLES_8K
+            if self._delay is None and self._far_last_active > pos - span:
+                _, floor = self._reference_power(pos)
+                self._coupling[floor > _ACTIVE_POW] = 0.0
+                self._cold_frames += 1
+        self._x_valid = False  # the filter's input spectra are kept frame by frame: rebuild them
+
+    def _far_silent_to(self, end: int) -> None:
+        """Nothing was played up to `end`: the far ring must read as silence there, not as audio of
+        4 s ago."""
+        if self._far_end < end:
+            start = max(self._far_end, end - FRAME_SAMPLES_8K - self.max_delay_samples - _EST_WINDOW - _FFT)
+            self._write(self._far, start, self._zeros[: end - start])
+            self._far_end = end
+
+    def _reference_power(self, pos: int) -> tuple[np.ndarray, np.ndarray]:
+        """The power of each reference frame that could echo into the near frame at `pos` (oldest
+        first, one per `_coupling` delay), and the smallest of each frame and its two neighbours."""
+        x = self._far
+        lo = (pos - self.max_delay_samples - FRAME_SAMPLES_8K) % _RING
+        hi = (pos + FRAME_SAMPLES_8K) % _RING
+        seg = x[lo:hi] if lo < hi else np.concatenate((x[lo:], x[:hi]))
+        m = self._coupling.size
+        far = np.mean(np.square(seg[: m * FRAME_SAMPLES_8K]).reshape(m, FRAME_SAMPLES_8K), axis=1)
+        floor = far.copy()
+        np.minimum(floor[1:], far[:-1], out=floor[1:])
+        np.minimum(floor[:-1], far[1:], out=floor[:-1])
+        return far, floor
 
     def _cancel(self, pos: int) -> bytes:
         assert self._delay is not None

@@ -271,6 +271,11 @@ class SpeechDetector:
         return (self._last_voiced_end - self._start) * 1000 // RATE_8K
 
     @property
+    def hearing(self) -> bool:
+        """The caller may be talking: speech, or a candidate onset not yet `min_speech_ms` long."""
+        return self._start is not None
+
+    @property
     def position_ms(self) -> int:
         """How much audio has been fed, in ms from the start of the stream."""
         return self._fed // 2 * 1000 // RATE_8K

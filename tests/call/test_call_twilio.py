@@ -121,6 +121,28 @@ async def test_one_turn_with_tone_fidelity_both_ways(bridge_url: str, standin: S
     await twilio.close()
 
 
+async def test_appends_carry_40_ms_while_the_caller_is_quiet_and_20_ms_once_they_talk(
+    bridge_url: str, standin: StandinRealtime
+) -> None:
+    """Half the upstream messages while the caller is quiet; once the bridge's detector hears them
+    (from its candidate onset), every frame goes at once, so the server's VAD (which can cut the bot
+    too) hears the caller no later than with an append per frame."""
+    twilio, session = await open_call(bridge_url, standin)
+    speech = speech_8k("hello-world")
+    await twilio.stream_audio(ulaw(np.concatenate([np.zeros(8000, dtype=np.int16), speech])))
+    await twilio.wait_for(lambda: len(session.appended) >= 48 * (1000 + len(speech) // 8) - 48 * 40)
+    ends = [n for _, n in session.append_times]
+    sizes_ms = [(b - a) // 48 for a, b in zip([0, *ends], ends, strict=False)]
+    quiet = [ms for end, ms in zip(ends, sizes_ms, strict=True) if end <= 48 * 900]
+    talking = [
+        ms for end, ms in zip(ends, sizes_ms, strict=True) if end > 48 * (1000 + onset_s(speech) * 1000 + 100)
+    ]
+    assert set(quiet) == {40}
+    assert talking.count(20) > 0.8 * len(talking)
+    await twilio.stop()
+    await twilio.close()
+
+
 async def test_upstream_socket_opens_at_stream_start(bridge_url: str, standin: StandinRealtime) -> None:
     twilio, session = await open_call(bridge_url, standin)
     # Connected and configured before the caller said anything.

@@ -24,12 +24,14 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         on_dtmf: Callable[[str], None],
         on_marks: Callable[[list[str]], None],
         clock: Callable[[], float],
+        on_silence: Callable[[int], None] | None = None,
     ) -> None:
         self.receiver = receiver
         self.sender = sender
         self.on_audio = on_audio
         self.on_dtmf = on_dtmf
         self.on_marks = on_marks
+        self.on_silence = on_silence  # ms the caller's stream skipped (silence suppression)
         self.clock = clock
         self.transport: asyncio.DatagramTransport | None = None
         self.remote: tuple[str, int] | None = receiver.remote
@@ -39,7 +41,12 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        frames, digit = self.receiver.feed(data, addr, self.clock() * 1000.0)
+        receiver = self.receiver
+        frames, digit = receiver.feed(data, addr, self.clock() * 1000.0)
+        if frames and receiver.silence_ms:
+            if self.on_silence is not None:
+                self.on_silence(receiver.silence_ms)
+            receiver.silence_ms = 0
         for frame in frames:
             self.on_audio(frame)
         if digit is not None:

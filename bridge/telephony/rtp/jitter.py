@@ -21,6 +21,8 @@ from bridge.telephony.rtp.packet import (
     parse_packet,
 )
 
+_MAX_SILENCE_SAMPLES = 3600 * RATE_8K  # a timestamp jump beyond an hour is a restart, not silence
+
 
 class Concealer:
     """Packet-loss concealment for G.711: repeat the last good frame, fading by half per lost frame,
@@ -157,6 +159,12 @@ class RtpReceiver:
         self._latched = False
         self._transit: int | None = None
         self._jitter_ts = 0.0
+        # Silence suppression (RFC 3551 talkspurts): the next packet in sequence whose timestamp
+        # jumps past the previous packet's audio. `silence_ms` adds up what was skipped, for the
+        # leg to take (the endpoint resets it).
+        self.silence_ms = 0
+        self._last_seq = -1
+        self._last_ts_end = 0  # RTP timestamp one past the last in-sequence packet's audio
 
     def feed(self, data: bytes, addr: tuple[str, int], arrival_ms: float) -> tuple[list[bytes], str | None]:
         # Per-call sockets keep calls apart; the source check keeps strangers out. Any port of the
@@ -180,6 +188,14 @@ class RtpReceiver:
                 self.stats.bad += 1
                 return [], None
             self._update_jitter(packet.timestamp, arrival_ms)
+            seq, ts = packet.sequence, packet.timestamp
+            ahead = 1 if self._last_seq < 0 else _seq_diff(seq, self._last_seq)
+            if ahead == 1 and self._last_seq >= 0:
+                skipped = (ts - self._last_ts_end) & 0xFFFFFFFF
+                if 0 < skipped <= _MAX_SILENCE_SAMPLES:
+                    self.silence_ms += skipped * 1000 // RATE_8K
+            if ahead > 0:  # the newest packet so far (a late one says nothing about silence)
+                self._last_seq, self._last_ts_end = seq, ts + len(packet.payload)
             return self.jitter.push(packet), None
         if pt == self.dtmf_pt:
             digit = self.dtmf.push(packet)

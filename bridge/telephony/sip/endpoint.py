@@ -445,6 +445,8 @@ def holder_set(endpoint: RtpEndpoint, leg: SipLeg) -> None:
     endpoint.on_audio = leg.push_audio
     endpoint.on_dtmf = leg.push_dtmf
     endpoint.on_marks = leg.push_marks
+    endpoint.on_silence = leg.push_silence
+    endpoint.receiver.silence_ms = 0  # skipped before the answer: the leg's stream starts now
 
 
 def _drop(_: object) -> None:
