@@ -195,20 +195,28 @@ class EngineServices:
         """Load every model now (start-up), returning the load times in ms by model."""
         from bridge.speech.models import get_shared_models
 
+        from bridge.speech.asr import RecognizerError
+        from bridge.speech.asr_pool import get_asr_pool
+
         start = time.perf_counter()
         pooled_asr = self.recognizer_factory is _pocketsphinx_recognizer  # decoders live in the ASR pool
+        failed: RecognizerError | None = None
+        if pooled_asr:
+            try:  # the speech workers (processes) load their models while this one loads its own
+                get_asr_pool().start(wait=False)
+            except RecognizerError as exc:
+                failed = exc
         get_shared_models().preload(asr=not pooled_asr)
         self.synthesizer(RATE_24K)
         self.synthesizer(RATE_8K)
         report = dict(get_shared_models().load_report())
-        if pooled_asr:
-            from bridge.speech.asr import RecognizerError
-            from bridge.speech.asr_pool import get_asr_pool
-
-            try:  # start the speech workers now, so the first call does not wait for them
+        if pooled_asr and failed is None:
+            try:  # ready before the first call, so that it does not wait for them
                 report.update({f"asr_worker_{k}": v for k, v in get_asr_pool().start().items()})
             except RecognizerError as exc:
-                log.error("speech workers not started (sessions will retry): %s", exc)
+                failed = exc
+        if failed is not None:
+            log.error("speech workers not started (sessions will retry): %s", failed)
         report["total"] = (time.perf_counter() - start) * 1000.0
         return report
 
