@@ -193,10 +193,9 @@ class EngineServices:
 
     def preload(self) -> dict[str, float]:
         """Load every model now (start-up), returning the load times in ms by model."""
-        from bridge.speech.models import get_shared_models
-
         from bridge.speech.asr import RecognizerError
         from bridge.speech.asr_pool import get_asr_pool
+        from bridge.speech.models import get_shared_models
 
         start = time.perf_counter()
         pooled_asr = self.recognizer_factory is _pocketsphinx_recognizer  # decoders live in the ASR pool

@@ -62,7 +62,9 @@ _ACTIVE_POW = (10 ** (-55 / 20)) ** 2  # reference frame power below -55 dBFS co
 _MIN_ERL_DB = -6.0  # the weakest echo return loss assumed before the delay is known
 # Bot audio played without any echo delay being found: past this much, the line is taken to have no
 # echo and the caller's audio passes untouched (estimation goes on: an echo that appears later is
-# found and cancelled). Without it, a caller on a clean line could not barge in over a loud bot.
+# found and cancelled). Without it, a caller on a clean but noisy line could be gated for as long as
+# the bot talks. Not while the estimator holds a candidate delay waiting for its confirmation: that
+# is an echo about to be found (bench/bargein_call: the echo-only false stops at 1.6-1.8 s).
 COLD_GATE_MS = 1500
 # A frame's echo varies with its spectrum around the path's average coupling (a speaker's band-pass
 # takes more of a low vowel than of a fricative): the bounds learnt from quiet frames are raised by
@@ -277,7 +279,7 @@ class EchoCanceller:
             return pcm16
         if self._delay is None:
             self._cold_frames += 1
-            if self._cold_frames * FRAME_MS > COLD_GATE_MS:
+            if self._cold_frames * FRAME_MS > COLD_GATE_MS and self._candidate is None:
                 self._gain = 1.0  # no echo found in that much bot audio: a clean line
                 return pcm16
             return self._gate_unaligned(pcm16, pos)
@@ -304,7 +306,10 @@ class EchoCanceller:
             np.minimum(self._coupling, bound, out=self._coupling, where=bounded)
         echo = 2.0 * float(np.max(self._coupling * far))
         gain = 1.0 - echo / max(near_pow - self._noise, 1e-12)
-        return self._apply_gain(d, min(1.0, max(0.0, gain)))
+        gain = min(1.0, max(0.0, gain))
+        # Closing is immediate: a ramp down from the open gain of the frame before (the bot was
+        # silent, the caller's audio passed as is) lets the start of the echo through.
+        return self._apply_gain(d, gain, ramp=gain > self._gain)
 
     def silence(self, ms: float) -> None:
         """The caller's side sent no audio for `ms` (a phone with silence suppression, or whose media

@@ -165,7 +165,9 @@ async def test_barge_in_during_reply_truncates_at_what_was_heard(
 ) -> None:
     twilio, session = await open_call(bridge_url, standin)
     reply = asyncio.create_task(session.reply_audio(pcm(tone(440, 4.0, 24000)), realtime=1.5))
+    line = asyncio.create_task(twilio.send_silence(8.0))  # the caller's line, as Twilio streams it
     await twilio.wait_for(lambda: item_frames_played(twilio, time.monotonic()) >= 50, timeout=5)
+    line.cancel()
     onset = await barge_in_with_speech(twilio)
     await twilio.wait_for(lambda: bool(twilio.clears), timeout=3)
     await reply

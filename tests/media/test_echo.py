@@ -227,3 +227,29 @@ def test_a_caller_whose_phone_sent_nothing_is_heard_at_once(
         assert passed > 0.95 * given
     else:
         assert passed < 0.5 * given
+
+
+def test_the_echo_of_a_bot_that_resumes_after_a_pause_is_gated_from_its_first_frame(bot: np.ndarray) -> None:
+    """The bot speaks 0.3 s, pauses 0.8 s (the canceller passes the caller's audio as is: nothing
+    could echo), then speaks again, before the echo delay is found (10 ms on the canceller's clock,
+    ERL 10 dB). The gate closes on the first frame of the returning echo instead of ramping down
+    across it from the open frame before: the ramp let ~-20 dB of it through (a false barge-in at
+    1.8 s in bench/bargein_call)."""
+    x = np.concatenate([bot[:2400], np.zeros(6400), bot[14400:22400]])
+    echo = to_pcm(echo_path(x, 10, 10))
+    far = to_pcm(x)
+    ec = EchoCanceller()
+    step = FRAME_BYTES_PCM8K
+    start = (2400 + 6400) * 2
+    resumed = range(start, start + 8 * step, step)  # the first 160 ms after the pause
+    given = passed = 0.0
+    for i in range(0, len(echo) - step + 1, step):
+        if any(far[i : i + step]):
+            ec.far(far[i : i + step], at_ms=ec.position_ms)
+        cleaned = ec.near(echo[i : i + step])
+        if i in resumed:
+            assert not ec.aligned, "the delay was found before the bot resumed (else no proof)"
+            given += float(np.sum(np.frombuffer(echo[i : i + step], dtype="<i2").astype(np.float64) ** 2))
+            passed += float(np.sum(np.frombuffer(cleaned, dtype="<i2").astype(np.float64) ** 2))
+    assert given > 0
+    assert 10 * np.log10(max(passed, 1.0) / given) < -40
