@@ -329,8 +329,8 @@ class AgentLink:
     async def send_caller_audio(self, pcm8k: bytes, payload: bytes | None, urgent: bool = False) -> None:
         """One caller frame: PCM16 8 kHz, and the leg's payload it came from (None: it was changed,
         by the echo canceller, so G.711 upstream encodes `pcm8k`). Sent in appends of `APPEND_MS`,
-        or at once when `urgent` (the caller may be talking: the server's VAD, which can cut the
-        bot too, must not wait 20 ms for the next frame; bench/sip_e2e's barge-in: +20 ms)."""
+        or at once when `urgent` (the caller may be talking, or just stopped: the server's VAD, which
+        can cut the bot and ends the turn, must not wait 20 ms for the next frame)."""
         fmt = self.config.upstream_format
         batch = self._batch
         if fmt == "pcm24k":

@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 15.0
+# Caller audio goes upstream frame by frame from the detector's (candidate) onset until this long after
+# it last heard the caller: covers the server VAD's end-of-turn silence (500 ms by default).
+URGENT_AFTER_SPEECH_MS = 1000.0
 
 
 @dataclass(slots=True)
@@ -236,6 +239,7 @@ class Call:
         self._control: asyncio.Queue[ControlMessage] = asyncio.Queue()
         self._front: CallerFront | None = None  # echo canceller + barge-in detector, from the start
         self._inbound_next_ms = 0  # where the next caller frame would start in the leg's stream
+        self._caller_heard_at = -1e12  # when the detector last heard the caller (possibly) talking
         self._clean_upstream = settings.echo_to_upstream  # the model gets the echo-cancelled audio
         self._unplayed: dict[str, Frame] = {}  # frames sent whose marks have not come back (by mark)
         self._held: list[tuple[bytes, bytes | None]] = []  # caller audio held from the model while paused
@@ -417,7 +421,13 @@ class Call:
             if barge.paused:
                 self._held.append(up)
             else:
-                await agent.send_caller_audio(*up, urgent=front is not None and front.detector.hearing)
+                # Frame by frame while the caller may be talking and for a while after: the server's
+                # VAD decides barge-ins and the end of the turn on these frames (two per append
+                # otherwise: bench/sip_e2e, +20 ms on both).
+                if front is not None and front.detector.hearing:
+                    self._caller_heard_at = self._now_ms()
+                urgent = self._now_ms() - self._caller_heard_at < URGENT_AFTER_SPEECH_MS
+                await agent.send_caller_audio(*up, urgent=urgent)
 
     async def _on_speech_onset(self) -> None:
         now = self._now_ms()
