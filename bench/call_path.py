@@ -106,6 +106,18 @@ def item_ms(twilio: TwilioEmulator, before: float) -> int:
     return 20 * sum(1 for p in twilio.played if p.at < before and p.payload != SILENCE)
 
 
+def _append_delays(session: StandinSession, base: int, sent: list[float]) -> list[float]:
+    """Each caller frame's send time -> the arrival of the first append whose running byte total
+    covers it (the bridge batches caller audio into appends of up to APPEND_MS)."""
+    per_frame = (len(session.appended) - base) / len(sent)
+    delays = []
+    for k, s in enumerate(sent):
+        covered = base + (k + 1) * per_frame
+        arrival = next(t for t, total in session.append_times if total >= covered - 1e-6)
+        delays.append(arrival - s)
+    return delays
+
+
 async def _turn(
     bridge: BridgeProcess, standin: StandinRealtime, n: int, reply: bytes, out: dict[str, list[float]]
 ) -> None:
@@ -121,11 +133,7 @@ async def _turn(
         await twilio.send_media(frame)
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.2)
-    per_frame = (len(session.appended) - base) / 50
-    for k, s in enumerate(sent):
-        covered = base + (k + 1) * per_frame
-        arrival = next(t for t, total in session.append_times if total >= covered)
-        out["up"].append(arrival - s)
+    out["up"] += _append_delays(session, base, sent)
     # Downstream latency, then barge-in and truncate accuracy (odd turns: the model pauses 1 s).
     paused = n % 2 == 1
     media_before = len(twilio.messages("media"))
@@ -146,6 +154,19 @@ async def _turn(
     out["barge"].append(clear_at - (start + onset_s(speech)))
     err = abs(session.truncates[0]["audio_end_ms"] - item_ms(twilio, clear_at))
     out["paused_err" if paused else "trunc_err"].append(err)
+    await asyncio.sleep(1.0)
+    # The same while the caller talks (real speech): the bridge then sends every frame at once
+    # (its detector hears a possible onset), from ~100 ms after the onset on.
+    talk = ulaw(speech_8k(PROMPTS[n % len(PROMPTS)]))
+    first = int(onset_s(speech_8k(PROMPTS[n % len(PROMPTS)])) * 50) + 5
+    base = len(session.appended)
+    sent = []
+    for i in range(0, len(talk) - 159, 160):
+        sent.append(time.monotonic())
+        await twilio.send_media(talk[i : i + 160])
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    out["up_talk"] += _append_delays(session, base, sent)[first:]
     await twilio.stop()
     await twilio.close()
 
@@ -155,7 +176,8 @@ async def latency_run(fmt: str, turns: int = 10) -> dict[str, float]:
     await standin.start()
     bridge = BridgeProcess(standin.url, fmt)
     await bridge.wait_ready()
-    out: dict[str, list[float]] = {k: [] for k in ("up", "down", "barge", "trunc_err", "paused_err")}
+    kinds = ("up", "up_talk", "down", "barge", "trunc_err", "paused_err")
+    out: dict[str, list[float]] = {k: [] for k in kinds}
     reply = pcm(tone(440, 3.0, 24000)) if fmt == "pcm24k" else ulaw(tone(440, 3.0, 8000))
     try:
         for n in range(turns):
@@ -166,6 +188,8 @@ async def latency_run(fmt: str, turns: int = 10) -> dict[str, float]:
     return {
         "up_p50_ms": pct(out["up"], 50) * 1000,
         "up_p99_ms": pct(out["up"], 99) * 1000,
+        "up_talk_p50_ms": pct(out["up_talk"], 50) * 1000,
+        "up_talk_p99_ms": pct(out["up_talk"], 99) * 1000,
         "down_p50_ms": pct(out["down"], 50) * 1000,
         "down_p99_ms": pct(out["down"], 99) * 1000,
         "barge_p50_ms": pct(out["barge"], 50) * 1000,
@@ -232,14 +256,15 @@ def main() -> None:
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, load average "
         f"{os.getloadavg()[0]:.2f}. Command: `.venv/bin/python -m bench call_path`.",
         "",
-        "| upstream format | caller frame -> append p50 / p99 (ms) "
+        "| upstream format | caller frame -> append p50 / p99 (ms): quiet (tone) / talking "
         "| first model audio -> Twilio media p50 / p99 (ms) | speech onset -> clear p50 / max (ms) "
         "| truncate error max (ms) | paused-model truncate error max (ms) |",
         "|---|---|---|---|---|---|",
     ]
     for fmt, lat, _ in rows:
         lines.append(
-            f"| {fmt} | {lat['up_p50_ms']:.2f} / {lat['up_p99_ms']:.2f} | {lat['down_p50_ms']:.2f} / "
+            f"| {fmt} | {lat['up_p50_ms']:.2f} / {lat['up_p99_ms']:.2f}; {lat['up_talk_p50_ms']:.2f} / "
+            f"{lat['up_talk_p99_ms']:.2f} | {lat['down_p50_ms']:.2f} / "
             f"{lat['down_p99_ms']:.2f} | {lat['barge_p50_ms']:.0f} / {lat['barge_max_ms']:.0f} | "
             f"{lat['trunc_err_max_ms']:.0f} | {lat['paused_trunc_err_max_ms']:.0f} |"
         )
@@ -258,7 +283,11 @@ def main() -> None:
         "Barge-in runs use the local Silero VAD with the default settings (threshold 0.5, "
         f"min_speech_ms 64) on real prompts ({', '.join(PROMPTS)}, asterisk-core-sounds-en); "
         "onset is the first 10 ms window above -35 dBFS. Truncate error compares audio_end_ms "
-        "with the frames the Twilio emulator had started playing when the clear arrived.",
+        "with the frames the Twilio emulator had started playing when the clear arrived. "
+        "Caller frame -> append: quiet = a 1 kHz tone (no speech to the detector), sent two frames "
+        "per append (APPEND_MS 40: half the messages), so every other frame waits up to 20 ms; "
+        "talking = the same prompts from 100 ms after their onset, sent frame by frame (the "
+        "server's VAD decides barge-ins and the end of the turn on them).",
         "",
     ]
     RESULTS.write_text("\n".join(lines))
