@@ -20,6 +20,7 @@ server's `speech_started` (via the agent link), DTMF or StopPrompts it returns a
 from __future__ import annotations
 
 import asyncio
+import audioop
 import contextlib
 import logging
 import time
@@ -50,7 +51,7 @@ from bridge.logsafe import OperatorValue
 from bridge.media import g711
 from bridge.media.echo import EchoCanceller
 from bridge.media.playout import Frame, Playout
-from bridge.media.vad import EarlyOnset, SpeechDetector, SpeechStart, SpeechStop
+from bridge.media.vad import GATE_DBFS, EarlyOnset, SpeechDetector, SpeechStart, SpeechStop
 from bridge.settings import Settings
 from bridge.telephony.leg import AudioIn, CallEnded, CallStarted, Dtmf, Leg, MarkPlayed
 
@@ -64,6 +65,7 @@ DRAIN_TIMEOUT_S = 15.0
 # Caller audio goes upstream frame by frame from the detector's (candidate) onset until this long after
 # it last heard the caller: covers the server VAD's end-of-turn silence (500 ms by default).
 URGENT_AFTER_SPEECH_MS = 1000.0
+_AUDIBLE_RMS = 32768.0 * 10.0 ** (GATE_DBFS / 20.0)  # the detector's own floor (bridge/media/vad.py)
 
 
 @dataclass(slots=True)
@@ -238,7 +240,6 @@ class Call:
         self._drained = asyncio.Event()
         self._control: asyncio.Queue[ControlMessage] = asyncio.Queue()
         self._front: CallerFront | None = None  # echo canceller + barge-in detector, from the start
-        self._inbound_next_ms = 0  # where the next caller frame would start in the leg's stream
         self._caller_heard_at = -1e12  # when the detector last heard the caller (possibly) talking
         self._clean_upstream = settings.echo_to_upstream  # the model gets the echo-cancelled audio
         self._unplayed: dict[str, Frame] = {}  # frames sent whose marks have not come back (by mark)
@@ -356,12 +357,6 @@ class Call:
         async for event in self.leg.events():
             if isinstance(event, AudioIn):
                 pcm8k = g711.decode(event.payload, self.encoding)  # once per frame, for all below
-                front = self._front
-                if front is not None and front.dtx:  # the stream skipped ahead: the caller sent nothing
-                    gap = event.timestamp_ms - self._inbound_next_ms
-                    self._inbound_next_ms = event.timestamp_ms + len(pcm8k) // g711.PCM8K_BYTES_PER_MS
-                    if gap >= 2 * g711.FRAME_MS:
-                        front.caller_silent(gap, self._now_ms())
                 if self.observer is not None:  # the recording's caller channel, on the stream's own clock
                     self.observer.caller_audio(pcm8k, event.timestamp_ms, self._now_ms())
                 await self._on_caller_audio(event.payload, pcm8k)
@@ -423,8 +418,10 @@ class Call:
             else:
                 # Frame by frame while the caller may be talking and for a while after: the server's
                 # VAD decides barge-ins and the end of the turn on these frames (two per append
-                # otherwise: bench/sip_e2e, +20 ms on both).
-                if front is not None and front.detector.hearing:
+                # otherwise: bench/sip_e2e, +20-30 ms on both). "May be talking": the detector hears
+                # a (candidate) onset, or the frame holds anything it would score at all (its
+                # candidate onset comes up to a window later).
+                if front is not None and (front.detector.hearing or audioop.rms(heard, 2) > _AUDIBLE_RMS):
                     self._caller_heard_at = self._now_ms()
                 urgent = self._now_ms() - self._caller_heard_at < URGENT_AFTER_SPEECH_MS
                 await agent.send_caller_audio(*up, urgent=urgent)
@@ -674,11 +671,7 @@ class Call:
         )
         # The canceller's state is made when the bot first plays (a call that is never answered, or
         # only listens, does not hold its ~0.8 MB).
-        # A SIP caller's RTP may stop while they are silent (or start only when they talk): gaps in
-        # its stream are silence the canceller learns from (CallerFront.caller_silent).
-        self._front = CallerFront(
-            detector, echo_factory=EchoCanceller if settings.echo_cancel else None, dtx=self.leg.kind == "sip"
-        )
+        self._front = CallerFront(detector, echo_factory=EchoCanceller if settings.echo_cancel else None)
         return self.runner.start(now)
 
     async def _execute(self, action: dp.Action) -> None:

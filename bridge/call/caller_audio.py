@@ -37,7 +37,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bridge.media.echo import EchoCanceller, EchoCancellerError
-from bridge.media.g711 import FRAME_MS
 from bridge.media.vad import EarlyOnset, EnergyOnset, SpeechDetector, SpeechStart, SpeechStop
 
 _AHEAD_LIMIT_MS = 2000.0  # far audio further ahead of the caller audio than this is dropped
@@ -59,12 +58,8 @@ class CallerFront:
         early_onsets: bool = False,
         gate_upstream_unaligned: bool = True,
         echo_factory: Callable[[], EchoCanceller] | None = None,
-        dtx: bool = False,
     ) -> None:
         self.detector = detector
-        # The leg sends nothing while the caller is silent (SIP/RTP: silence suppression, or media
-        # that starts only when the caller talks): see `caller_silent`.
-        self.dtx = dtx
         self.echo = echo
         self._echo_factory = echo_factory  # makes `echo` at the first frame played (when it is None)
         self.onsets = EnergyOnset() if early_onsets else None
@@ -81,12 +76,8 @@ class CallerFront:
 
     def played(self, pcm8k: bytes, start_ms: float) -> None:
         """A frame the bridge plays, starting at `start_ms` on the call's clock (the pacer's schedule)."""
-        if not self.use_echo:
+        if not self.use_echo or self._near_wall_ms is None:
             return
-        if self._near_wall_ms is None:
-            if not self.dtx:
-                return  # no caller clock to place the frame on yet
-            self._near_wall_ms = start_ms  # the caller's clock starts here: silent until its first frame
         echo = self.echo
         if echo is None:
             if self._echo_factory is None:
@@ -106,19 +97,6 @@ class CallerFront:
             echo.far(pcm8k, at_ms=at_ms)
         except EchoCancellerError:  # too far ahead of the caller audio (none is arriving)
             self._next_start_ms = None
-
-    def caller_silent(self, ms: float, now_ms: float) -> None:
-        """The leg (`dtx`) sent no caller audio for `ms` before the frame about to be heard at
-        `now_ms`: what the bot played meanwhile met a silent line. The canceller's clock moves on
-        over it as silence (no more than the time since the last caller frame, and at most
-        `_AHEAD_LIMIT_MS`), which teaches it what quiet frames do: a caller whose first words come
-        over a loud bot is heard at once, not gated as the bot's possible echo."""
-        echo = self.echo
-        if echo is None or not self.use_echo or self._near_wall_ms is None:
-            return
-        ms = min(ms, now_ms - FRAME_MS - self._near_wall_ms, _AHEAD_LIMIT_MS)
-        if ms >= FRAME_MS:
-            echo.silence(ms)
 
     def hear(self, pcm8k: bytes, now_ms: float) -> tuple[bytes, list[SpeechStart | SpeechStop | EarlyOnset]]:
         """One 20 ms caller frame -> (the frame with the bot's echo removed, for the model and the

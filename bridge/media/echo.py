@@ -311,26 +311,6 @@ class EchoCanceller:
         # silent, the caller's audio passed as is) lets the start of the echo through.
         return self._apply_gain(d, gain, ramp=gain > self._gain)
 
-    def silence(self, ms: float) -> None:
-        """The caller's side sent no audio for `ms` (a phone with silence suppression, or whose media
-        starts only when its user talks): the near clock moves on over it as digital silence, with
-        no frame out. Before the delay is known, each of these frames bounds the echo coupling the
-        way a quiet frame in `near` does, here to nothing at every delay where the bot played (the
-        phone sent nothing while that echo would have come back), and counts toward
-        `COLD_GATE_MS`. So a caller whose first words come over a loud bot is heard at once instead
-        of being gated as possible echo. (Per frame of silence: one reference read, ~10 µs.)"""
-        span = self.max_delay_samples + self.partitions * FRAME_SAMPLES_8K
-        for _ in range(int(ms) // FRAME_MS):
-            pos = self._pos
-            self._far_silent_to(pos + FRAME_SAMPLES_8K)
-            self._write(self._near, pos, self._zeros[:FRAME_SAMPLES_8K])
-            self._pos = pos + FRAME_SAMPLES_8K
-            if self._delay is None and self._far_last_active > pos - span:
-                _, floor = self._reference_power(pos)
-                self._coupling[floor > _ACTIVE_POW] = 0.0
-                self._cold_frames += 1
-        self._x_valid = False  # the filter's input spectra are kept frame by frame: rebuild them
-
     def _far_silent_to(self, end: int) -> None:
         """Nothing was played up to `end`: the far ring must read as silence there, not as audio of
         4 s ago."""

@@ -14,7 +14,7 @@ import pytest
 from bridge.errors import ProtocolError
 from bridge.media.g711 import FRAME_BYTES_G711
 from bridge.telephony.rtp.endpoint import RtpEndpoint, open_rtp
-from bridge.telephony.rtp.jitter import RtpReceiver
+from bridge.telephony.rtp.jitter import FILL_AFTER_MS, RtpReceiver
 from bridge.telephony.rtp.packet import (
     RtpError,
     RtpStats,
@@ -110,32 +110,24 @@ def test_wraparound_duplicates_and_jumps() -> None:
     assert rx.stats.lost == 0
 
 
-def test_silence_suppression_is_counted_from_timestamps_not_from_losses() -> None:
-    """RFC 3551 talkspurts: the next packet in sequence whose timestamp skips ahead means the sender
-    sent nothing for the difference (`silence_ms`); a lost packet (a sequence gap) and a late one do
-    not; a restart (a jump of hours) is not silence either."""
-    frames = tone_frames(4)
+def test_a_caller_who_sends_nothing_is_heard_as_silence_in_real_time() -> None:
+    """Silence suppression: no RTP while the caller is quiet. From `listen` (the answer) on, once
+    FILL_AFTER_MS pass without a frame, `silence_due` hands out silence frames covering the time
+    since the last frame, then one per 20 ms; any frame that arrives starts the count again."""
+    frames = tone_frames(2)
     rx = RtpReceiver("pcmu", 0, None, ("127.0.0.1", 4000))
-    src = ("127.0.0.1", 4000)
-
-    def send(seq: int, ts: int) -> None:
-        rx.feed(build_packet(0, seq & 0xFFFF, ts & 0xFFFFFFFF, 7, frames[seq % 4]), src, 0.0)
-
-    send(0, 0)
-    send(1, 160)
-    assert rx.silence_ms == 0
-    send(2, 160 * 2 + 8000 * 3 // 2)  # 1.5 s without packets, then the next talkspurt
-    assert rx.silence_ms == 1500
-    rx.silence_ms = 0
-    send(4, 160 * 4 + 8000 * 3 // 2)  # packet 3 lost: its audio is concealed, not silence
-    send(3, 160 * 3 + 8000 * 3 // 2)  # ... and arrives late
-    assert rx.silence_ms == 0
-    send(5, 160 * 5 + 8000 * 3 // 2 + 4000)  # 0.5 s more, counted from the newest packet
-    assert rx.silence_ms == 500
-    rx.silence_ms = 0
-    send(6, 0x7FFF0000)  # a restart of the timestamp clock
-    send(7, 0x7FFF0000 + 160)
-    assert rx.silence_ms == 0
+    assert rx.silence_due(1000.0) == 0  # not listening yet (before the answer)
+    rx.listen(1000.0)
+    assert rx.silence_due(1000.0 + FILL_AFTER_MS - 1) == 0  # a late packet is not silence
+    assert rx.silence_due(1000.0 + FILL_AFTER_MS) == FILL_AFTER_MS // 20
+    assert rx.silence_due(1000.0 + FILL_AFTER_MS + 10) == 0
+    assert rx.silence_due(1000.0 + FILL_AFTER_MS + 20) == 1
+    assert rx.silence_frame == b"\xff" * 160
+    got, _ = rx.feed(build_packet(0, 1, 160, 7, frames[0]), ("127.0.0.1", 4000), 1200.0)
+    assert got == [frames[0]]
+    assert rx.silence_due(1260.0) == 0
+    assert rx.silence_due(1200.0 + FILL_AFTER_MS + 40) == (FILL_AFTER_MS + 40) // 20
+    assert rx.stats.silence_filled == FILL_AFTER_MS // 20 + 1 + (FILL_AFTER_MS + 40) // 20
 
 
 def test_wrong_source_payload_type_and_garbage_are_dropped() -> None:

@@ -24,14 +24,12 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         on_dtmf: Callable[[str], None],
         on_marks: Callable[[list[str]], None],
         clock: Callable[[], float],
-        on_silence: Callable[[int], None] | None = None,
     ) -> None:
         self.receiver = receiver
         self.sender = sender
         self.on_audio = on_audio
         self.on_dtmf = on_dtmf
         self.on_marks = on_marks
-        self.on_silence = on_silence  # ms the caller's stream skipped (silence suppression)
         self.clock = clock
         self.transport: asyncio.DatagramTransport | None = None
         self.remote: tuple[str, int] | None = receiver.remote
@@ -41,12 +39,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        receiver = self.receiver
-        frames, digit = receiver.feed(data, addr, self.clock() * 1000.0)
-        if frames and receiver.silence_ms:
-            if self.on_silence is not None:
-                self.on_silence(receiver.silence_ms)
-            receiver.silence_ms = 0
+        frames, digit = self.receiver.feed(data, addr, self.clock() * 1000.0)
         for frame in frames:
             self.on_audio(frame)
         if digit is not None:
@@ -63,6 +56,10 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         transport = self.transport
         if transport is not None and self.sending and self.remote is not None:
             transport.sendto(packet, self.remote)
+        receiver = self.receiver
+        fill = receiver.silence_due(self.clock() * 1000.0)  # the caller sends nothing: silence
+        for _ in range(fill):
+            self.on_audio(receiver.silence_frame)
         return marks
 
     def deliver_marks(self, marks: list[str]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import audioop
 import ipaddress
 
-from bridge.media.g711 import FRAME_BYTES_G711, RATE_8K, SILENCE_BYTE, Encoding, decode, encode
+from bridge.media.g711 import FRAME_BYTES_G711, FRAME_MS, RATE_8K, SILENCE_BYTE, Encoding, decode, encode
 from bridge.telephony.rtp.packet import (
     DtmfReceiver,
     RtpError,
@@ -21,7 +21,9 @@ from bridge.telephony.rtp.packet import (
     parse_packet,
 )
 
-_MAX_SILENCE_SAMPLES = 3600 * RATE_8K  # a timestamp jump beyond an hour is a restart, not silence
+# No caller frame for this long: the caller's phone sends nothing (silence suppression), not a late
+# packet; `RtpReceiver.silence_due` fills the stream with silence from then on.
+FILL_AFTER_MS = 100.0
 
 
 class Concealer:
@@ -159,12 +161,9 @@ class RtpReceiver:
         self._latched = False
         self._transit: int | None = None
         self._jitter_ts = 0.0
-        # Silence suppression (RFC 3551 talkspurts): the next packet in sequence whose timestamp
-        # jumps past the previous packet's audio. `silence_ms` adds up what was skipped, for the
-        # leg to take (the endpoint resets it).
-        self.silence_ms = 0
-        self._last_seq = -1
-        self._last_ts_end = 0  # RTP timestamp one past the last in-sequence packet's audio
+        self.silence_frame = bytes([SILENCE_BYTE[codec]]) * FRAME_BYTES_G711
+        self._heard_ms: float | None = None  # when the last frame was handed out (None: not listening)
+        self._filled = 0  # silence frames handed out since then
 
     def feed(self, data: bytes, addr: tuple[str, int], arrival_ms: float) -> tuple[list[bytes], str | None]:
         # Per-call sockets keep calls apart; the source check keeps strangers out. Any port of the
@@ -188,15 +187,11 @@ class RtpReceiver:
                 self.stats.bad += 1
                 return [], None
             self._update_jitter(packet.timestamp, arrival_ms)
-            seq, ts = packet.sequence, packet.timestamp
-            ahead = 1 if self._last_seq < 0 else _seq_diff(seq, self._last_seq)
-            if ahead == 1 and self._last_seq >= 0:
-                skipped = (ts - self._last_ts_end) & 0xFFFFFFFF
-                if 0 < skipped <= _MAX_SILENCE_SAMPLES:
-                    self.silence_ms += skipped * 1000 // RATE_8K
-            if ahead > 0:  # the newest packet so far (a late one says nothing about silence)
-                self._last_seq, self._last_ts_end = seq, ts + len(packet.payload)
-            return self.jitter.push(packet), None
+            frames = self.jitter.push(packet)
+            if frames and self._heard_ms is not None:
+                self._heard_ms = arrival_ms
+                self._filled = 0
+            return frames, None
         if pt == self.dtmf_pt:
             digit = self.dtmf.push(packet)
             if digit is not None:
@@ -206,6 +201,29 @@ class RtpReceiver:
             return [], None
         self.stats.wrong_payload_type += 1
         return [], None
+
+    def listen(self, now_ms: float) -> None:
+        """Start `silence_due` (the call is answered: its caller's stream starts now)."""
+        self._heard_ms = now_ms
+        self._filled = 0
+
+    def silence_due(self, now_ms: float) -> int:
+        """Silence frames to hand out now in place of audio the caller did not send. A phone with
+        silence suppression sends no RTP while its user is quiet (RFC 3551; comfort noise, if any,
+        is a packet now and then), and some start their media only when the user talks; the call
+        needs the caller's silence as it happens, as on Twilio (the detector and the model's VAD
+        end an utterance on it, the echo canceller learns the line from it). None until
+        `FILL_AFTER_MS` without a frame (network jitter is not silence), then as many 20 ms frames
+        as cover the time since the last frame."""
+        heard = self._heard_ms
+        if heard is None or now_ms - heard < FILL_AFTER_MS:
+            return 0
+        due = int((now_ms - heard) // FRAME_MS) - self._filled
+        if due <= 0:
+            return 0
+        self._filled += due
+        self.stats.silence_filled += due
+        return due
 
     def _update_jitter(self, timestamp: int, arrival_ms: float) -> None:
         transit = int(arrival_ms * 8) - timestamp  # both in 8 kHz ticks

@@ -79,6 +79,7 @@ class RtpStats:
     dtmf: int = 0
     sent: int = 0
     jitter_ms: float = 0.0  # RFC 3550 interarrival jitter estimate
+    silence_filled: int = 0  # frames of silence handed out while the caller sent none
 
     def as_dict(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in self.__slots__}

@@ -445,8 +445,7 @@ def holder_set(endpoint: RtpEndpoint, leg: SipLeg) -> None:
     endpoint.on_audio = leg.push_audio
     endpoint.on_dtmf = leg.push_dtmf
     endpoint.on_marks = leg.push_marks
-    endpoint.on_silence = leg.push_silence
-    endpoint.receiver.silence_ms = 0  # skipped before the answer: the leg's stream starts now
+    endpoint.receiver.listen(endpoint.clock() * 1000.0)  # silence filled in from now (silence_due)
 
 
 def _drop(_: object) -> None:

@@ -8,11 +8,10 @@ pacing in `bridge.telephony.rtp`. This module only turns them into the `Leg` pro
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Protocol
 
-from bridge.media.g711 import FRAME_MS, RATE_8K, Encoding
+from bridge.media.g711 import FRAME_MS, Encoding
 from bridge.telephony.leg import (
     AudioIn,
     CallEnded,
@@ -54,12 +53,7 @@ class SipLeg:
     refill_ms = 100
 
     def __init__(
-        self,
-        started: CallStarted,
-        sender: RtpSender,
-        control: DialogControl,
-        stats: RtpStats | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        self, started: CallStarted, sender: RtpSender, control: DialogControl, stats: RtpStats | None = None
     ) -> None:
         self.encoding: Encoding = started.encoding
         self.started = started
@@ -68,12 +62,7 @@ class SipLeg:
         self._control = control
         self._queue: asyncio.Queue[LegEvent] = asyncio.Queue()
         self._queue.put_nowait(started)
-        self._clock = clock
-        self._answered_at = clock()
-        # Where the next caller frame starts in the caller's stream (ms; None: no frame yet). It
-        # skips what the caller's RTP left out (silence suppression), so gaps in `AudioIn`
-        # timestamps are silence the caller sent nothing for.
-        self._inbound_ms: int | None = None
+        self._inbound_frames = 0
         self.ended: str | None = None
         self.done = asyncio.Event()  # set with `ended`
         self.transferred = False  # a REFER of ours was accepted
@@ -82,16 +71,8 @@ class SipLeg:
 
     def push_audio(self, frame: bytes) -> None:
         if self.ended is None:
-            at = self._inbound_ms
-            if at is None:  # the caller's first frame: their stream was silent since the answer
-                at = int((self._clock() - self._answered_at) * 1000.0) // FRAME_MS * FRAME_MS
-            self._queue.put_nowait(AudioIn(frame, at))
-            self._inbound_ms = at + len(frame) * 1000 // RATE_8K
-
-    def push_silence(self, ms: int) -> None:
-        """The caller's RTP skipped `ms` of timestamps (sent nothing while its user was silent)."""
-        if self.ended is None and self._inbound_ms is not None:
-            self._inbound_ms += ms
+            self._queue.put_nowait(AudioIn(frame, self._inbound_frames * FRAME_MS))
+            self._inbound_frames += 1
 
     def push_dtmf(self, digit: str) -> None:
         if self.ended is None:
