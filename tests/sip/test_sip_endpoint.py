@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 
 from bridge.telephony.leg import AudioIn, CallEnded, CallStarted
 from bridge.telephony.rtp.packet import build_packet
@@ -54,6 +55,24 @@ class Caller:
         )
 
 
+async def trunk_endpoint(
+    on_call: Callable[[SipLeg], Awaitable[None]],
+) -> tuple[SipEndpoint, Caller, socket.socket]:
+    """A trunk-mode endpoint on 127.0.0.1, the raw-socket caller, and the caller's media socket."""
+    loop = asyncio.get_running_loop()
+    endpoint = SipEndpoint(
+        user="bridge",
+        advertised_ip="127.0.0.1",
+        on_call=on_call,
+        registration=Registration(mode="trunk"),
+        rtp_bind="127.0.0.1",
+    )
+    await loop.create_datagram_endpoint(lambda: endpoint, local_addr=("127.0.0.1", 0))
+    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    media.bind(("127.0.0.1", 0))
+    return endpoint, Caller(), media
+
+
 async def test_a_hang_up_cancelled_at_once_still_sends_the_bye() -> None:
     """The call script hangs up and is cancelled by its owner as soon as the leg ends (what call
     handlers do); the BYE must be on the wire anyway, and retransmitted until answered."""
@@ -66,18 +85,7 @@ async def test_a_hang_up_cancelled_at_once_still_sends_the_bye() -> None:
         seen.append(await anext(events))  # CallEnded, delivered before the BYE is answered
         hang.cancel()
 
-    loop = asyncio.get_running_loop()
-    endpoint = SipEndpoint(
-        user="bridge",
-        advertised_ip="127.0.0.1",
-        on_call=on_call,
-        registration=Registration(mode="trunk"),
-        rtp_bind="127.0.0.1",
-    )
-    await loop.create_datagram_endpoint(lambda: endpoint, local_addr=("127.0.0.1", 0))
-    caller = Caller()
-    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    media.bind(("127.0.0.1", 0))
+    endpoint, caller, media = await trunk_endpoint(on_call)
     try:
         caller.send(caller.invite(endpoint.port, media.getsockname()[1]), endpoint.port)
         statuses = []
@@ -122,17 +130,7 @@ async def test_a_phone_that_sends_no_rtp_until_its_user_talks_is_heard_as_silenc
             if isinstance(event, AudioIn):
                 frames.append((loop.time(), event))
 
-    endpoint = SipEndpoint(
-        user="bridge",
-        advertised_ip="127.0.0.1",
-        on_call=on_call,
-        registration=Registration(mode="trunk"),
-        rtp_bind="127.0.0.1",
-    )
-    await loop.create_datagram_endpoint(lambda: endpoint, local_addr=("127.0.0.1", 0))
-    caller = Caller()
-    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    media.bind(("127.0.0.1", 0))
+    endpoint, caller, media = await trunk_endpoint(on_call)
     try:
         caller.send(caller.invite(endpoint.port, media.getsockname()[1]), endpoint.port)
         while (ok := await caller.recv()).status < 200:
