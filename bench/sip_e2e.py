@@ -68,7 +68,9 @@ def stats_row(name: str, values: list[float], unit: str = "ms") -> str:
     return f"| {name} | {len(values)} | " + " | ".join(f"{v:.0f} {unit}" for v in cells) + " |"
 
 
-async def barge_in_trials(bridge, speech: bytes) -> tuple[list[float], list[float], int]:  # type: ignore[no-untyped-def]
+async def barge_in_trials(  # type: ignore[no-untyped-def]
+    bridge, speech: bytes, stream_before: bool = False
+) -> tuple[list[float], list[float], int]:
     from tests.sip.e2e_helpers import barge_in_call
 
     onset_to_silence: list[float] = []
@@ -76,7 +78,9 @@ async def barge_in_trials(bridge, speech: bytes) -> tuple[list[float], list[floa
     failed = 0
     for n in range(TRIALS):
         with tempfile.TemporaryDirectory() as tmp:
-            call = await barge_in_call(bridge, Path(tmp), speech, talk_after_ms=1000 + 150 * n)
+            call = await barge_in_call(
+                bridge, Path(tmp), speech, talk_after_ms=1000 + 150 * n, stream_before=stream_before
+            )
         view = call.view
         if call.sipp.returncode != 0 or view is None or call.cut is None or not view.truncates:
             failed += 1
@@ -179,6 +183,7 @@ async def run(bridge) -> list[str]:  # type: ignore[no-untyped-def]
 
     speech = phone_speech(QUESTION)
     onset, trunc, failed_b = await barge_in_trials(bridge, speech)
+    onset_s, trunc_s, failed_s = await barge_in_trials(bridge, speech, stream_before=True)
     latency, failed_a = await answer_trials(bridge, speech)
     with tempfile.TemporaryDirectory() as tmp:
         wav = write_wav(Path(tmp) / "q.wav", silence(300) + speech + silence(1200), ulaw=True)
@@ -194,13 +199,20 @@ async def run(bridge) -> list[str]:  # type: ignore[no-untyped-def]
         "|---|---|---|---|---|---|",
         stats_row("true speech onset -> RTP silence at the caller", onset),
         stats_row("truncate audio_end_ms minus greeting audio the caller received", trunc),
+        stats_row("the same, caller streaming silence before talking: onset -> RTP silence", onset_s),
+        stats_row("the same, caller streaming silence before talking: truncate error", trunc_s),
         "",
-        f"Failed trials: {failed_b}. The onset is where the interruption's speech energy starts (35 dB below "
-        "its peak) in what the caller sent; the dialplan's `barge_in.min_speech_ms` is 200, and the bridge's "
-        "Silero VAD or the engine's `speech_started` (whichever comes first) triggers the clear. The second "
-        "row compares the truncate's `audio_end_ms` with the packets of the greeting's talkspurt that "
-        "reached the caller before the silence: RTP stopped at the clear, and the bridge tells the model at "
-        "most about one frame more than went out (it counts the part of the frame it believes is playing).",
+        f"Failed trials: {failed_b} (silent caller), {failed_s} (streaming caller). The first two rows: "
+        "the caller sends no RTP before it talks (a phone with silence suppression); the bridge hears "
+        "silence from 100 ms after the answer (bridge/telephony/rtp/jitter.py `silence_due`), so its VAD "
+        "windows fall at a random phase against the speech, as with a caller who streams (the last two "
+        "rows; Twilio and most phones). The onset is where the interruption's speech energy starts (35 dB"
+        " below its peak) in what the caller sent; the dialplan's `barge_in.min_speech_ms` is 200, and "
+        "the bridge's Silero VAD or the engine's `speech_started` (whichever comes first) triggers the "
+        "clear. The second row compares the truncate's `audio_end_ms` with the packets of the greeting's "
+        "talkspurt that reached the caller before the silence: RTP stopped at the clear, and the bridge "
+        "tells the model at most about one frame more than went out (it counts the part of the frame it "
+        "believes is playing).",
         "",
         "## Answer latency through the real call",
         "",

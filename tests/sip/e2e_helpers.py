@@ -385,9 +385,12 @@ async def barge_in_call(
     service: str = "barge",
     talk_after_ms: int = 1500,
     wait_bye_ms: int = 25_000,
+    stream_before: bool = False,
 ) -> BargeInCall:
     """SIPp calls `service` (an agent step with a long greeting); once the caller has heard
     `talk_after_ms` of it, the RtpPeer sends `interruption` (PCM16 8 kHz) then 1.5 s of silence.
+    Until then the caller sends nothing (a phone with silence suppression), or with `stream_before`
+    silence from the start of the media (as Twilio and most phones do), on the same 20 ms grid.
     Returns when SIPp has finished (the bridge hung up, or SIPp gave up)."""
     from tests.helpers.speech import silence, speech_span_ms
     from tests.sip.conftest import run_sipp
@@ -400,16 +403,27 @@ async def barge_in_call(
                 scen, bridge.sip_port, service=service, workdir=workdir, timeout_s=wait_bye_ms // 1000 + 10
             )
         )
+        line: asyncio.Task[float] | None = None
         try:
             await peer.wait_media()
+            grid = asyncio.get_running_loop().time()
+            if stream_before:
+                line = asyncio.create_task(peer.send_pcm(silence(wait_bye_ms), start_at=grid))
             frames = talk_after_ms // 20
             if not await bridge.observer.wait_for(lambda: len(peer.voiced()) >= frames, 15):
                 return BargeInCall(await sipp, peer, None, 0.0, 0.0, None)
             first = peer.voiced()[0]
             talkspurt = [a for a in peer.arrivals if a.at <= first.at and a.marker and a.payload_type == 0]
             reply_start = talkspurt[-1].at if talkspurt else first.at
-            start = await peer.send_pcm(interruption + silence(1500))
+            start_at = None
+            if line is not None:
+                line.cancel()
+                now = asyncio.get_running_loop().time()
+                start_at = grid + (int((now - grid) / 0.02) + 1) * 0.02  # the next slot of the same grid
+            start = await peer.send_pcm(interruption + silence(1500), start_at=start_at)
         finally:
+            if line is not None:
+                line.cancel()
             result = await sipp
     onset = start + onset_ms / 1000
     await bridge.observer.wait_for(lambda: not bridge.app.state.calls, 3)
