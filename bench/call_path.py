@@ -157,8 +157,8 @@ async def _turn(
     await asyncio.sleep(1.0)
     # The same while the caller talks (real speech): the bridge then sends every frame at once
     # (its detector hears a possible onset), from ~100 ms after the onset on.
-    talk = ulaw(speech_8k(PROMPTS[n % len(PROMPTS)]))
-    first = int(onset_s(speech_8k(PROMPTS[n % len(PROMPTS)])) * 50) + 5
+    talk = ulaw(speech)
+    first = int(onset_s(speech) * 50) + 5
     base = len(session.appended)
     sent = []
     for i in range(0, len(talk) - 159, 160):

@@ -386,8 +386,8 @@ class Call:
         barge = self.bargein
         observer = self.observer
         heard = pcm8k
+        now = self._now_ms()
         if front is not None:
-            now = self._now_ms()
             heard, changes = front.hear(pcm8k, now)
             for change in changes:
                 if isinstance(change, SpeechStart):
@@ -422,9 +422,10 @@ class Call:
                 # a (candidate) onset, or the frame holds anything it would score at all (its
                 # candidate onset comes up to a window later).
                 if front is not None and (front.detector.hearing or audioop.rms(heard, 2) > _AUDIBLE_RMS):
-                    self._caller_heard_at = self._now_ms()
-                urgent = self._now_ms() - self._caller_heard_at < URGENT_AFTER_SPEECH_MS
-                await agent.send_caller_audio(*up, urgent=urgent)
+                    self._caller_heard_at = now
+                await agent.send_caller_audio(
+                    *up, urgent=now - self._caller_heard_at < URGENT_AFTER_SPEECH_MS
+                )
 
     async def _on_speech_onset(self) -> None:
         now = self._now_ms()

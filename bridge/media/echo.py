@@ -259,7 +259,11 @@ class EchoCanceller:
             )
         pos = self._pos
         self.caller_energy = False
-        self._far_silent_to(pos + FRAME_SAMPLES_8K)
+        if self._far_end < pos + FRAME_SAMPLES_8K:
+            # Nothing was played up to here: the ring must read as silence, not as audio of 4 s ago.
+            start = max(self._far_end, pos - self.max_delay_samples - _EST_WINDOW - _FFT)
+            self._write(self._far, start, self._zeros[: pos + FRAME_SAMPLES_8K - start])
+            self._far_end = pos + FRAME_SAMPLES_8K
         d = self._d
         np.multiply(np.frombuffer(pcm16, dtype="<i2"), _SCALE, out=d)
         self._write(self._near, pos, d)
@@ -296,10 +300,18 @@ class EchoCanceller:
         line the first quiet frames under a playing bot bring the bounds down to the noise, and a
         caller who answers a prompt early is heard before any delay could be found; on a line with
         echo the bounds stay at or above the true coupling, so the echo stays gated."""
-        far, floor = self._reference_power(pos)
+        x = self._far
+        lo = (pos - self.max_delay_samples - FRAME_SAMPLES_8K) % _RING
+        hi = (pos + FRAME_SAMPLES_8K) % _RING
+        seg = x[lo:hi] if lo < hi else np.concatenate((x[lo:], x[:hi]))
+        m = self._coupling.size
+        far = np.mean(np.square(seg[: m * FRAME_SAMPLES_8K]).reshape(m, FRAME_SAMPLES_8K), axis=1)
         d = self._d
         near_pow = float(np.dot(d, d)) / FRAME_SAMPLES_8K
         self._track_noise(near_pow)
+        floor = far.copy()  # the smallest of each frame and its neighbours
+        np.minimum(floor[1:], far[:-1], out=floor[1:])
+        np.minimum(floor[:-1], far[1:], out=floor[:-1])
         bounded = floor > _ACTIVE_POW
         if bounded.any():
             bound = _BOUND_MARGIN * near_pow / np.maximum(floor, _ACTIVE_POW)
@@ -310,28 +322,6 @@ class EchoCanceller:
         # Closing is immediate: a ramp down from the open gain of the frame before (the bot was
         # silent, the caller's audio passed as is) lets the start of the echo through.
         return self._apply_gain(d, gain, ramp=gain > self._gain)
-
-    def _far_silent_to(self, end: int) -> None:
-        """Nothing was played up to `end`: the far ring must read as silence there, not as audio of
-        4 s ago."""
-        if self._far_end < end:
-            start = max(self._far_end, end - FRAME_SAMPLES_8K - self.max_delay_samples - _EST_WINDOW - _FFT)
-            self._write(self._far, start, self._zeros[: end - start])
-            self._far_end = end
-
-    def _reference_power(self, pos: int) -> tuple[np.ndarray, np.ndarray]:
-        """The power of each reference frame that could echo into the near frame at `pos` (oldest
-        first, one per `_coupling` delay), and the smallest of each frame and its two neighbours."""
-        x = self._far
-        lo = (pos - self.max_delay_samples - FRAME_SAMPLES_8K) % _RING
-        hi = (pos + FRAME_SAMPLES_8K) % _RING
-        seg = x[lo:hi] if lo < hi else np.concatenate((x[lo:], x[:hi]))
-        m = self._coupling.size
-        far = np.mean(np.square(seg[: m * FRAME_SAMPLES_8K]).reshape(m, FRAME_SAMPLES_8K), axis=1)
-        floor = far.copy()
-        np.minimum(floor[1:], far[:-1], out=floor[1:])
-        np.minimum(floor[:-1], far[1:], out=floor[:-1])
-        return far, floor
 
     def _cancel(self, pos: int) -> bytes:
         assert self._delay is not None

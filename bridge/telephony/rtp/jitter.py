@@ -12,7 +12,16 @@ from __future__ import annotations
 import audioop
 import ipaddress
 
-from bridge.media.g711 import FRAME_BYTES_G711, FRAME_MS, RATE_8K, SILENCE_BYTE, Encoding, decode, encode
+from bridge.media.g711 import (
+    FRAME_BYTES_G711,
+    FRAME_MS,
+    RATE_8K,
+    SILENCE_BYTE,
+    Encoding,
+    decode,
+    encode,
+    silence,
+)
 from bridge.telephony.rtp.packet import (
     DtmfReceiver,
     RtpError,
@@ -161,7 +170,7 @@ class RtpReceiver:
         self._latched = False
         self._transit: int | None = None
         self._jitter_ts = 0.0
-        self.silence_frame = bytes([SILENCE_BYTE[codec]]) * FRAME_BYTES_G711
+        self.silence_frame = silence(codec)  # what `silence_due` frames are
         self._heard_ms: float | None = None  # when the last frame was handed out (None: not listening)
         self._filled = 0  # silence frames handed out since then
 
