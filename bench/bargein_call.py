@@ -12,11 +12,15 @@ Per configuration (echo canceller on/off, detector settings, backchannel rule on
   upstream (cleaned or raw per the setting; held audio replaced by silence on Resume, flushed on Cut);
 - CPU: thread time of the front's canceller (`far` + `near`) per call-second.
 
+With the bench extra installed (`webrtc-noise-gain`), three more configurations put WebRTC's noise
+suppressor (bench/denoise.py) in front of the detector (levels 2 and 1) or of the whole front.
+
 Run: .venv/bin/python -m bench bargein_call   (writes bench/results/bargein.md's phase-3 section)
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from dataclasses import dataclass, field
@@ -42,6 +46,8 @@ class Config:
     clean_upstream: bool = True
     early: bool = True  # energy onsets pause early (CallerFront early_onsets)
     gate_cold: bool = True  # the upstream gets the gated audio before the echo path is found
+    denoise: int = 0  # WebRTC noise suppression level before the detector (0: off)
+    denoise_first: int = 0  # ... level before the echo canceller (the whole front hears it)
 
 
 CONFIGS = [
@@ -50,6 +56,13 @@ CONFIGS = [
     Config("+ upstream gated before alignment (default)", True, 0.3, 32, 400, True, False, True),
     Config("+ early energy onsets (off by default)", True, 0.3, 32, 400),
 ]
+# Noise suppression (bench/denoise.py, not in the product): measured when the bench extra is installed.
+if importlib.util.find_spec("webrtc_noise_gain") is not None:
+    CONFIGS += [
+        Config("default + WebRTC NS 2 before the detector", True, 0.3, 32, 400, True, False, True, 2),
+        Config("default + WebRTC NS 1 before the detector", True, 0.3, 32, 400, True, False, True, 1),
+        Config("default + WebRTC NS 2 before the canceller", True, 0.3, 32, 400, True, False, True, 0, 2),
+    ]
 
 
 @dataclass
@@ -64,18 +77,21 @@ class Sim:
 
 def simulate(cfg: Config, near: bytes, far: bytes | None, bot_end_ms: int) -> Sim:
     """The call's per-frame path: far frame played, caller frame heard, core decisions, upstream."""
+    from bench.denoise import DenoisedDetector, NoiseSuppressor
     from bridge.call.bargein import BargeInCore, Cut, Pause, Resume
     from bridge.call.caller_audio import CallerFront
     from bridge.media.echo import EchoCanceller
     from bridge.media.vad import EarlyOnset, SpeechDetector, SpeechStart, SpeechStop
 
-    det = SpeechDetector(threshold=cfg.threshold, min_speech_ms=cfg.min_speech_ms, min_silence_ms=300)
+    settings = {"threshold": cfg.threshold, "min_speech_ms": cfg.min_speech_ms, "min_silence_ms": 300}
+    det = DenoisedDetector(cfg.denoise, **settings) if cfg.denoise else SpeechDetector(**settings)
     front = CallerFront(
         det,
         EchoCanceller() if cfg.echo else None,
         early_onsets=cfg.early,
         gate_upstream_unaligned=cfg.gate_cold,
     )
+    first = NoiseSuppressor(cfg.denoise_first) if cfg.denoise_first else None
     up = SpeechDetector(threshold=0.5, min_speech_ms=200, min_silence_ms=500)
     core = BargeInCore()
     core.agent_started("pcm24k", barge_in=True, backchannel_max_ms=cfg.backchannel_ms)
@@ -92,6 +108,8 @@ def simulate(cfg: Config, near: bytes, far: bytes | None, bot_end_ms: int) -> Si
         if far is not None and i + step <= len(far):
             front.played(far[i : i + step], now)
         frame = near[i : i + step]
+        if first is not None:
+            frame = first.process(frame)
         heard, changes = front.hear(frame, now + 20)
         sim.cpu_s += clock() - t0
         audible = end_ms <= bot_end_ms

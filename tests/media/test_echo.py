@@ -223,3 +223,28 @@ def test_the_echo_of_a_bot_that_resumes_after_a_pause_is_gated_from_its_first_fr
             passed += float(np.sum(np.frombuffer(cleaned, dtype="<i2").astype(np.float64) ** 2))
     assert given > 0
     assert 10 * np.log10(max(passed, 1.0) / given) < -40
+
+
+def test_echo_with_dropped_frames_stays_gated_before_its_delay_is_found(bot: np.ndarray) -> None:
+    """An echo with a missing 20 ms frame here and there (the far end's playout ran late, a lost
+    packet concealed as silence) is still an echo: a silent frame under a playing bot bounds the
+    coupling at every delay to almost nothing, and before the bound took the neighbouring frames into
+    account the next frames of echo passed whole (a false barge-in 0.7 s into a reply in
+    tests/call/test_echo_bargein.py, whose emulated phone drops an echo frame when its player is late)."""
+    loud_bot = to_pcm(bot[:16000] * 2.0)
+    e = echo_path(bot[:16000] * 2.0, 150.0, 10.0)
+    for k in range(1500, 16000 - 160, 1600):  # one frame in ten, aligned to the frames
+        e[k - k % 160 : k - k % 160 + 160] = 0.0
+    echo = to_pcm(e)
+    ec = EchoCanceller()
+    given = out = 0.0
+    for i in range(0, len(echo) - FRAME_BYTES_PCM8K + 1, FRAME_BYTES_PCM8K):
+        ec.far(loud_bot[i : i + FRAME_BYTES_PCM8K], at_ms=ec.position_ms)
+        cleaned = np.frombuffer(ec.near(echo[i : i + FRAME_BYTES_PCM8K]), dtype="<i2").astype(np.float64)
+        if not ec.aligned:
+            given += float(
+                np.sum(np.frombuffer(echo[i : i + FRAME_BYTES_PCM8K], dtype="<i2").astype(np.float64) ** 2)
+            )
+            out += float(np.sum(cleaned**2))
+    assert given > 0, "the delay was found before any echo arrived"
+    assert 10 * np.log10(max(out, 1.0) / given) < -30

@@ -191,13 +191,15 @@ def tag_of(msg: SipMessage) -> str:
 # INVITE, 200 OK, ACK
 
 
-def test_invite_gets_100_180_and_200_with_an_sdp_answer() -> None:
+def test_invite_gets_100_and_200_with_an_sdp_answer() -> None:
     shell = Shell()
     shell.feed(invite(extra="X-Account: 42"))
-    assert shell.statuses("INVITE") == [100, 180, 200]
-    trying, ringing, ok = shell.responses("INVITE")
+    # Answered at once: no 180 (through a proxy with several workers it can overtake... or trail the
+    # 200, and a user agent may fail the call on a provisional after the final response).
+    assert shell.statuses("INVITE") == [100, 200]
+    trying, ok = shell.responses("INVITE")
     assert header_param(trying.get("To"), "tag") is None
-    assert tag_of(ringing) == tag_of(ok)
+    assert tag_of(ok)
     assert "rport=5062" in ok.get("Via")
     assert "received=192.0.2.20" in ok.get("Via")
     assert ok.get("Contact") == f"<sip:bridge@{BRIDGE_IP}:5070>"
@@ -219,6 +221,17 @@ def test_invite_gets_100_180_and_200_with_an_sdp_answer() -> None:
     )
     assert started.params["X-Account"] == "42"
     assert shell.core.counters["calls_total"] == 1
+
+
+def test_a_delayed_answer_rings_first() -> None:
+    shell = Shell(answer_delay_ms=1000)
+    shell.feed(invite())
+    assert shell.statuses("INVITE") == [100, 180]
+    shell.advance(1.0)
+    assert shell.statuses("INVITE") == [100, 180, 200]
+    _, ringing, ok = shell.responses("INVITE")
+    assert tag_of(ringing) == tag_of(ok)
+    assert ringing.get("Contact") == ok.get("Contact")
 
 
 def test_offer_without_pcmu_or_pcma_gets_488() -> None:
@@ -539,7 +552,7 @@ def test_untrusted_source_gets_403_or_nothing_and_no_call(action: str) -> None:
     assert shell.core.counters["untrusted"] == 3
     # A trusted peer is served.
     shell.feed(invite(call_id="c2", source=("10.1.2.3", 5060)), ("10.1.2.3", 5060))
-    assert shell.statuses("INVITE")[-3:] == [100, 180, 200]
+    assert shell.statuses("INVITE")[-2:] == [100, 200]
 
 
 def test_403s_to_one_source_are_rate_limited() -> None:

@@ -10,9 +10,10 @@ the timers, RTP and the legs. What the core does, per request:
 - OPTIONS -> 200 (503 while draining: the answer an INVITE would get, RFC 3261 11.2, so a dispatcher's
   OPTIONS probe takes a draining bridge out of its rotation); unknown methods -> 405/501; malformed
   requests -> 400 (or dropped if unusable);
-- INVITE -> 100, `CallOffered` (the shell binds RTP and calls `media_ready`), 180, then 200 with the
-  bridge's RTP port (after `answer_delay_ms`), retransmitted T1 doubling to T2 until the ACK; no ACK
-  for 64*T1 ends the call with a BYE; offers with neither PCMU nor PCMA -> 488;
+- INVITE -> 100, `CallOffered` (the shell binds RTP and calls `media_ready`), then 200 with the
+  bridge's RTP port (180 first when `answer_delay_ms` holds the answer back), retransmitted T1
+  doubling to T2 until the ACK; no ACK for 64*T1 ends the call with a BYE; offers with neither
+  PCMU nor PCMA -> 488;
 - retransmitted INVITEs get the last response again (never a second call), retransmitted BYEs 200;
 - CANCEL before answer -> 200 + 487 and the call is never answered;
 - re-INVITE -> 200 with the same SDP (new remote address, hold), never a second sender;
@@ -667,6 +668,12 @@ class UasCore:
         )
         self.calls[call_id] = call
         self.counters["calls_total"] += 1
+        if self.answer_delay_ms <= 0:
+            # Answered at once: no 180. A 180 sent a moment before the 200 can reach the caller after
+            # it through a proxy with several UDP workers (Kamailio), and some user agents (SIPp)
+            # fail the call on a provisional response after the final one.
+            self._answer(out, call)
+            return out
         out.append(
             Send(
                 build_response(
@@ -675,10 +682,7 @@ class UasCore:
                 addr,
             )
         )
-        if self.answer_delay_ms > 0:
-            out.append(SetTimer(("answer", call_id), self.answer_delay_ms / 1000.0))
-        else:
-            self._answer(out, call)
+        out.append(SetTimer(("answer", call_id), self.answer_delay_ms / 1000.0))
         return out
 
     def media_failed(self, call_id: str, why: str) -> list[Output]:
