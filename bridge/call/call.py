@@ -23,6 +23,7 @@ import asyncio
 import audioop
 import contextlib
 import logging
+import math
 import time
 import wave
 from dataclasses import dataclass, field
@@ -558,9 +559,10 @@ class Call:
             self._wake.clear()
             if due is None:
                 await self._wake.wait()
-            elif due > self._now_ms():
-                # Sleep to the absolute deadline, or until new audio or a barge-in wakes us.
-                timer = self._loop.call_at(due / 1000.0, self._wake.set)
+            elif due >= self._now_ms():
+                # Sleep past the deadline (`pop_due` hands the frame out at any time after it), or
+                # until new audio or a barge-in wakes us.
+                timer = self._loop.call_at(_timer_s(due), self._wake.set)
                 try:
                     await self._wake.wait()
                 finally:
@@ -590,7 +592,7 @@ class Call:
             if due is not None and due <= self._now_ms():
                 self._post(TimerTick())
             elif due is not None:
-                timer = self._loop.call_at(due / 1000.0, self._timer_wake.set)
+                timer = self._loop.call_at(_timer_s(due), self._timer_wake.set)
                 try:
                     await self._timer_wake.wait()
                 finally:
@@ -978,6 +980,15 @@ class Call:
         self._moderation_seq += 1
         say = dp.Say(self._safe_line, None, f"moderation-{self._moderation_seq}", barge_in=True, cache=True)
         await self._say(say)
+
+
+def _timer_s(due_ms: float) -> float:
+    """The loop time (s) to wake at for a deadline `due_ms` on the loop clock: the next whole ms after
+    it. uvloop's clock and timers step in whole ms: a timer set at a fractional ms fires before it
+    and, re-armed, fires again every loop iteration until the clock's ms passes it (66 wake-ups per
+    20 ms deadline measured here); and waking exactly on an integer deadline hands nothing out
+    (`Playout.pop_due` is strict). One wake-up per deadline, at most 1 ms after it."""
+    return (math.floor(due_ms) + 1) / 1000.0
 
 
 def _describe(action: dp.Action) -> str:
