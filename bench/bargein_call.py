@@ -10,7 +10,9 @@ Per configuration (echo canceller on/off, detector settings, backchannel rule on
 - backchannels cut: 200-300 ms acknowledgements that ended in a Cut (with the rule off: any stop);
 - upstream false: onsets of the engine's server-VAD defaults (0.5, 200 ms) on what the call sends
   upstream (cleaned or raw per the setting; held audio replaced by silence on Resume, flushed on Cut);
-- CPU: thread time of the front's canceller (`far` + `near`) per call-second.
+- CPU: thread time of the front (`CallerFront.played` + `hear`: the canceller, the detector and its
+  Silero runs) per call-second, and what a configuration adds to the first one's (the detector alone,
+  no canceller): the issue's "added CPU".
 
 With the bench extra installed (`webrtc-noise-gain`), three more configurations put WebRTC's noise
 suppressor (bench/denoise.py) in front of the detector (levels 2 and 1) or of the whole front.
@@ -282,11 +284,15 @@ def main() -> None:
         "phase 1 below; onset = first 10 ms within 35 dB of the utterance's peak; 12 trials per condition "
         "(6 callers x 2).\n",
         "## Echo only (10 bot-minutes, ERL 10-30 dB, delays 50-400 ms)\n",
-        "| configuration | false stops | per bot-minute | upstream false | CPU s per call-second (AEC) |",
-        "|---|---|---|---|---|",
+        "| configuration | false stops | per bot-minute | upstream false "
+        "| CPU s per call-second (canceller + detector) | added to the detector alone |",
+        "|---|---|---|---|---|---|",
     ]
+    base_cpu = None
     for name, (loc, upf, cpu, secs) in echo_false.items():
-        out.append(f"| {name} | {loc} | {loc / 10:.2f} | {upf} | {cpu / secs:.4f} |")
+        base_cpu = cpu / secs if base_cpu is None else base_cpu
+        added = cpu / secs - base_cpu
+        out.append(f"| {name} | {loc} | {loc / 10:.2f} | {upf} | {cpu / secs:.4f} | {added:+.4f} |")
     out += [
         "\n## Interruptions over the bot: onset -> stop\n",
         "| condition | configuration | missed | false | p50 / p95 / max ms | stopped within 150 ms |",
