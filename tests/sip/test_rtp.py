@@ -291,3 +291,42 @@ async def test_ticker_sends_every_calls_packet_before_waking_any_call_with_marks
     for _, sent in seen:
         assert len(set(sent)) == 1, sent  # every endpoint had sent this tick's packet already
     assert 0.44 < elapsed < 1.5, elapsed  # 25 packets each at 20 ms (no burst), together
+
+
+async def test_ticker_sends_every_calls_packet_before_a_silent_callers_silence() -> None:
+    """A caller who sends nothing is owed silence frames (`silence_due`), and each runs that call's
+    whole caller path (echo canceller, VAD): they are handed over only once every call's packet of
+    the tick is out, as marks are."""
+    loop = asyncio.get_running_loop()
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.setblocking(False)
+    ticker = ticker_for_loop()
+    endpoints: list[RtpEndpoint] = []
+    seen: list[list[int]] = []  # packets sent by each endpoint when a silence frame reached a call
+
+    for i in range(3):
+        tx = RtpSender("pcmu", 0, ssrc=20 + i)
+        rx = RtpReceiver("pcmu", 0, None, peer.getsockname())
+        ep = RtpEndpoint(
+            rx, tx, lambda f: seen.append([e.sender.stats.sent for e in endpoints]), lambda d: None,
+            lambda m: None, loop.time,
+        )  # fmt: skip
+        await open_rtp("127.0.0.1", None, ep)
+        rx.listen(loop.time() * 1000.0 - FILL_AFTER_MS)  # answered a while ago, nothing since
+        for f in tone_frames(10):
+            tx.queue_frame(f)
+        endpoints.append(ep)
+    for ep in endpoints:
+        ticker.add(ep)
+    received = 0
+    while received < 3 * 10:
+        await loop.sock_recv(peer, 2048)
+        received += 1
+    for ep in endpoints:
+        ticker.remove(ep)
+        ep.close()
+    peer.close()
+    assert len(seen) >= 3 * 9
+    for sent in seen:
+        assert len(set(sent)) == 1, sent  # every endpoint had sent this tick's packet already

@@ -49,21 +49,24 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         # ICMP port unreachable from a peer that has gone: the call's SIP side ends the call.
         pass
 
-    def tick(self) -> list[str] | None:
-        """Send this call's packet for the current 20 ms; returns the marks now played, for the
-        ticker to deliver (`deliver_marks`) once every call's packet of this tick is out."""
+    def tick(self) -> tuple[list[str] | None, int]:
+        """Send this call's packet for the current 20 ms. Returns the marks now played and how many
+        silence frames the caller's stream is owed (a caller who sends nothing, `silence_due`), for
+        the ticker to `deliver` once every call's packet of this tick is out: a silence frame runs
+        the call's whole caller path (echo canceller, VAD), which must not delay the next call's
+        packet."""
         packet, marks = self.sender.tick()
         transport = self.transport
         if transport is not None and self.sending and self.remote is not None:
             transport.sendto(packet, self.remote)
-        receiver = self.receiver
-        fill = receiver.silence_due(self.clock() * 1000.0)  # the caller sends nothing: silence
-        for _ in range(fill):
-            self.on_audio(receiver.silence_frame)
-        return marks
+        return marks, self.receiver.silence_due(self.clock() * 1000.0)
 
-    def deliver_marks(self, marks: list[str]) -> None:
-        self.on_marks(marks)
+    def deliver(self, marks: list[str] | None, silence_frames: int) -> None:
+        if marks:
+            self.on_marks(marks)
+        frame = self.receiver.silence_frame
+        for _ in range(silence_frames):
+            self.on_audio(frame)
 
     def close(self) -> None:
         if self.transport is not None:

@@ -24,10 +24,11 @@ class RtpTicker:
     sent at once; after a longer stall the media clock skips ahead instead of bursting.
 
     Each tick sends every call's packet first and only then hands the marks those packets
-    completed to their calls. The tick is a plain `call_at` callback, not a task sleeping in a
-    loop: the loop runs due timers before it polls for I/O, so every call's packet leaves before
-    the inbound datagrams and call tasks of that loop iteration are handled (a task's wake-up would
-    queue behind them), and there is no future, task step or sleep per tick.
+    completed to their calls (and a silent caller's silence frames to its call). The tick is a
+    plain `call_at` callback, not a task sleeping in a loop: the loop runs due timers before it
+    polls for I/O, so every call's packet leaves before the inbound datagrams and call tasks of that
+    loop iteration are handled (a task's wake-up would queue behind them), and there is no future,
+    task step or sleep per tick.
 
     Precision: the grid is on `time.monotonic()` (uvloop's loop clock and timers have 1 ms steps,
     which alone put ~0.5 ms of jitter on every stream). The timer is set `spin_s` early and the tick
@@ -93,23 +94,23 @@ class RtpTicker:
             until = min(self._deadline, now + self.spin_s + 0.001)  # bounded, even if woken early
             while now < until:
                 now = time.monotonic()
-        played: list[tuple[RtpEndpoint, list[str]]] = []
+        owed: list[tuple[RtpEndpoint, list[str] | None, int]] = []
         for ep in list(endpoints.values()):
             try:
-                marks = ep.tick()
+                marks, silence = ep.tick()
             except Exception:  # one broken call must not silence the others
                 log.exception("RTP tick failed; dropping that call's sender")
                 self.remove(ep)
                 continue
-            if marks:
-                played.append((ep, marks))
-        # Marks after every packet is out: waking the calls that wait for them does not delay the
-        # packets of the calls later in this tick.
-        for ep, marks in played:
+            if marks or silence:
+                owed.append((ep, marks, silence))
+        # Marks and a silent caller's silence after every packet is out: waking the calls that wait
+        # for them, or running a call's caller path, does not delay the packets of later calls.
+        for ep, marks, silence in owed:
             try:
-                ep.deliver_marks(marks)
+                ep.deliver(marks, silence)
             except Exception:
-                log.exception("RTP mark delivery failed")
+                log.exception("RTP mark or silence delivery failed")
         if endpoints:
             self._arm()
 
