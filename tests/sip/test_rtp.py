@@ -7,7 +7,6 @@ import audioop
 import math
 import socket
 import struct
-from collections.abc import Callable
 
 import pytest
 
@@ -245,33 +244,30 @@ def test_only_the_sdp_address_is_heard_any_port_and_any_spelling_of_it() -> None
     assert v4.stats.wrong_source == 2
 
 
-async def test_ticker_sends_every_calls_packet_before_waking_any_call_with_marks() -> None:
-    """Marks are handed to the calls only once this tick's packets are all out: a call woken by its
-    mark cannot delay the packets of the calls after it. And the ticker keeps 50 packets a second
-    on absolute deadlines for all of them."""
+async def three_calls_on_the_ticker(frames: int, silent_callers: bool) -> tuple[list[list[int]], float]:
+    """Three endpoints on the process's ticker, `frames` tone frames queued on each (a mark after
+    each), their callers silent since before (`silent_callers`: silence is owed from the start) or
+    not. Returns, for every mark or silence frame handed to a call, the packets each endpoint had
+    sent at that moment; and how long the 3 x `frames` packets took to arrive."""
     loop = asyncio.get_running_loop()
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind(("127.0.0.1", 0))
     peer.setblocking(False)
     ticker = ticker_for_loop()
     endpoints: list[RtpEndpoint] = []
-    seen: list[tuple[int, list[int]]] = []  # (whose mark, packets sent by each endpoint at that moment)
+    seen: list[list[int]] = []
 
-    def on_marks(i: int) -> Callable[[list[str]], None]:
-        return lambda marks: seen.append((i, [e.sender.stats.sent for e in endpoints]))
+    def note(_: object) -> None:
+        seen.append([e.sender.stats.sent for e in endpoints])
 
     for i in range(3):
         tx = RtpSender("pcmu", 0, ssrc=10 + i)
-        ep = RtpEndpoint(
-            RtpReceiver("pcmu", 0, None, peer.getsockname()),
-            tx,
-            lambda f: None,
-            lambda d: None,
-            on_marks(i),
-            loop.time,
-        )
+        rx = RtpReceiver("pcmu", 0, None, peer.getsockname())
+        ep = RtpEndpoint(rx, tx, note, lambda d: None, note, loop.time)
         await open_rtp("127.0.0.1", None, ep)
-        for k, f in enumerate(tone_frames(25)):
+        if silent_callers:
+            rx.listen(loop.time() * 1000.0 - FILL_AFTER_MS)  # answered a while ago, nothing since
+        for k, f in enumerate(tone_frames(frames)):
             tx.queue_frame(f)
             tx.queue_mark(str(k))
         endpoints.append(ep)
@@ -279,7 +275,7 @@ async def test_ticker_sends_every_calls_packet_before_waking_any_call_with_marks
         ticker.add(ep)
     t0 = loop.time()
     received = 0
-    while received < 3 * 25:
+    while received < 3 * frames:
         await loop.sock_recv(peer, 2048)
         received += 1
     elapsed = loop.time() - t0
@@ -287,8 +283,16 @@ async def test_ticker_sends_every_calls_packet_before_waking_any_call_with_marks
         ticker.remove(ep)
         ep.close()
     peer.close()
+    return seen, elapsed
+
+
+async def test_ticker_sends_every_calls_packet_before_waking_any_call_with_marks() -> None:
+    """Marks are handed to the calls only once this tick's packets are all out: a call woken by its
+    mark cannot delay the packets of the calls after it. And the ticker keeps 50 packets a second
+    on absolute deadlines for all of them."""
+    seen, elapsed = await three_calls_on_the_ticker(25, silent_callers=False)
     assert len(seen) >= 3 * 24
-    for _, sent in seen:
+    for sent in seen:
         assert len(set(sent)) == 1, sent  # every endpoint had sent this tick's packet already
     assert 0.44 < elapsed < 1.5, elapsed  # 25 packets each at 20 ms (no burst), together
 
@@ -297,36 +301,7 @@ async def test_ticker_sends_every_calls_packet_before_a_silent_callers_silence()
     """A caller who sends nothing is owed silence frames (`silence_due`), and each runs that call's
     whole caller path (echo canceller, VAD): they are handed over only once every call's packet of
     the tick is out, as marks are."""
-    loop = asyncio.get_running_loop()
-    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    peer.bind(("127.0.0.1", 0))
-    peer.setblocking(False)
-    ticker = ticker_for_loop()
-    endpoints: list[RtpEndpoint] = []
-    seen: list[list[int]] = []  # packets sent by each endpoint when a silence frame reached a call
-
-    for i in range(3):
-        tx = RtpSender("pcmu", 0, ssrc=20 + i)
-        rx = RtpReceiver("pcmu", 0, None, peer.getsockname())
-        ep = RtpEndpoint(
-            rx, tx, lambda f: seen.append([e.sender.stats.sent for e in endpoints]), lambda d: None,
-            lambda m: None, loop.time,
-        )  # fmt: skip
-        await open_rtp("127.0.0.1", None, ep)
-        rx.listen(loop.time() * 1000.0 - FILL_AFTER_MS)  # answered a while ago, nothing since
-        for f in tone_frames(10):
-            tx.queue_frame(f)
-        endpoints.append(ep)
-    for ep in endpoints:
-        ticker.add(ep)
-    received = 0
-    while received < 3 * 10:
-        await loop.sock_recv(peer, 2048)
-        received += 1
-    for ep in endpoints:
-        ticker.remove(ep)
-        ep.close()
-    peer.close()
-    assert len(seen) >= 3 * 9
+    seen, _ = await three_calls_on_the_ticker(10, silent_callers=True)
+    assert len(seen) >= 2 * 3 * 9  # marks and silence frames
     for sent in seen:
         assert len(set(sent)) == 1, sent  # every endpoint had sent this tick's packet already
