@@ -139,13 +139,20 @@ class MediaStreamClient:
         return t0
 
     def _with_echo(self, frame: bytes, played_at: float) -> bytes:
-        """`frame` (µ-law) plus the bot frame that was playing at `played_at`, echo_erl_db quieter."""
+        """`frame` (µ-law) plus the bot frame that was playing at `played_at`, echo_erl_db quieter.
+
+        A frame plays for 20 ms, or until the next one started when that came less than 40 ms
+        after it: the player's own wake-up lateness (a loaded test machine) is not a gap in the
+        sound, as a phone's audio device plays on from its buffer; a longer gap is silence."""
         echo = None
+        after: Played | None = None
         for p in reversed(self.played):
             if p.at <= played_at:
-                if played_at - p.at < FRAME_S:
+                held = after is not None and after.at - p.at < 2 * FRAME_S
+                if played_at - p.at < FRAME_S or held:
                     echo = p.payload
                 break
+            after = p
         if echo is None:
             return frame
         gain = 10 ** (-self.echo_erl_db / 20)
