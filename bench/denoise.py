@@ -29,6 +29,7 @@ _HALF: Final = _TAPS - 1
 _n = np.arange(_TAPS) - _HALF / 2
 _LOWPASS: Final = np.sinc(_n / 2.0) * np.kaiser(_TAPS, 8.0)  # cut-off 4 kHz at 16 kHz
 _LOWPASS /= _LOWPASS.sum()
+_UP_TAPS: Final = 2.0 * _LOWPASS  # zero-stuffing halves the level
 _CHUNK_BYTES_16K: Final = 2 * FRAME_SAMPLES_8K  # 10 ms at 16 kHz: 160 samples of PCM16
 LEVELS: Final = (1, 2, 3, 4)  # WebRTC's suppression levels: 6, 12, 18, 21 dB at most
 
@@ -44,8 +45,7 @@ class NoiseSuppressor:
         except ImportError as exc:
             raise ConfigError("noise suppression needs webrtc-noise-gain (the bench extra)") from exc
         self._ns = AudioProcessor(0, level)  # no automatic gain
-        self._up_hist = np.zeros(_HALF, dtype=np.float64)
-        self._down_hist = np.zeros(_HALF, dtype=np.float64)
+        # [the filter's history | this frame at 16 kHz], for the upsampler and the decimator
         self._up = np.zeros(_HALF + 2 * FRAME_SAMPLES_8K, dtype=np.float64)
         self._down = np.zeros(_HALF + 2 * FRAME_SAMPLES_8K, dtype=np.float64)
 
@@ -54,19 +54,17 @@ class NoiseSuppressor:
         if len(pcm16) != FRAME_BYTES_PCM8K:
             raise ConfigError(f"noise suppression takes 20 ms frames of 8 kHz PCM16, got {len(pcm16)} bytes")
         up = self._up
-        up[:_HALF] = self._up_hist
+        up[:_HALF] = up[-_HALF:]
         stuffed = up[_HALF:]
         stuffed[:] = 0.0
         stuffed[::2] = np.frombuffer(pcm16, dtype="<i2")
-        self._up_hist[:] = up[-_HALF:]
-        x16 = np.convolve(up, 2.0 * _LOWPASS, mode="valid")
+        x16 = np.convolve(up, _UP_TAPS, mode="valid")
         raw = np.clip(np.rint(x16), -32768, 32767).astype("<i2").tobytes()
         half = _CHUNK_BYTES_16K
         cleaned = self._ns.Process10ms(raw[:half]).audio + self._ns.Process10ms(raw[half:]).audio
         down = self._down
-        down[:_HALF] = self._down_hist
+        down[:_HALF] = down[-_HALF:]
         down[_HALF:] = np.frombuffer(cleaned, dtype="<i2")
-        self._down_hist[:] = down[-_HALF:]
         y = np.convolve(down, _LOWPASS, mode="valid")[::2]
         return np.clip(np.rint(y), -32768, 32767).astype("<i2").tobytes()
 
